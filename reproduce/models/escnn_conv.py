@@ -1,0 +1,78 @@
+"""An escnn steerable convolution that opacus can see: plain tensors in and out, coefficients as parameters.
+
+opacus refuses any trainable module that also has buffers, and escnn's ``R2Conv`` keeps its sampled
+basis in buffers. This wrapper owns the trainable basis coefficients (``weights``, ``bias``) and keeps
+the escnn module out of ``nn.Module``'s registry, so opacus sees one small layer with two parameters.
+Its per-sample gradient rule lives in ``reproduce.privacy.grad_samplers``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from escnn import nn as enn
+from torch import nn
+
+
+class EquivariantConv2d(nn.Module):
+    """``R2Conv`` on plain tensors whose parameters are escnn's basis coefficients.
+
+    Args:
+        in_type: escnn field type of the input.
+        out_type: escnn field type of the output.
+        kernel_size: square kernel size.
+        padding: zero padding on each side.
+        bias: whether to learn an (invariant) bias.
+        **r2conv_kwargs: passed to ``escnn.nn.R2Conv`` (e.g. ``frequencies_cutoff``).
+    """
+
+    def __init__(self, in_type: enn.FieldType, out_type: enn.FieldType, kernel_size: int, *,
+                 padding: int = 0, bias: bool = True, **r2conv_kwargs):
+        super().__init__()
+        conv = enn.R2Conv(in_type, out_type, kernel_size, padding=padding, bias=bias, **r2conv_kwargs)
+        if conv.padding_mode != "zeros":
+            raise ValueError("EquivariantConv2d supports zero padding only")
+        self.in_type, self.out_type = in_type, out_type
+        self.kernel_size, self.padding = kernel_size, padding
+        self.stride, self.dilation, self.groups = conv.stride, conv.dilation, conv.groups
+        # The coefficients become ours; escnn's copies are dropped so nothing is trained twice.
+        self.weights = nn.Parameter(conv.weights.detach().clone())
+        self.bias = nn.Parameter(conv.bias.detach().clone()) if conv.bias is not None else None
+        del conv.weights
+        if conv.bias is not None:
+            del conv.bias
+        conv.weights, conv.bias = None, None
+        # object.__setattr__ keeps the escnn module (and its buffers) out of modules()/state_dict().
+        object.__setattr__(self, "escnn_conv", conv)
+
+    @property
+    def basisexpansion(self):
+        """escnn's block-sparse basis expansion: filter.flatten(1) = B @ weights."""
+        return self.escnn_conv.basisexpansion
+
+    @property
+    def bias_expansion(self) -> torch.Tensor | None:
+        """Matrix mapping the invariant bias coefficients to the per-channel bias."""
+        return self.escnn_conv.bias_expansion if self.bias is not None else None
+
+    def expand_filter(self, weights: torch.Tensor | None = None) -> torch.Tensor:
+        """Dense filter [C_out, C_in, k, k] for the given (default: current) coefficients."""
+        w = self.weights if weights is None else weights
+        filt = self.basisexpansion(w)
+        return filt.reshape(filt.shape[0], filt.shape[1], self.kernel_size, self.kernel_size)
+
+    def expand_bias(self) -> torch.Tensor | None:
+        return None if self.bias is None else self.bias_expansion @ self.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.expand_filter(), self.expand_bias(), stride=self.stride,
+                        padding=self.padding, dilation=self.dilation, groups=self.groups)
+
+    def _apply(self, fn, *args, **kwargs):
+        # The hidden escnn module's buffers (sampled basis) must follow .to(device) / .double().
+        super()._apply(fn, *args, **kwargs)
+        self.escnn_conv._apply(fn, *args, **kwargs)
+        return self
+
+    def extra_repr(self) -> str:
+        return f"{self.in_type.size}->{self.out_type.size} channels, k={self.kernel_size}, padding={self.padding}, coefficients={self.weights.numel()}"
