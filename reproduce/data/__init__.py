@@ -1,0 +1,41 @@
+"""Data registry: a dataset name from the study -> verified arrays in the MedMNIST layout.
+
+One module per source: ``embedded`` (generated offline, the default), ``medmnist_source`` (every 2D
+flag, official URLs and MD5s from ``medmnist.INFO``) and ``cifar10`` (official archive).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from reproduce.data.base import DatasetInfo, Splits  # noqa: F401  (re-exported)
+from reproduce.study import MEDMNIST_FLAGS
+
+DEFAULT_ROOT = Path("data")
+
+
+def prepare_dataset(name: str, *, root: Path = DEFAULT_ROOT) -> Path:
+    """Make the dataset's file present and verified under ``root``; return its path."""
+    if name == "embedded":
+        from reproduce.data import embedded
+        return embedded.prepare(Path(root) / "embedded")
+    if name in MEDMNIST_FLAGS:
+        from reproduce.data import medmnist_source
+        return medmnist_source.prepare(name, root=Path(root) / "medmnist")
+    if name == "cifar10":
+        from reproduce.data import cifar10
+        return cifar10.prepare(root=Path(root) / "cifar10")
+    raise ValueError(f"unknown dataset {name!r}")
+
+
+def load_dataset(name: str, *, root: Path = DEFAULT_ROOT) -> Splits:
+    """Prepare (if needed), verify and load ``name``."""
+    path = prepare_dataset(name, root=root)
+    if name == "embedded":
+        from reproduce.data import embedded
+        return embedded.load(path)
+    if name in MEDMNIST_FLAGS:
+        from reproduce.data import medmnist_source
+        return medmnist_source.load(path, flag=name)
+    from reproduce.data import cifar10
+    return cifar10.load(path)

@@ -1,0 +1,34 @@
+"""Model registry: ``build_model`` turns a cell's (group, widths, ...) into an ``nn.Module``.
+
+"e" is the conventional CNN; every other group (C<N>, D<N>, O2, SO2) is built on escnn by
+``reproduce.models.equivariant``. Both take plain image tensors [B, C, H, W] and return logits.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def build_model(*, group: str, widths: tuple[int, int, int], in_channels: int, num_classes: int,
+                restrict: str = "none", fix_params: bool = False, seed: int = 0) -> nn.Module:
+    """Build the ResNet-9 for ``group`` with deterministic initial weights for ``seed``.
+
+    Seeds torch and numpy's global RNG first: escnn draws D_N/O(2) bases from the latter.
+    """
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    if group == "e":
+        from reproduce.models.resnet9 import ResNet9
+        if fix_params or restrict != "none":
+            # The conventional model has no group to restrict or to rescale against.
+            pass
+        return ResNet9(widths=tuple(widths), in_channels=in_channels, num_classes=num_classes)
+    from reproduce.models.equivariant import build_equivariant_resnet9
+    return build_equivariant_resnet9(group=group, widths=tuple(widths), in_channels=in_channels,
+                                     num_classes=num_classes, restrict=restrict, fix_params=fix_params)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -1,0 +1,55 @@
+"""DP-SGD from opacus's own parts, wired so that what is accounted is exactly what runs.
+
+``PrivacyEngine.make_private`` derives q from ``1/len(loader)``, which differs from B/N whenever N
+is not a multiple of B. We assemble the same components (GradSampleModule, DPOptimizer, the Poisson
+DPDataLoader, an accountant hooked to every optimizer step) with one q = B/N throughout.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from opacus import GradSampleModule
+from opacus.accountants import create_accountant
+from opacus.data_loader import DPDataLoader
+from opacus.optimizers import DPOptimizer
+from torch import nn
+
+from reproduce.privacy.accounting import calibrate_noise, poisson_steps_per_epoch
+
+
+@dataclasses.dataclass
+class PrivateTraining:
+    model: GradSampleModule
+    optimizer: DPOptimizer
+    loader: DPDataLoader
+    accountant: object
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+
+
+def make_private(model: nn.Module, optimizer: torch.optim.Optimizer, dataset, *, batch_size: int,
+                 epochs: int, target_epsilon: float, delta: float, max_grad_norm: float,
+                 accountant: str, seed: int, secure_mode: bool = False) -> PrivateTraining:
+    """Wrap model/optimizer for DP-SGD with Poisson sampling at q = batch_size / len(dataset)."""
+    from reproduce.privacy.exactness import check_exact_per_sample_gradients
+    check_exact_per_sample_gradients(model)
+
+    n = len(dataset)
+    sample_rate = batch_size / n
+    steps = epochs * poisson_steps_per_epoch(sample_rate)
+    sigma = calibrate_noise(target_epsilon=target_epsilon, delta=delta, sample_rate=sample_rate,
+                            steps=steps, accountant=accountant)
+    # Separate generators: data order and noise each reproducible on their own.
+    sampler_gen = torch.Generator().manual_seed(seed * 1_000_003 + 1)
+    noise_gen = None if secure_mode else torch.Generator().manual_seed(seed * 1_000_003 + 2)
+    loader = DPDataLoader(dataset, sample_rate=sample_rate, generator=sampler_gen)
+    gsm = GradSampleModule(model, batch_first=True, loss_reduction="mean")
+    dp_optimizer = DPOptimizer(optimizer, noise_multiplier=sigma, max_grad_norm=max_grad_norm,
+                               expected_batch_size=batch_size, loss_reduction="mean",
+                               generator=noise_gen, secure_mode=secure_mode)
+    acc = create_accountant(accountant)
+    dp_optimizer.attach_step_hook(acc.get_optimizer_hook_fn(sample_rate=sample_rate))
+    return PrivateTraining(gsm, dp_optimizer, loader, acc, sigma, sample_rate, steps)

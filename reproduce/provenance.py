@@ -1,0 +1,59 @@
+"""Provenance recorded with every result: what code, data, study and environment produced it."""
+
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import platform
+import subprocess
+from pathlib import Path
+
+import torch
+
+PACKAGES = ("torch", "opacus", "escnn", "numpy", "scikit-learn", "pydantic", "dvc")
+# Paths whose uncommitted edits make a result not reproducible from the recorded commit.
+CODE_PATHS = ("reproduce", "studies", "pyproject.toml", "dvc.yaml")
+
+
+def _git(*args: str) -> str | None:
+    try:
+        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10,
+                             cwd=Path(__file__).resolve().parent.parent)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def git_state() -> dict:
+    commit = _git("rev-parse", "HEAD")
+    dirty = _git("status", "--porcelain", "--", *CODE_PATHS)
+    return {"commit": commit, "dirty": bool(dirty) if dirty is not None else None}
+
+
+def versions() -> dict:
+    out = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def provenance(*, cell, data) -> dict:
+    """Everything needed to trace a number back: study file hash, cell, commit, data, seed, versions."""
+    from reproduce.study import study_hash
+    study_file = Path("studies") / f"{cell.study.name}.yaml"
+    return {
+        "study": cell.study.name,
+        "study_sha256": study_hash(study_file) if study_file.exists() else None,
+        "cell": cell.id,
+        "seed": cell.seed,
+        **git_state(),
+        "data": {"name": data.name, "sha256": data.sha256, "source": data.source},
+        "versions": versions(),
+        "device": "cpu",
+        "torch_threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "finished_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }

@@ -1,0 +1,299 @@
+"""The study schema: the single source of configuration and of every default.
+
+A study is a YAML file in ``studies/``. Scalars configure every cell; each list under ``grid`` is one
+axis, and the cross product of the axes is the set of cells. DVC expands the same axes with
+``matrix:`` (see dvc.yaml), so a cell id is the axis values joined by "-", in the order of
+``GRID_AXES`` - exactly the ``${key}`` DVC gives the stage.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from reproduce.errors import StudyError
+
+GRID_AXES = ("dataset", "group", "epsilon", "multiplicity", "seed")
+NON_PRIVATE = "non-private"
+GROUP_PATTERN = re.compile(r"^(e|C[1-9][0-9]*|D[1-9][0-9]*|O2|SO2)$")
+GROUP_HELP = 'e (conventional CNN), C<N> or D<N> with N >= 1, O2, SO2'
+# Datasets a study may name; the data registry (reproduce.data) resolves them.
+MEDMNIST_FLAGS = ("pathmnist", "chestmnist", "dermamnist", "octmnist", "pneumoniamnist", "retinamnist",
+                  "breastmnist", "bloodmnist", "tissuemnist", "organamnist", "organcmnist", "organsmnist")
+DATASETS = ("embedded", "cifar10", *MEDMNIST_FLAGS)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelConfig(_Strict):
+    """Architecture shared by the cells; the group is a grid axis."""
+
+    architecture: Literal["resnet9"] = "resnet9"
+    # Either one layout for every group, or a layout per group (to compare models of similar size).
+    widths: Union[tuple[int, int, int], dict[str, tuple[int, int, int]]] = (8, 16, 32)
+    restrict: Literal["none", "halved"] = "none"
+    fix_params: bool = False
+
+    @field_validator("widths")
+    @classmethod
+    def _positive(cls, v):
+        layouts = v.values() if isinstance(v, dict) else [v]
+        for layout in layouts:
+            if any(w < 1 for w in layout):
+                raise ValueError(f"widths must be positive integers, got {list(layout)}")
+        if isinstance(v, dict):
+            bad = [g for g in v if not GROUP_PATTERN.match(g)]
+            if bad:
+                raise ValueError(f"unknown group(s) {bad} in widths; allowed: {GROUP_HELP}")
+        return v
+
+    def widths_for(self, group: str) -> tuple[int, int, int]:
+        if isinstance(self.widths, dict):
+            return tuple(self.widths[group])
+        return tuple(self.widths)
+
+
+class PrivacyConfig(_Strict):
+    """DP-SGD settings for every cell whose grid epsilon is a number."""
+
+    delta: float = Field(1e-5, gt=0, lt=1)
+    max_grad_norm: float = Field(1.0, gt=0)
+    accountant: Literal["rdp", "prv"] = "rdp"
+    # Cryptographically secure noise for final runs: not reproducible by design.
+    secure_mode: bool = False
+
+
+class OptimizerConfig(_Strict):
+    name: Literal["sgd", "adam"] = "sgd"
+    lr: float = Field(0.1, gt=0)
+    momentum: float = Field(0.0, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+
+
+class TrainingConfig(_Strict):
+    optimizer: OptimizerConfig = OptimizerConfig()
+    batch_size: int = Field(256, ge=1, description="logical (expected) batch size")
+    physical_batch_size: int = Field(128, ge=1, description="micro-batch bound for memory")
+    epochs: int = Field(10, ge=1)
+    eval_batch_size: int = Field(512, ge=1)
+    max_train_samples: int | None = Field(None, ge=1, description="use a prefix of the train split")
+
+
+class GridConfig(_Strict):
+    """Each list is one axis; cells are the cross product."""
+
+    dataset: list[Literal[DATASETS]] = Field(min_length=1)  # type: ignore[valid-type]
+    group: list[str] = Field(min_length=1)
+    # A target epsilon, or "non-private" to train without DP (explicit, never a fallback).
+    epsilon: list[Union[float, str]] = Field(min_length=1)
+    multiplicity: list[Annotated[int, Field(ge=1)]] = Field([1], min_length=1)
+    seed: list[Annotated[int, Field(ge=0)]] = Field(min_length=1)
+
+    @field_validator("group")
+    @classmethod
+    def _groups(cls, v):
+        for g in v:
+            if not GROUP_PATTERN.match(g):
+                raise ValueError(f"unknown group {g!r}; allowed: {GROUP_HELP}")
+        return v
+
+    @field_validator("epsilon", mode="before")
+    @classmethod
+    def _epsilons(cls, v):
+        if not isinstance(v, list):
+            return v
+        for i, e in enumerate(v):
+            ok = e == NON_PRIVATE or (isinstance(e, (int, float)) and not isinstance(e, bool) and 0 < e < float("inf"))
+            if not ok:
+                raise ValueError(f"entry {i} is {e!r}; each epsilon must be a positive number (target epsilon) or {NON_PRIVATE!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _no_duplicates(self):
+        for axis in GRID_AXES:
+            values = [_token(x) for x in getattr(self, axis)]
+            dupes = sorted({x for x in values if values.count(x) > 1})
+            if dupes:
+                raise ValueError(f"grid.{axis} repeats {dupes}: duplicate cell ids")
+        return self
+
+
+class Study(_Strict):
+    name: str = Field(pattern=r"^[a-z0-9_]+$")
+    description: str = ""
+    model: ModelConfig = ModelConfig()
+    privacy: PrivacyConfig = PrivacyConfig()
+    training: TrainingConfig = TrainingConfig()
+    grid: GridConfig
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if isinstance(self.model.widths, dict):
+            missing = [g for g in self.grid.group if g not in self.model.widths]
+            if missing:
+                raise ValueError(f"model.widths has no layout for group(s) {missing}")
+        if self.training.physical_batch_size > self.training.batch_size:
+            raise ValueError("training.physical_batch_size must not exceed training.batch_size")
+        return self
+
+    def cells(self) -> list["Cell"]:
+        axes = [getattr(self.grid, a) for a in GRID_AXES]
+        return [Cell(self, **dict(zip(GRID_AXES, values))) for values in itertools.product(*axes)]
+
+    def cell(self, cell_id: str) -> "Cell":
+        for c in self.cells():
+            if c.id == cell_id:
+                return c
+        raise StudyError(f"study {self.name!r} has no cell {cell_id!r}")
+
+
+def _token(value: Any) -> str:
+    """How DVC's matrix prints a value in ${key}: YAML scalars as str()."""
+    return str(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    """One point of the grid, with everything training needs."""
+
+    study: Study
+    dataset: str
+    group: str
+    epsilon: float | str
+    multiplicity: int
+    seed: int
+
+    @property
+    def id(self) -> str:
+        return "-".join(_token(getattr(self, a)) for a in GRID_AXES)
+
+    @property
+    def private(self) -> bool:
+        return self.epsilon != NON_PRIVATE
+
+    @property
+    def widths(self) -> tuple[int, int, int]:
+        return self.study.model.widths_for(self.group)
+
+    def config(self) -> dict:
+        """Everything that determines this cell's result (recorded with its metrics)."""
+        s = self.study
+        return {
+            "study": s.name, "cell": self.id, **{a: getattr(self, a) for a in GRID_AXES},
+            "model": {**s.model.model_dump(mode="json", exclude={"widths"}), "widths": list(self.widths)},
+            "privacy": s.privacy.model_dump(mode="json") if self.private else None,
+            "training": s.training.model_dump(mode="json"),
+        }
+
+
+# ---------------------------------------------------------------- loading with located errors
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys (PyYAML silently keeps the last one)."""
+
+
+def _construct_mapping(loader, node, deep=False):
+    seen = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r} (first on line {seen[key] + 1})", key_node.start_mark)
+        seen[key] = key_node.start_mark.line
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _line_of(node: yaml.Node | None, loc: tuple) -> int | None:
+    """1-based line of the deepest YAML node along a pydantic error location."""
+    line = None
+    for part in loc:
+        if node is None:
+            break
+        line = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            match = [(k, v) for k, v in node.value if k.value == part]
+            if not match:
+                break
+            line = match[0][0].start_mark.line + 1
+            node = match[0][1]
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+        elif isinstance(node, yaml.SequenceNode):
+            continue   # pydantic's union branch names (e.g. 'float') follow list indices
+        else:
+            break
+    else:
+        if node is not None:
+            line = node.start_mark.line + 1
+    return line
+
+
+def _describe(err: dict) -> tuple[tuple, str]:
+    # Drop pydantic's union/literal branch labels from the path: users think in YAML keys.
+    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and (p.startswith(("literal[", "function-")) or p in {"float", "int", "str", "bool", "tuple[int, int, int]", "dict[str,tuple[int,int,int]]"})))
+    if err["type"] == "extra_forbidden":
+        return loc, "unknown key (not part of the study schema)"
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] in ("literal_error",) and "expected" in err.get("ctx", {}):
+        msg = f"got {err['input']!r}; allowed: {err['ctx']['expected']}"
+    return loc, msg
+
+
+def parse_study(text: str, *, path: str = "<study>") -> Study:
+    """Parse and validate a study; every problem is reported at once with file, line and field."""
+    try:
+        root = yaml.compose(text, Loader=_UniqueKeyLoader)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else path
+        raise StudyError(f"{where}: YAML syntax error: {getattr(e, 'problem', None) or e}") from None
+    if not isinstance(data, dict):
+        raise StudyError(f"{path}:1: a study must be a YAML mapping (name, model, privacy, training, grid)")
+    try:
+        study = Study.model_validate(data)
+    except ValidationError as e:
+        lines = []
+        seen = set()
+        for err in e.errors():
+            loc, msg = _describe(err)
+            field = ".".join(str(p) for p in loc) or "(study)"
+            line = _line_of(root, loc)
+            entry = f"{path}:{line or 1}: {field}: {msg}"
+            if entry not in seen:
+                seen.add(entry)
+                lines.append(entry)
+        lines.sort(key=lambda entry: int(entry.split(":")[1]))
+        raise StudyError(f"invalid study {path} ({len(lines)} problem{'s' * (len(lines) > 1)}):\n  " + "\n  ".join(lines)) from None
+    stem = Path(path).stem
+    if path != "<study>" and study.name != stem:
+        line = _line_of(root, ("name",))
+        raise StudyError(f"{path}:{line}: name: {study.name!r} must equal the file name {stem!r} (results go to results/<name>/)")
+    return study
+
+
+def load_study(path: str | Path) -> Study:
+    """Read and validate ``path``; raises StudyError (exit 2) naming file, line and field."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise StudyError(f"{p}: cannot read study file: {e.strerror}") from None
+    return parse_study(text, path=str(p))
+
+
+def study_hash(path: str | Path) -> str:
+    """SHA-256 of the study file's bytes (provenance)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()

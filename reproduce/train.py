@@ -1,0 +1,183 @@
+"""Train one grid cell (DP-SGD or non-private) and write its metrics, privacy statement and provenance.
+
+``python -m reproduce.train STUDY --cell ID`` is the DVC stage command; ``run_cell`` is the pure-ish
+core that tests call directly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from opacus.utils.batch_memory_manager import BatchMemoryManager
+from torch.utils.data import DataLoader, TensorDataset
+from tqdm.auto import tqdm
+
+from reproduce.data import load_dataset
+from reproduce.errors import ReproduceError
+from reproduce.models import build_model, count_parameters
+from reproduce.privacy.accounting import PrivacyStatement
+from reproduce.provenance import provenance
+from reproduce.study import Cell
+
+
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 [N, H, W, C] -> float [N, C, H, W] in [-1, 1]."""
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
+
+
+def _targets(labels: np.ndarray, task: str) -> torch.Tensor:
+    if task.startswith("multi-label"):
+        return torch.from_numpy(labels).float()
+    return torch.from_numpy(labels[:, 0]).long()
+
+
+def loss_fn(logits: torch.Tensor, y: torch.Tensor, task: str) -> torch.Tensor:
+    if task.startswith("multi-label"):
+        return F.binary_cross_entropy_with_logits(logits, y)
+    return F.cross_entropy(logits, y)
+
+
+def make_optimizer(params, cfg) -> torch.optim.Optimizer:
+    if cfg.name == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+@torch.no_grad()
+def predict_proba(model: torch.nn.Module, x: torch.Tensor, *, task: str, batch_size: int) -> np.ndarray:
+    model.eval()
+    out = []
+    for i in range(0, len(x), batch_size):
+        logits = model(x[i:i + batch_size])
+        out.append(torch.sigmoid(logits) if task.startswith("multi-label") else logits.softmax(-1))
+    model.train()
+    return torch.cat(out).numpy().astype(np.float64)
+
+
+def run_cell(cell: Cell, *, data_root: Path, progress: bool = True) -> dict:
+    """Train ``cell`` and return its result record (metrics, privacy statement, provenance)."""
+    study, tr = cell.study, cell.study.training
+    if cell.multiplicity != 1:
+        raise ReproduceError(f"cell {cell.id}: augmentation multiplicity {cell.multiplicity} is not available yet; use 1")
+    torch.manual_seed(cell.seed)
+    np.random.seed(cell.seed)
+    splits = load_dataset(cell.dataset, root=data_root)
+    info = splits.info
+    task = info.task
+    x_train, y_train = splits.images("train"), splits.labels("train")
+    if tr.max_train_samples:
+        x_train, y_train = x_train[:tr.max_train_samples], y_train[:tr.max_train_samples]
+    train_set = TensorDataset(to_tensor(x_train), _targets(y_train, task))
+    num_classes = info.num_classes
+    model = build_model(group=cell.group, widths=cell.widths, in_channels=info.n_channels,
+                        num_classes=num_classes, restrict=study.model.restrict,
+                        fix_params=study.model.fix_params, seed=cell.seed)
+    n_params = count_parameters(model)
+    optimizer = make_optimizer(model.parameters(), tr.optimizer)
+
+    if cell.private:
+        from reproduce.privacy.dp_sgd import make_private
+        p = study.privacy
+        dp = make_private(model, optimizer, train_set, batch_size=tr.batch_size, epochs=tr.epochs,
+                          target_epsilon=float(cell.epsilon), delta=p.delta, max_grad_norm=p.max_grad_norm,
+                          accountant=p.accountant, seed=cell.seed, secure_mode=p.secure_mode)
+        net, opt, steps_total = dp.model, dp.optimizer, dp.steps
+    else:
+        gen = torch.Generator().manual_seed(cell.seed * 1_000_003 + 1)
+        loader = DataLoader(train_set, batch_size=tr.batch_size, shuffle=True, generator=gen)
+        net, opt, steps_total = model, optimizer, tr.epochs * len(loader)
+
+    t0 = time.perf_counter()
+    seen = 0
+    bar = tqdm(total=steps_total, desc=cell.id, unit="step", disable=not progress, dynamic_ncols=True)
+    log = []
+    for epoch in range(tr.epochs):
+        if cell.private:
+            # Poisson batches of random size, split into bounded micro-batches; the optimizer only
+            # takes a (noised) step at the end of each logical batch.
+            with BatchMemoryManager(data_loader=dp.loader, max_physical_batch_size=tr.physical_batch_size,
+                                    optimizer=opt) as batches:
+                for x, y in batches:
+                    opt.zero_grad(set_to_none=True)
+                    loss = loss_fn(net(x), y, task)
+                    loss.backward()
+                    opt.step()
+                    seen += len(x)
+                    if not opt._is_last_step_skipped:
+                        bar.update(1)
+                        bar.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}")
+        else:
+            for x, y in loader:
+                opt.zero_grad(set_to_none=True)
+                loss = loss_fn(net(x), y, task)
+                loss.backward()
+                opt.step()
+                seen += len(x)
+                bar.update(1)
+                bar.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}")
+        log.append({"epoch": epoch, "loss": float(loss.item())})
+    bar.close()
+    train_time = time.perf_counter() - t0
+
+    from reproduce.metrics import compute_eval_metrics
+    metrics = {}
+    for split in ("val", "test"):
+        probs = predict_proba(model, to_tensor(splits.images(split)), task=task, batch_size=tr.eval_batch_size)
+        for name, value in compute_eval_metrics(probs, splits.labels(split), task=task).items():
+            metrics[f"{split}_{name}"] = value
+    metrics.update(parameters=n_params, train_seconds=round(train_time, 3),
+                   samples_per_second=round(seen / train_time, 1), train_loss_last=log[-1]["loss"])
+
+    if cell.private:
+        p = study.privacy
+        eps = float(dp.accountant.get_epsilon(p.delta))
+        statement = PrivacyStatement(
+            private=True, accountant=p.accountant, target_epsilon=float(cell.epsilon), epsilon_spent=eps,
+            delta=p.delta, noise_multiplier=dp.noise_multiplier, sample_rate=dp.sample_rate,
+            steps=sum(s for _, _, s in dp.accountant.history), max_grad_norm=p.max_grad_norm,
+            sampling="Poisson", secure_mode=p.secure_mode)
+        if statement.steps != dp.steps:
+            raise ReproduceError(f"cell {cell.id}: ran {statement.steps} private steps but calibrated for {dp.steps}")
+        metrics["epsilon"] = eps
+    else:
+        statement = PrivacyStatement(private=False)
+    return {"cell": cell.id, "config": cell.config(), "metrics": metrics, "epochs": log,
+            "privacy": {**statement.__dict__, "statement": statement.sentence()},
+            "provenance": provenance(cell=cell, data=info)}
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    """Write JSON via a temp file + fsync + rename so a killed run never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2, sort_keys=True, allow_nan=False, default=_json_default)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _json_default(o):
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def write_cell(result: dict, out_dir: Path) -> None:
+    """The cell's outputs: result.json (everything) and metrics.json (flat numbers for `dvc metrics`)."""
+    flat = {k: v for k, v in result["metrics"].items() if isinstance(v, (int, float)) and not (isinstance(v, float) and math.isnan(v))}
+    write_json_atomic(out_dir / "result.json", result)
+    write_json_atomic(out_dir / "metrics.json", flat)
