@@ -94,7 +94,8 @@ class GridConfig(_Strict):
     dataset: list[Literal[DATASETS]] = Field(min_length=1)  # type: ignore[valid-type]
     group: list[str] = Field(min_length=1)
     # A target epsilon, or "non-private" to train without DP (explicit, never a fallback).
-    epsilon: list[Union[float, str]] = Field(min_length=1)
+    # int stays int so the cell id matches DVC's ${key} ("8", not "8.0").
+    epsilon: list[Union[int, float, str]] = Field(min_length=1)
     multiplicity: list[Annotated[int, Field(ge=1)]] = Field([1], min_length=1)
     seed: list[Annotated[int, Field(ge=0)]] = Field(min_length=1)
 
@@ -117,14 +118,14 @@ class GridConfig(_Strict):
                 raise ValueError(f"entry {i} is {e!r}; each epsilon must be a positive number (target epsilon) or {NON_PRIVATE!r}")
         return v
 
-    @model_validator(mode="after")
-    def _no_duplicates(self):
-        for axis in GRID_AXES:
-            values = [_token(x) for x in getattr(self, axis)]
-            dupes = sorted({x for x in values if values.count(x) > 1})
-            if dupes:
-                raise ValueError(f"grid.{axis} repeats {dupes}: duplicate cell ids")
-        return self
+    @field_validator(*GRID_AXES)
+    @classmethod
+    def _no_duplicates(cls, v):
+        values = [_token(x) for x in v]
+        dupes = sorted({x for x in values if values.count(x) > 1})
+        if dupes:
+            raise ValueError(f"repeats {', '.join(dupes)}: duplicate cell ids")
+        return v
 
 
 class Study(_Strict):

@@ -1,0 +1,28 @@
+# Two entry points for a fresh machine (Debian, Python 3.11, no GPU): `make run` and `make test`.
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(CURDIR)/$(VENV)/bin
+# escnn and medmnist go in without their dependencies; the pins live in pyproject.toml [tool.reproduce].
+NO_DEPS = $$($(BIN)/python -c "import tomllib; print(' '.join(tomllib.load(open('pyproject.toml', 'rb'))['tool']['reproduce']['no-deps']))")
+
+.PHONY: install run test bench clean-results
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet --no-deps $(NO_DEPS)
+	touch $@
+
+# Regenerates the embedded data (verified against data.dvc), then every stage of dvc.yaml.
+run: install
+	PATH="$(BIN):$$PATH" reproduce fetch
+	PATH="$(BIN):$$PATH" dvc repro
+	cat results/default/table.md
+
+test: install
+	PATH="$(BIN):$$PATH" pytest -q
+
+bench: install
+	PATH="$(BIN):$$PATH" python bench/bench_per_sample_grads.py

@@ -1,0 +1,125 @@
+"""Command line: thin wrappers around the pipeline's functions. Errors print without a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from reproduce.errors import ReproduceError, StudyError
+
+
+def cmd_validate(args) -> int:
+    from reproduce.study import load_study
+    for path in args.studies:
+        study = load_study(path)
+        cells = study.cells()
+        print(f"{path}: valid study {study.name!r}, {len(cells)} cells "
+              f"({' x '.join(f'{len(getattr(study.grid, a))} {a}' for a in ('dataset', 'group', 'epsilon', 'multiplicity', 'seed'))})")
+    return 0
+
+
+def cmd_cells(args) -> int:
+    from reproduce.study import load_study
+    for cell in load_study(args.study).cells():
+        print(cell.id)
+    return 0
+
+
+def cmd_fetch(args) -> int:
+    from reproduce.data import prepare_dataset
+    from reproduce.study import load_study
+    names = list(args.datasets)
+    for s in args.study or []:
+        names += [d for d in load_study(s).grid.dataset if d not in names]
+    for name in names or ["embedded"]:
+        path = prepare_dataset(name, root=Path(args.root))
+        print(f"{name}: {path}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from reproduce.study import load_study
+    from reproduce.train import run_cell, write_cell
+    study = load_study(args.study)   # the whole study must be valid before anything runs
+    cell = study.cell(args.cell)
+    result = run_cell(cell, data_root=Path(args.data_root), progress=not args.quiet)
+    out = Path(args.out or f"results/{study.name}/cells/{cell.id}")
+    write_cell(result, out)
+    print(result["privacy"]["statement"])
+    print(json.dumps({k: v for k, v in result["metrics"].items() if k.startswith("test_") or k == "epsilon"}))
+    return 0
+
+
+def cmd_table(args) -> int:
+    from reproduce.report.stage import write_tables
+    from reproduce.study import load_study
+    study = load_study(args.study)
+    for path in write_tables(study, results_dir=Path(args.results or f"results/{study.name}")):
+        print(path)
+    return 0
+
+
+def cmd_params(args) -> int:
+    from reproduce.models import build_model, count_parameters
+    from reproduce.study import load_study
+    study = load_study(args.study)
+    print(f"{'group':6} {'widths':>12} {'parameters':>12}")
+    for group in study.grid.group:
+        w = study.model.widths_for(group)
+        m = build_model(group=group, widths=w, in_channels=3, num_classes=8, restrict=study.model.restrict,
+                        fix_params=study.model.fix_params)
+        print(f"{group:6} {'-'.join(map(str, w)):>12} {count_parameters(m):>12,}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="reproduce", description="Reproducibility suite for DP equivariant deep learning. "
+                                "`dvc repro` runs the default study; these commands are its building blocks.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    s = sub.add_parser("validate", help="check study files without running anything")
+    s.add_argument("studies", nargs="+")
+    s.set_defaults(func=cmd_validate)
+    s = sub.add_parser("cells", help="list a study's cell ids (the DVC stage keys)")
+    s.add_argument("study")
+    s.set_defaults(func=cmd_cells)
+    s = sub.add_parser("fetch", help="prepare and verify datasets (default: the embedded set)")
+    s.add_argument("datasets", nargs="*")
+    s.add_argument("--study", action="append", help="fetch every dataset of this study")
+    s.add_argument("--root", default="data")
+    s.set_defaults(func=cmd_fetch)
+    s = sub.add_parser("train", help="train one cell (the DVC stage command)")
+    s.add_argument("study")
+    s.add_argument("--cell", required=True)
+    s.add_argument("--data-root", default="data")
+    s.add_argument("--out")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=cmd_train)
+    s = sub.add_parser("table", help="render a study's tables from its cell results")
+    s.add_argument("study")
+    s.add_argument("--results")
+    s.set_defaults(func=cmd_table)
+    s = sub.add_parser("params", help="parameter count per group of a study")
+    s.add_argument("study")
+    s.set_defaults(func=cmd_params)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except StudyError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except ReproduceError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""Study validation: every invalid study exits 2 naming file, line and field, and writes nothing."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from reproduce.study import load_study, parse_study
+from tests.conftest import REPO, TINY_STUDY
+
+VALID = TINY_STUDY.format(name="tiny")
+
+
+def _edit(old: str, new: str) -> str:
+    assert old in VALID, old
+    return VALID.replace(old, new, 1)
+
+
+# (description, study text, expected line, text that must appear in the message)
+INVALID = [
+    ("unknown top-level key", VALID + "epochs: 3\n", 20, "epochs: unknown key"),
+    ("unknown nested key", _edit("  accountant: rdp", "  accountant: rdp\n  sigma: 1.0"), 8, "privacy.sigma: unknown key"),
+    ("wrong type", _edit("epochs: 1", "epochs: many"), 12, "training.epochs"),
+    ("negative epsilon", _edit("[non-private, 8]", "[non-private, -8]"), 17, "grid.epsilon"),
+    ("delta >= 1", _edit("delta: 1.0e-5", "delta: 1.5"), 5, "privacy.delta"),
+    ("zero clipping norm", _edit("max_grad_norm: 1.0", "max_grad_norm: 0"), 6, "privacy.max_grad_norm"),
+    ("unknown accountant", _edit("accountant: rdp", "accountant: gdp"), 7, "'rdp' or 'prv'"),
+    ("empty grid axis", _edit("seed: [0]", "seed: []"), 19, "grid.seed"),
+    ("missing grid", VALID.split("grid:")[0], 1, "grid"),
+    ("unknown dataset", _edit("dataset: [embedded]", "dataset: [imagenet]"), 15, "grid.dataset"),
+    ("unknown group", _edit("group: [e]", "group: [e, X4]"), 16, "unknown group 'X4'"),
+    ("duplicate cell ids", _edit("seed: [0]", "seed: [0, 0]"), 19, "duplicate cell ids"),
+    ("YAML syntax error", _edit("group: [e]", "group: [e"), 17, "YAML syntax error"),
+    ("duplicate key", _edit("  epochs: 1", "  epochs: 1\n  epochs: 2"), 13, "duplicate key 'epochs'"),
+    ("widths of wrong length", _edit("widths: [4, 8, 8]", "widths: [4, 8]"), 3, "model.widths"),
+    ("non-positive width", _edit("widths: [4, 8, 8]", "widths: [4, 0, 8]"), 3, "widths must be positive"),
+    ("physical > logical batch", _edit("physical_batch_size: 32", "physical_batch_size: 128"), 1, "physical_batch_size"),
+    ("bool as epsilon", _edit("[non-private, 8]", "[false]"), 17, "grid.epsilon"),
+    ("name differs from file", _edit("name: tiny", "name: other"), 1, "must equal the file name"),
+    ("not a mapping", "- just\n- a list\n", 1, "must be a YAML mapping"),
+    ("widths for a group missing", _edit("widths: [4, 8, 8]", "widths: {C4: [4, 8, 8]}"), 1, "no layout for group"),
+]
+
+
+@pytest.mark.parametrize("desc,text,line,needle", INVALID, ids=[i[0] for i in INVALID])
+def test_invalid_study_is_located(desc, text, line, needle, temp_study):
+    path = temp_study(text)
+    with pytest.raises(Exception) as info:
+        load_study(path)
+    msg = str(info.value)
+    assert type(info.value).__name__ == "StudyError"
+    assert f"{path}:{line}:" in msg, msg
+    assert needle in msg, msg
+
+
+def test_cli_exit_code_2_no_traceback_nothing_written(temp_study, tmp_path):
+    path = temp_study(INVALID[3][1])
+    before = sorted(p for p in tmp_path.rglob("*"))
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    for args in (["validate", str(path)], ["train", str(path), "--cell", "embedded-e-8-1-0", "--data-root", str(tmp_path / "data"), "--out", str(tmp_path / "out")]):
+        proc = subprocess.run([sys.executable, "-m", "reproduce", *args], capture_output=True, text=True, cwd=tmp_path, env=env)
+        assert proc.returncode == 2, proc.stderr
+        assert "Traceback" not in proc.stderr
+        assert f"{path}:17: grid.epsilon" in proc.stderr
+    assert sorted(p for p in tmp_path.rglob("*")) == before
+
+
+def test_valid_study_cells_are_stable_and_readable():
+    study = parse_study(VALID, path="<study>")
+    ids = [c.id for c in study.cells()]
+    assert ids == ["embedded-e-non-private-1-0", "embedded-e-8-1-0"]
+    assert study.cells()[1].private and not study.cells()[0].private
+    assert study.cells()[0].config()["privacy"] is None
+
+
+def test_repository_studies_are_valid():
+    for path in sorted((REPO / "studies").glob("*.yaml")):
+        assert load_study(path).cells()
+
+
+def test_cell_ids_match_dvc_matrix_keys():
+    """The Python cell id must equal DVC's ${key} for the default study (both expand the same grid)."""
+    proc = subprocess.run([sys.executable, "-m", "dvc", "stage", "list", "--all"] if False else
+                          [os.path.join(os.path.dirname(sys.executable), "dvc"), "stage", "list"],
+                          capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    dvc_keys = sorted(line.split()[0].removeprefix("train@") for line in proc.stdout.splitlines() if line.startswith("train@"))
+    assert dvc_keys == sorted(c.id for c in load_study(REPO / "studies/default.yaml").cells())
