@@ -1,0 +1,101 @@
+"""Per-sample gradients from one backward pass to the layer outputs ("book-keeping").
+
+In opacus's hooks mode the ordinary backward still computes every batch weight gradient and the
+backward of escnn's basis expansion, and DP-SGD then throws both away. This engine captures each
+trainable layer's input and output in the forward pass, takes one ``torch.autograd.grad`` of the
+loss with respect to the layer OUTPUTS only (autograd then skips all weight gradients), and hands
+each layer's (input, output gradient) to the same opacus-registered rule hooks mode would call. It
+fills ``p.grad_sample`` exactly as opacus's ``GradSampleModule`` does, so clipping, noise and
+accounting stay opacus's own ``DPOptimizer`` and accountant.
+
+Usage::
+
+    model, optimizer, loader = PrivacyEngine().make_private(..., grad_sample_mode="no_op")
+    engine = OutputGradientEngine(model)          # refuses models without exact rules
+    loss = criterion(model(x), y)                 # reduction must match loss_reduction ("mean")
+    engine.backward(loss)                         # instead of loss.backward()
+    optimizer.step(); optimizer.zero_grad()
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Tuple
+
+import torch
+from opacus import GradSampleModule
+from torch import nn
+
+from reproduce.errors import ReproduceError
+from reproduce.privacy.exactness import check_exact_per_sample_gradients
+
+
+class OutputGradientEngine:
+    """Fills ``p.grad_sample`` for every trainable parameter of ``model`` from one backward pass.
+
+    Args:
+        model: the model (plain or wrapped by opacus's ``GradSampleModuleNoOp``). Every trainable
+            layer must have a registered opacus rule (checked).
+        loss_reduction: "mean" or "sum", how the loss passed to ``backward`` reduced the batch;
+            must equal the ``DPOptimizer``'s.
+    """
+
+    def __init__(self, model: nn.Module, *, loss_reduction: str = "mean"):
+        if loss_reduction not in ("mean", "sum"):
+            raise ValueError(f"loss_reduction must be 'mean' or 'sum', got {loss_reduction!r}")
+        check_exact_per_sample_gradients(model)
+        self.loss_reduction = loss_reduction
+        self.layers: List[Tuple[str, nn.Module]] = [
+            (name, m) for name, m in model.named_modules()
+            if any(p.requires_grad for p in m.parameters(recurse=False))]
+        self._captured: List[Tuple[str, nn.Module, torch.Tensor, torch.Tensor, int]] = []
+        self._handles = [m.register_forward_hook(self._capture(name)) for name, m in self.layers]
+
+    def _capture(self, name: str):
+        def hook(module: nn.Module, inputs, output):
+            if not (module.training and torch.is_grad_enabled()):
+                return
+            if not isinstance(output, torch.Tensor):
+                raise ReproduceError(f"layer '{name}' returns {type(output).__name__}, not a tensor; "
+                                     "the output-gradient engine supports single-tensor layers only")
+            if output.requires_grad:
+                self._captured.append((name, module, inputs[0].detach(), output, output._version))
+        return hook
+
+    def remove(self) -> None:
+        """Detach the engine's hooks from the model."""
+        for h in self._handles:
+            h.remove()
+        self._handles, self._captured = [], []
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """Replace ``loss.backward()``: set ``p.grad_sample`` (per-sample gradients of the per-sample losses).
+
+        Like opacus, a second call before ``optimizer.step()`` (gradient accumulation) turns
+        ``p.grad_sample`` into a list with one tensor per call.
+        """
+        captured, self._captured = self._captured, []
+        if not captured:
+            raise ReproduceError("no trainable layer ran in training mode with gradients enabled "
+                                 "since the last backward; call model.train() and run the forward first")
+        for name, _, _, out, version in captured:
+            if out._version != version:
+                raise ReproduceError(f"the output of layer '{name}' was modified in place after the layer "
+                                     "ran (e.g. ReLU(inplace=True)); use the out-of-place operation")
+        grads = torch.autograd.grad(loss, [c[3] for c in captured], allow_unused=True)
+        per_sample: Dict[nn.Parameter, torch.Tensor] = {}
+        for (name, module, x, out, _), g in zip(captured, grads):
+            if g is None:
+                g = torch.zeros_like(out)
+            if self.loss_reduction == "mean":
+                g = g * x.shape[0]
+            rule = GradSampleModule.GRAD_SAMPLERS[type(module)]
+            for p, gs in rule(module, [x], g.detach()).items():
+                # a layer that ran twice (shared weights) contributes the sum of its uses, as in opacus
+                per_sample[p] = per_sample[p] + gs if p in per_sample else gs
+        for p, gs in per_sample.items():
+            if getattr(p, "grad_sample", None) is None:
+                p.grad_sample = gs
+            elif isinstance(p.grad_sample, list):
+                p.grad_sample.append(gs)
+            else:
+                p.grad_sample = [p.grad_sample, gs]

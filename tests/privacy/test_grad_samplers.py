@@ -1,0 +1,223 @@
+"""Per-sample gradients of EquivariantConv2d: opacus hooks mode and the output-gradient engine
+against a brute-force loop with one backward per sample."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from escnn import gspaces
+from escnn import nn as enn
+from opacus import GradSampleModule, PrivacyEngine
+from opacus.optimizers import DPOptimizer
+from torch import nn
+
+from reproduce.models.escnn_conv import EquivariantConv2d
+from reproduce.privacy.fast_engine import OutputGradientEngine
+from reproduce.privacy.grad_samplers import basis_transpose, coefficient_grad_sample
+
+# opacus' hooks warn that the first layer's input needs no gradient; expected here.
+pytestmark = [pytest.mark.filterwarnings("ignore:Full backward hook is firing"),
+              pytest.mark.filterwarnings("ignore:Secure RNG turned off")]
+
+BATCH = 6
+TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-10}
+
+
+def field_types(group: str):
+    """(input, hidden, output) field types of a small model on ``group``."""
+    if group == "O2":
+        gs = gspaces.flipRot2dOnR2(-1, maximum_frequency=2)
+        bl = gs.fibergroup.bl_regular_representation(1)
+        hidden = [bl, gs.irrep(1, 1), gs.trivial_repr]
+        out = [bl, gs.irrep(1, 2), gs.irrep(1, 0), gs.trivial_repr]
+    else:
+        gs = {"C1": gspaces.rot2dOnR2(1), "C4": gspaces.rot2dOnR2(4), "D4": gspaces.flipRot2dOnR2(4),
+              "C16": gspaces.rot2dOnR2(16)}[group]
+        hidden, out = [gs.regular_repr] * 2, [gs.regular_repr] * 2
+    return (enn.FieldType(gs, [gs.trivial_repr] * 3), enn.FieldType(gs, hidden), enn.FieldType(gs, out))
+
+
+class SmallEquivariantNet(nn.Module):
+    """conv (12x12: grouped-conv rule) -> pool -> conv (6x6: unfold rule) -> linear head."""
+
+    def __init__(self, group: str, n_classes: int = 3):
+        super().__init__()
+        np.random.seed(0)  # escnn's D_N and O(2) bases draw from numpy's global RNG
+        torch.manual_seed(0)
+        t_in, t_hidden, t_out = field_types(group)
+        self.conv1 = EquivariantConv2d(t_in, t_hidden, 3, padding=1)
+        self.conv2 = EquivariantConv2d(t_hidden, t_out, 3, padding=1)
+        self.head = nn.Linear(t_out.size, n_classes)
+
+    def forward(self, x):
+        x = F.group_norm(torch.tanh(self.conv1(x)), 1)  # parameter-free, per sample
+        x = F.avg_pool2d(x, 2)
+        x = torch.tanh(self.conv2(x))
+        return self.head(x.mean(dim=(2, 3)))
+
+
+GROUPS = ["C1", "C4", "D4", "C16", "O2"]
+
+
+@pytest.fixture(scope="module")
+def nets():
+    return {g: SmallEquivariantNet(g) for g in GROUPS}
+
+
+def batch(dtype, n=BATCH, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, 12, 12, generator=g, dtype=dtype), torch.randint(0, 3, (n,), generator=g)
+
+
+def brute_force_grads(model, x, y):
+    """{param name: [n, *shape]} with one backward per sample (per-sample loss = cross entropy)."""
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    per_sample = {n: [] for n in names}
+    for i in range(len(x)):
+        model.zero_grad()
+        F.cross_entropy(model(x[i:i + 1]), y[i:i + 1]).backward()
+        for n, p in model.named_parameters():
+            if p.requires_grad:
+                per_sample[n].append(p.grad.detach().clone())
+    model.zero_grad()
+    return {n: torch.stack(g) for n, g in per_sample.items()}
+
+
+def rel_err(a, b):
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+def brute_force_clipped_mean(grads, max_grad_norm):
+    """The clipped mean DP-SGD should produce, clipping by the norm over ALL parameters (opacus' formula)."""
+    norms = torch.stack([g.flatten(1).norm(dim=1) for g in grads.values()], dim=1).norm(dim=1)
+    factor = (max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
+    n = len(norms)
+    return {k: torch.einsum("i,i...->...", factor, g) / n for k, g in grads.items()}
+
+
+@pytest.mark.parametrize("group", GROUPS)
+def test_basis_transpose_is_the_vjp_of_the_basis_expansion(nets, group):
+    for layer in (nets[group].conv1, nets[group].conv2):
+        layer = copy.deepcopy(layer).double()
+        w = layer.weights.detach().clone().requires_grad_()
+        filt = layer.basisexpansion(w)  # [C_out, C_in, k*k]
+        G = torch.randn(3, *filt.shape, dtype=torch.float64)
+        expected = torch.stack([torch.autograd.grad(filt, w, G[i], retain_graph=True)[0] for i in range(3)])
+        assert rel_err(basis_transpose(layer, G), expected) < 1e-12
+
+
+@pytest.mark.parametrize("conv_kwargs", [dict(padding=0, stride=2), dict(padding=2, dilation=2),
+                                         dict(padding=1, bias=False)])
+def test_both_contractions_match_brute_force_for_stride_dilation_and_padding(conv_kwargs):
+    np.random.seed(0)
+    _, t_hidden, t_out = field_types("O2")
+    layer = EquivariantConv2d(t_hidden, t_out, 3, **conv_kwargs).double()
+    x = torch.randn(5, t_hidden.size, 13, 13, dtype=torch.float64)
+    grad_out = torch.randn_like(layer(x))
+    expected = torch.stack([torch.autograd.grad((layer(x[i:i + 1]) * grad_out[i:i + 1]).sum(), layer.weights)[0]
+                            for i in range(5)])
+    for method in ("unfold", "conv"):
+        for chunk in (2, 5):
+            got = coefficient_grad_sample(layer, x, grad_out, method=method, chunk=chunk)
+            assert rel_err(got, expected) < 1e-12, (method, chunk)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("group", GROUPS)
+def test_hooks_mode_per_sample_gradients_equal_brute_force(nets, group, dtype):
+    model = copy.deepcopy(nets[group]).to(dtype)
+    x, y = batch(dtype)
+    expected = brute_force_grads(model, x, y)
+    gsm = GradSampleModule(model, loss_reduction="mean")
+    F.cross_entropy(gsm(x), y).backward()
+    # no layer fell back to functorch: opacus marks fallback layers with ft_compute_sample_grad
+    assert not any(hasattr(m, "ft_compute_sample_grad") for m in model.modules())
+    for name, p in model.named_parameters():
+        assert p.grad_sample.shape == (BATCH, *p.shape)
+        assert rel_err(p.grad_sample, expected[name]) < TOLERANCE[dtype], name
+    gsm._close()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("group", ["C4", "O2"])
+def test_engine_per_sample_gradients_equal_brute_force(nets, group, dtype):
+    model = copy.deepcopy(nets[group]).to(dtype)
+    x, y = batch(dtype)
+    expected = brute_force_grads(model, x, y)
+    engine = OutputGradientEngine(model)
+    engine.backward(F.cross_entropy(model(x), y))
+    for name, p in model.named_parameters():
+        assert p.grad is None  # the engine never computes batch gradients
+        assert rel_err(p.grad_sample, expected[name]) < TOLERANCE[dtype], name
+    engine.remove()
+
+
+@pytest.mark.parametrize("path", ["hooks", "engine"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_dp_optimizer_update_equals_brute_force_clipped_mean(nets, path, dtype):
+    model = copy.deepcopy(nets["D4"]).to(dtype)
+    x, y = batch(dtype, n=8, seed=2)
+    grads = brute_force_grads(model, x, y)
+    norms = torch.stack([g.flatten(1).norm(dim=1) for g in grads.values()], dim=1).norm(dim=1)
+    max_grad_norm = norms.median().item()  # some samples clipped, some not
+    expected = brute_force_clipped_mean(grads, max_grad_norm)
+
+    optimizer = DPOptimizer(torch.optim.SGD(model.parameters(), lr=1.0), noise_multiplier=0.0,
+                            max_grad_norm=max_grad_norm, expected_batch_size=len(x))
+    if path == "hooks":
+        gsm = GradSampleModule(model, loss_reduction="mean")
+        F.cross_entropy(gsm(x), y).backward()
+    else:
+        engine = OutputGradientEngine(model)
+        engine.backward(F.cross_entropy(model(x), y))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    optimizer.step()
+    for name, p in model.named_parameters():
+        assert rel_err(before[name] - p.detach(), expected[name]) < TOLERANCE[dtype], name
+    if path == "hooks":
+        gsm._close()
+    else:
+        engine.remove()
+
+
+def test_make_private_hooks_and_engine_give_the_same_clipped_update(nets):
+    x, y = batch(torch.float64, n=8, seed=3)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=8)
+    updates = {}
+    for mode in ("hooks", "no_op"):
+        model = copy.deepcopy(nets["C4"]).double()
+        before = [p.detach().clone() for p in model.parameters()]
+        private, optimizer, private_loader = PrivacyEngine().make_private(
+            module=model, optimizer=torch.optim.SGD(model.parameters(), lr=1.0), data_loader=loader,
+            noise_multiplier=0.0, max_grad_norm=0.05, poisson_sampling=False, grad_sample_mode=mode)
+        xb, yb = next(iter(private_loader))
+        if mode == "hooks":
+            F.cross_entropy(private(xb), yb).backward()
+        else:
+            OutputGradientEngine(private).backward(F.cross_entropy(private(xb), yb))
+        optimizer.step()
+        updates[mode] = [b - p.detach() for b, p in zip(before, model.parameters())]
+    for a, b in zip(updates["hooks"], updates["no_op"]):
+        assert rel_err(b, a) < 1e-10
+
+
+def test_engine_refuses_in_place_changes_of_a_layer_output(nets):
+    from reproduce.errors import ReproduceError
+
+    class InPlace(nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            return self.inner.head(F.relu_(self.inner.conv1(x)).mean(dim=(2, 3)))
+
+    model = InPlace(copy.deepcopy(nets["C4"]))
+    engine = OutputGradientEngine(model)
+    x, y = batch(torch.float32)
+    with pytest.raises(ReproduceError, match="in place"):
+        engine.backward(F.cross_entropy(model(x), y))
