@@ -74,6 +74,15 @@ def cmd_params(args) -> int:
     return 0
 
 
+def cmd_pipeline(args) -> int:
+    from reproduce.pipeline import write_pipeline
+    from reproduce.study import load_study
+    studies = [load_study(p) for p in (args.studies or sorted(Path("studies").glob("*.yaml")))]
+    for study in studies:
+        print(write_pipeline(study))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="reproduce", description="Reproducibility suite for DP equivariant deep learning. "
                                 "`dvc repro` runs the default study; these commands are its building blocks.")
@@ -100,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("study")
     s.add_argument("--results")
     s.set_defaults(func=cmd_table)
+    s = sub.add_parser("pipeline", help="(re)write the DVC pipeline of studies (default: all in studies/)")
+    s.add_argument("studies", nargs="*")
+    s.set_defaults(func=cmd_pipeline)
     s = sub.add_parser("params", help="parameter count per group of a study")
     s.add_argument("study")
     s.set_defaults(func=cmd_params)

@@ -6,6 +6,7 @@ core that tests call directly.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -21,6 +22,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
 from reproduce.data import load_dataset
+from reproduce.data.augment import augment_views, average_view_grad_samples
 from reproduce.errors import ReproduceError
 from reproduce.models import build_model, count_parameters
 from reproduce.privacy.accounting import PrivacyStatement
@@ -62,11 +64,50 @@ def predict_proba(model: torch.nn.Module, x: torch.Tensor, *, task: str, batch_s
     return torch.cat(out).numpy().astype(np.float64)
 
 
+class StepTracker:
+    """Per-step series for Figure 1 (right) and alignment: every ``every`` optimizer steps.
+
+    l0_update: share of entries with |g| < 1e-5 of the gradient the optimizer applied (private:
+    clipped + noised; non-private: plain). l0_clipped (DP only): the clipped sum before noise.
+    Gradient-weight alignment from the final Linear layer's closed-form per-sample gradients.
+    """
+
+    def __init__(self, model: torch.nn.Module, *, task: str, every: int):
+        self.every, self.task, self.rows = every, task, []
+        self.fc = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self._io = None
+        self._targets = None
+        self.fc.register_forward_hook(self._hook)
+
+    def _hook(self, module, inputs, output):
+        if module.training:
+            self._io = (inputs[0].detach(), output.detach())
+
+    def capture_targets(self, y):
+        self._targets = y
+
+    def after_step(self, step: int, epoch: int, loss, dp_optimizer) -> None:
+        if step % self.every and step != 1:
+            return
+        from reproduce.metrics.alignment import alignment_summary, linear_ce_per_sample_grads, per_sample_cosine
+        from reproduce.metrics.sparsity import l0_eps
+        row = {"step": step, "epoch": epoch, "loss": float(loss.item()),
+               "l0_update": l0_eps([p.grad for p in self.params if p.grad is not None])}
+        if dp_optimizer is not None:
+            B = dp_optimizer.expected_batch_size
+            row["l0_clipped"] = l0_eps([p.summed_grad / B for p in self.params if getattr(p, "summed_grad", None) is not None])
+        if self._io is not None and not self.task.startswith("multi-label"):
+            h, z = self._io
+            gw, gb = linear_ce_per_sample_grads(h, z, self._targets[: len(z)].reshape(-1))
+            summary = alignment_summary(per_sample_cosine([gw, gb], [self.fc.weight, self.fc.bias]))
+            row["gwa_mean"], row["gwa_kurtosis_corrected"] = summary.mean, summary.kurtosis_corrected_mean
+        self.rows.append(row)
+
+
 def run_cell(cell: Cell, *, data_root: Path, progress: bool = True) -> dict:
     """Train ``cell`` and return its result record (metrics, privacy statement, provenance)."""
     study, tr = cell.study, cell.study.training
-    if cell.multiplicity != 1:
-        raise ReproduceError(f"cell {cell.id}: augmentation multiplicity {cell.multiplicity} is not available yet; use 1")
     torch.manual_seed(cell.seed)
     np.random.seed(cell.seed)
     splits = load_dataset(cell.dataset, root=data_root)
@@ -95,32 +136,43 @@ def run_cell(cell: Cell, *, data_root: Path, progress: bool = True) -> dict:
         loader = DataLoader(train_set, batch_size=tr.batch_size, shuffle=True, generator=gen)
         net, opt, steps_total = model, optimizer, tr.epochs * len(loader)
 
+    kind = "cifar" if cell.dataset == "cifar10" else "medmnist"
+    aug_gen = torch.Generator().manual_seed(cell.seed * 1_000_003 + 3)
+    K = cell.multiplicity
+    tracker = StepTracker(model, task=task, every=tr.log_every)
+
+    def forward_backward(x, y):
+        views = augment_views(x, K, kind=kind, generator=aug_gen)
+        targets = y.repeat_interleave(K, dim=0) if K > 1 else y
+        loss = loss_fn(net(views), targets, task)
+        loss.backward()
+        if cell.private:
+            average_view_grad_samples(model.parameters(), K)   # clip the view-average, per sample
+        tracker.capture_targets(targets)
+        return loss
+
     t0 = time.perf_counter()
-    seen = 0
+    seen, step = 0, 0
     bar = tqdm(total=steps_total, desc=cell.id, unit="step", disable=not progress, dynamic_ncols=True)
     log = []
     for epoch in range(tr.epochs):
         if cell.private:
             # Poisson batches of random size, split into bounded micro-batches; the optimizer only
             # takes a (noised) step at the end of each logical batch.
-            with BatchMemoryManager(data_loader=dp.loader, max_physical_batch_size=tr.physical_batch_size,
-                                    optimizer=opt) as batches:
-                for x, y in batches:
-                    opt.zero_grad(set_to_none=True)
-                    loss = loss_fn(net(x), y, task)
-                    loss.backward()
-                    opt.step()
-                    seen += len(x)
-                    if not opt._is_last_step_skipped:
-                        bar.update(1)
-                        bar.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}")
+            batches_cm = BatchMemoryManager(data_loader=dp.loader, max_physical_batch_size=tr.physical_batch_size,
+                                            optimizer=opt)
         else:
-            for x, y in loader:
+            batches_cm = contextlib.nullcontext(loader)
+        with batches_cm as batches:
+            for x, y in batches:
                 opt.zero_grad(set_to_none=True)
-                loss = loss_fn(net(x), y, task)
-                loss.backward()
+                loss = forward_backward(x, y)
                 opt.step()
                 seen += len(x)
+                if cell.private and opt._is_last_step_skipped:
+                    continue
+                step += 1
+                tracker.after_step(step, epoch, loss, opt if cell.private else None)
                 bar.update(1)
                 bar.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}")
         log.append({"epoch": epoch, "loss": float(loss.item())})
@@ -149,7 +201,7 @@ def run_cell(cell: Cell, *, data_root: Path, progress: bool = True) -> dict:
         metrics["epsilon"] = eps
     else:
         statement = PrivacyStatement(private=False)
-    return {"cell": cell.id, "config": cell.config(), "metrics": metrics, "epochs": log,
+    return {"cell": cell.id, "config": cell.config(), "metrics": metrics, "epochs": log, "steps": tracker.rows,
             "privacy": {**statement.__dict__, "statement": statement.sentence()},
             "provenance": provenance(cell=cell, data=info)}
 

@@ -15,13 +15,16 @@ DEFAULT_ROOT = Path("data")
 
 
 def prepare_dataset(name: str, *, root: Path = DEFAULT_ROOT) -> Path:
-    """Make the dataset's file present and verified under ``root``; return its path."""
+    """Make the dataset's file present and verified in ``root/<name>/``; return its path.
+
+    One directory per dataset, so each is one DVC output (``data.dvc`` or a ``fetch`` stage).
+    """
     if name == "embedded":
         from reproduce.data import embedded
         return embedded.prepare(Path(root) / "embedded")
     if name in MEDMNIST_FLAGS:
         from reproduce.data import medmnist_source
-        return medmnist_source.prepare(name, root=Path(root) / "medmnist")
+        return medmnist_source.prepare(name, root=Path(root) / name)
     if name == "cifar10":
         from reproduce.data import cifar10
         return cifar10.prepare(root=Path(root) / "cifar10")

@@ -1,0 +1,153 @@
+"""DP-SGD correctness against independent ground truth: brute-force gradients, noise statistics, accountant."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from opacus import GradSampleModule
+from opacus.optimizers import DPOptimizer
+from torch.utils.data import TensorDataset
+
+from reproduce.errors import ReproduceError
+from reproduce.models import build_model
+from reproduce.privacy.accounting import calibrate_noise, epsilon_for, poisson_steps_per_epoch
+from reproduce.privacy.dp_sgd import make_private
+
+
+def _batch(n=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, 28, 28, generator=g), torch.randint(0, 8, (n,), generator=g)
+
+
+def _brute_force_grads(model, x, y):
+    """One backward per sample: the definition of a per-sample gradient."""
+    out = []
+    for i in range(len(x)):
+        model.zero_grad()
+        F.cross_entropy(model(x[i:i + 1]), y[i:i + 1]).backward()
+        out.append([p.grad.detach().clone() for p in model.parameters()])
+    return out
+
+
+def test_conventional_per_sample_gradients_match_brute_force():
+    model = build_model(group="e", widths=(4, 8, 8), in_channels=3, num_classes=8, seed=0).double()
+    x, y = _batch()
+    x = x.double()
+    expected = _brute_force_grads(model, x, y)
+    gsm = GradSampleModule(model, loss_reduction="sum")
+    gsm.zero_grad()
+    F.cross_entropy(gsm(x), y, reduction="sum").backward()
+    for j, p in enumerate(model.parameters()):
+        want = torch.stack([e[j] for e in expected])
+        rel = (p.grad_sample - want).norm() / want.norm().clamp_min(1e-30)
+        assert rel < 1e-5, (j, rel.item())
+
+
+def _dp_step(model, x, y, *, noise_multiplier, max_grad_norm, expected_batch_size, generator=None):
+    gsm = GradSampleModule(model, loss_reduction="mean")
+    opt = DPOptimizer(torch.optim.SGD(model.parameters(), lr=1.0), noise_multiplier=noise_multiplier,
+                      max_grad_norm=max_grad_norm, expected_batch_size=expected_batch_size, generator=generator)
+    opt.zero_grad()
+    F.cross_entropy(gsm(x), y).backward()
+    opt.pre_step()   # clip, accumulate, noise, scale: the gradient the step would apply
+    grads = [p.grad.detach().clone() for p in model.parameters()]
+    gsm._close()
+    return grads
+
+
+def test_each_clipped_per_sample_gradient_is_within_the_norm():
+    model = build_model(group="e", widths=(4, 8, 8), in_channels=3, num_classes=8, seed=0)
+    x, y = _batch(n=5)
+    x[0] *= 50  # a sample with a large gradient, certainly clipped
+    raw = _brute_force_grads(model, x, y)
+    for i in range(len(x)):
+        g = _dp_step(model, x[i:i + 1], y[i:i + 1], noise_multiplier=0.0, max_grad_norm=0.1, expected_batch_size=1)
+        norm = math.sqrt(sum(float(t.pow(2).sum()) for t in g))
+        raw_norm = math.sqrt(sum(float(t.pow(2).sum()) for t in raw[i]))
+        assert norm <= 0.1 + 1e-6
+        assert norm == pytest.approx(min(raw_norm, 0.1), rel=1e-4)
+
+
+def test_noiseless_update_equals_brute_force_clipped_mean():
+    model = build_model(group="e", widths=(4, 8, 8), in_channels=3, num_classes=8, seed=1).double()
+    x, y = _batch(n=7, seed=3)
+    x = x.double()
+    C, B = 0.5, 7
+    raw = _brute_force_grads(model, x, y)
+    want = [torch.zeros_like(p) for p in model.parameters()]
+    for g in raw:
+        norm = math.sqrt(sum(float(t.pow(2).sum()) for t in g))   # over ALL parameters
+        factor = min(1.0, C / (norm + 1e-6))
+        for w, t in zip(want, g):
+            w += factor * t / B
+    got = _dp_step(model, x, y, noise_multiplier=0.0, max_grad_norm=C, expected_batch_size=B)
+    for w, g in zip(want, got):
+        assert torch.allclose(g, w, rtol=1e-8, atol=1e-12)
+
+
+def test_noise_has_std_sigma_times_clip_norm():
+    # Zero input and zero-initialised weights give zero gradients: what remains is pure noise.
+    lin = torch.nn.Linear(100, 100, bias=False)
+    torch.nn.init.zeros_(lin.weight)
+    x, y = torch.zeros(4, 100), torch.zeros(4, 100)
+    sigma, C, B = 1.3, 0.7, 4
+    gsm = GradSampleModule(lin, loss_reduction="mean")
+    opt = DPOptimizer(torch.optim.SGD(lin.parameters(), lr=1.0), noise_multiplier=sigma, max_grad_norm=C,
+                      expected_batch_size=B, generator=torch.Generator().manual_seed(0))
+    draws = []
+    for _ in range(20):
+        opt.zero_grad()
+        F.mse_loss(gsm(x), y).backward()
+        opt.pre_step()
+        draws.append(lin.weight.grad.flatten() * B)   # undo the 1/B averaging
+    noise = torch.cat(draws).double()   # 200,000 draws
+    n = noise.numel()
+    # std estimate has relative standard error 1/sqrt(2n) ~ 0.16%: 1.5% is > 9 standard errors.
+    assert noise.std().item() == pytest.approx(sigma * C, rel=0.015)
+    assert abs(noise.mean().item()) < 5 * sigma * C / math.sqrt(n)
+
+
+@pytest.mark.parametrize("accountant", ["rdp", "prv"])
+@pytest.mark.parametrize("target", [1.0, 7.42])
+def test_calibrated_epsilon_is_at_most_and_within_one_percent_of_target(accountant, target):
+    q, steps = 256 / 4000, 10 * poisson_steps_per_epoch(256 / 4000)
+    sigma = calibrate_noise(target_epsilon=target, delta=1e-5, sample_rate=q, steps=steps, accountant=accountant)
+    eps = epsilon_for(noise_multiplier=sigma, delta=1e-5, sample_rate=q, steps=steps, accountant=accountant)
+    assert eps <= target
+    assert eps >= 0.99 * target
+    # Less noise must spend more than the target (the calibration is the smallest sufficient sigma).
+    assert epsilon_for(noise_multiplier=sigma * 0.97, delta=1e-5, sample_rate=q, steps=steps, accountant=accountant) > target
+
+
+def test_make_private_accounts_for_the_sample_rate_and_steps_that_run():
+    """The authors' defect: q = 1/len(loader) != B/N. Here the loader runs at exactly the accounted q."""
+    model = build_model(group="e", widths=(4, 4, 4), in_channels=3, num_classes=8, seed=0)
+    n, B = 1000, 64   # 1000/64 is not an integer: 1/len(loader) would be 1/15, not 0.064
+    ds = TensorDataset(torch.randn(n, 3, 28, 28), torch.randint(0, 8, (n,)))
+    dp = make_private(model, torch.optim.SGD(model.parameters(), lr=0.1), ds, batch_size=B, epochs=1,
+                      target_epsilon=8.0, delta=1e-5, max_grad_norm=1.0, accountant="rdp", seed=0)
+    assert dp.sample_rate == B / n
+    assert dp.loader.batch_sampler.sample_rate == B / n
+    assert dp.steps == len(dp.loader) == 15
+    sizes = [len(x) for x, _ in dp.loader]
+    assert len(sizes) == 15 and len(set(sizes)) > 1   # Poisson: random batch sizes
+    assert abs(sum(sizes) / len(sizes) - B) < 4 * math.sqrt(B)
+
+
+def test_layer_without_exact_rule_is_refused_never_trained_non_privately():
+    class Scaled(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.scale = torch.nn.Parameter(torch.ones(1))
+
+        def forward(self, x):
+            return x * self.scale
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), Scaled(), torch.nn.Linear(3 * 28 * 28, 8))
+    ds = TensorDataset(torch.randn(100, 3, 28, 28), torch.randint(0, 8, (100,)))
+    with pytest.raises(ReproduceError, match="Scaled"):
+        make_private(model, torch.optim.SGD(model.parameters(), lr=0.1), ds, batch_size=10, epochs=1,
+                     target_epsilon=8.0, delta=1e-5, max_grad_norm=1.0, accountant="rdp", seed=0)
