@@ -44,9 +44,15 @@ def cmd_train(args) -> int:
     from reproduce.train import run_cell, write_cell
     study = load_study(args.study)   # the whole study must be valid before anything runs
     cell = study.cell(args.cell)
-    result = run_cell(cell, data_root=Path(args.data_root), progress=not args.quiet)
+    # Outside DVC's outputs (DVC deletes those before rerunning a stage), so a killed run resumes.
+    checkpoint = Path(args.checkpoint_dir) / study.name / f"{cell.id}.ckpt"
+    try:
+        result = run_cell(cell, data_root=Path(args.data_root), progress=not args.quiet, checkpoint=checkpoint)
+    except KeyboardInterrupt:
+        raise ReproduceError(f"interrupted; the last epoch's checkpoint is kept at {checkpoint}: rerun to resume") from None
     out = Path(args.out or f"results/{study.name}/cells/{cell.id}")
     write_cell(result, out)
+    checkpoint.unlink(missing_ok=True)
     print(result["privacy"]["statement"])
     print(json.dumps({k: v for k, v in result["metrics"].items() if k.startswith("test_") or k == "epsilon"}))
     return 0
@@ -103,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cell", required=True)
     s.add_argument("--data-root", default="data")
     s.add_argument("--out")
+    s.add_argument("--checkpoint-dir", default="checkpoints")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_train)
     s = sub.add_parser("table", help="render a study's tables from its cell results")

@@ -86,6 +86,7 @@ class TrainingConfig(_Strict):
     epochs: int = Field(10, ge=1)
     eval_batch_size: int = Field(512, ge=1)
     max_train_samples: int | None = Field(None, ge=1, description="use a prefix of the train split")
+    ema_decay: float | None = Field(None, gt=0, lt=1, description="EMA of weights, evaluated at the end")
     log_every: int = Field(5, ge=1, description="steps between gradient sparsity/alignment records")
 
 

@@ -7,6 +7,7 @@ core that tests call directly.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -23,6 +24,7 @@ from tqdm.auto import tqdm
 
 from reproduce.data import load_dataset
 from reproduce.data.augment import augment_views, average_view_grad_samples
+from reproduce.checkpoint import load_checkpoint, save_checkpoint
 from reproduce.errors import ReproduceError
 from reproduce.models import build_model, count_parameters
 from reproduce.privacy.accounting import PrivacyStatement
@@ -105,8 +107,17 @@ class StepTracker:
         self.rows.append(row)
 
 
-def run_cell(cell: Cell, *, data_root: Path, progress: bool = True) -> dict:
-    """Train ``cell`` and return its result record (metrics, privacy statement, provenance)."""
+def checkpoint_key(cell: Cell) -> str:
+    """Identifies what a checkpoint was trained for; any config change invalidates it."""
+    return hashlib.sha256(json.dumps(cell.config(), sort_keys=True).encode()).hexdigest()
+
+
+def run_cell(cell: Cell, *, data_root: Path, progress: bool = True, checkpoint: Path | None = None) -> dict:
+    """Train ``cell`` and return its result record (metrics, privacy statement, provenance).
+
+    With ``checkpoint``, state is saved atomically after every epoch and a valid checkpoint is
+    resumed from; results are bit-identical to an uninterrupted run on CPU.
+    """
     study, tr = cell.study, cell.study.training
     torch.manual_seed(cell.seed)
     np.random.seed(cell.seed)
@@ -140,6 +151,8 @@ def run_cell(cell: Cell, *, data_root: Path, progress: bool = True) -> dict:
     aug_gen = torch.Generator().manual_seed(cell.seed * 1_000_003 + 3)
     K = cell.multiplicity
     tracker = StepTracker(model, task=task, every=tr.log_every)
+    params = [p for p in model.parameters() if p.requires_grad]
+    ema = [p.detach().clone() for p in params] if tr.ema_decay else None
 
     def forward_backward(x, y):
         views = augment_views(x, K, kind=kind, generator=aug_gen)
@@ -147,15 +160,48 @@ def run_cell(cell: Cell, *, data_root: Path, progress: bool = True) -> dict:
         loss = loss_fn(net(views), targets, task)
         loss.backward()
         if cell.private:
-            average_view_grad_samples(model.parameters(), K)   # clip the view-average, per sample
+            average_view_grad_samples(params, K)   # clip the view-average, per sample
         tracker.capture_targets(targets)
         return loss
 
+    # Everything that evolves during training, so a resumed run continues bit-identically.
+    sampler_gen = dp.loader.batch_sampler.generator if cell.private else gen
+    noise_gen = opt.generator if cell.private else None
+
+    def snapshot(epoch_done: int, step: int, seen: int, log: list) -> dict:
+        return {"key": checkpoint_key(cell), "epoch_done": epoch_done, "step": step, "seen": seen, "log": log,
+                "elapsed": elapsed + time.perf_counter() - t0,
+                "tracker_rows": tracker.rows, "model": model.state_dict(),
+                "optimizer": (opt.original_optimizer if cell.private else opt).state_dict(),
+                "ema": ema, "accountant_history": list(dp.accountant.history) if cell.private else None,
+                "sampler_gen": sampler_gen.get_state(), "aug_gen": aug_gen.get_state(),
+                "noise_gen": noise_gen.get_state() if noise_gen is not None else None,
+                "torch_rng": torch.get_rng_state(), "numpy_rng": np.random.get_state()}
+
+    start_epoch, seen, step, log, elapsed = 0, 0, 0, [], 0.0
+    state = load_checkpoint(checkpoint, expect_key=checkpoint_key(cell)) if checkpoint else None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        (opt.original_optimizer if cell.private else opt).load_state_dict(state["optimizer"])
+        if ema is not None:
+            ema = state["ema"]
+        if cell.private:
+            dp.accountant.history = list(state["accountant_history"])
+        sampler_gen.set_state(state["sampler_gen"])
+        aug_gen.set_state(state["aug_gen"])
+        if noise_gen is not None:
+            noise_gen.set_state(state["noise_gen"])
+        torch.set_rng_state(state["torch_rng"])
+        np.random.set_state(state["numpy_rng"])
+        start_epoch, seen, step, log = state["epoch_done"], state["seen"], state["step"], state["log"]
+        elapsed = state["elapsed"]
+        tracker.rows = state["tracker_rows"]
+        if progress:
+            print(f"{cell.id}: resuming after epoch {start_epoch} (step {step}) from {checkpoint}")
+
     t0 = time.perf_counter()
-    seen, step = 0, 0
-    bar = tqdm(total=steps_total, desc=cell.id, unit="step", disable=not progress, dynamic_ncols=True)
-    log = []
-    for epoch in range(tr.epochs):
+    bar = tqdm(total=steps_total, initial=step, desc=cell.id, unit="step", disable=not progress, dynamic_ncols=True)
+    for epoch in range(start_epoch, tr.epochs):
         if cell.private:
             # Poisson batches of random size, split into bounded micro-batches; the optimizer only
             # takes a (noised) step at the end of each logical batch.
@@ -172,12 +218,22 @@ def run_cell(cell: Cell, *, data_root: Path, progress: bool = True) -> dict:
                 if cell.private and opt._is_last_step_skipped:
                     continue
                 step += 1
+                if ema is not None:
+                    with torch.no_grad():
+                        torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - tr.ema_decay)
                 tracker.after_step(step, epoch, loss, opt if cell.private else None)
                 bar.update(1)
                 bar.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}")
         log.append({"epoch": epoch, "loss": float(loss.item())})
+        if checkpoint:
+            save_checkpoint(checkpoint, snapshot(epoch + 1, step, seen, log))
     bar.close()
-    train_time = time.perf_counter() - t0
+    train_time = elapsed + time.perf_counter() - t0
+    if ema is not None:
+        # Evaluate (and report) the EMA weights, as the follow-up paper does.
+        with torch.no_grad():
+            for p, e in zip(params, ema):
+                p.copy_(e)
 
     from reproduce.metrics import compute_eval_metrics
     metrics = {}
@@ -186,7 +242,7 @@ def run_cell(cell: Cell, *, data_root: Path, progress: bool = True) -> dict:
         for name, value in compute_eval_metrics(probs, splits.labels(split), task=task).items():
             metrics[f"{split}_{name}"] = value
     metrics.update(parameters=n_params, train_seconds=round(train_time, 3),
-                   samples_per_second=round(seen / train_time, 1), train_loss_last=log[-1]["loss"])
+                   samples_per_second=round(seen / train_time, 1), train_loss_last=log[-1]["loss"], steps=step)
 
     if cell.private:
         p = study.privacy
