@@ -30,11 +30,12 @@ def cmd_cells(args) -> int:
 def cmd_fetch(args) -> int:
     from reproduce.data import prepare_dataset
     from reproduce.study import load_study
-    names = list(args.datasets)
-    for s in args.study or []:
-        names += [d for d in load_study(s).grid.dataset if d not in names]
-    for name in names or ["embedded"]:
-        path = prepare_dataset(name, root=Path(args.root))
+    study = load_study(args.study) if args.study else None
+    options = study.data if study else None
+    names = args.datasets or (study.grid.dataset if study else [])
+    wanted = [(name, options) for name in names]
+    for name, options in wanted or [("embedded", None)]:
+        path = prepare_dataset(name, root=Path(args.root), options=options)
         print(f"{name}: {path}")
     return 0
 
@@ -74,7 +75,7 @@ def cmd_params(args) -> int:
     print(f"{'group':6} {'widths':>12} {'parameters':>12}")
     for group in study.grid.group:
         w = study.model.widths_for(group)
-        m = build_model(group=group, widths=w, in_channels=3, num_classes=8, restrict=study.model.restrict,
+        m = build_model(group=group, widths=w, in_channels=3, num_classes=8, restrict=study.model.restrict_for(group),
                         fix_params=study.model.fix_params)
         print(f"{group:6} {'-'.join(map(str, w)):>12} {count_parameters(m):>12,}")
     return 0
@@ -101,7 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_cells)
     s = sub.add_parser("fetch", help="prepare and verify datasets (default: the embedded set)")
     s.add_argument("datasets", nargs="*")
-    s.add_argument("--study", action="append", help="fetch every dataset of this study")
+    s.add_argument("--study", help="use this study's data options (mirror, size, local files); "
+                   "without DATASETS, fetch all its datasets")
     s.add_argument("--root", default="data")
     s.set_defaults(func=cmd_fetch)
     s = sub.add_parser("train", help="train one cell (the DVC stage command)")

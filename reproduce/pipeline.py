@@ -38,9 +38,8 @@ def render_pipeline(study: Study) -> str:
     downloads = [d for d in study.grid.dataset if d != "embedded"]
     if downloads:
         stages["fetch"] = {
-            **wdir,
             "foreach": downloads,
-            "do": {"cmd": "python -m reproduce fetch ${item}", "outs": [{"data/${item}": {"persist": True}}]},
+            "do": {**wdir, "cmd": f"python -m reproduce fetch ${{item}} --study {study_file}", "outs": [{"data/${item}": {"persist": True}}]},
         }
     stages["train"] = {
         **wdir,

@@ -40,8 +40,24 @@ class ModelConfig(_Strict):
     architecture: Literal["resnet9"] = "resnet9"
     # Either one layout for every group, or a layout per group (to compare models of similar size).
     widths: Union[tuple[int, int, int], dict[str, tuple[int, int, int]]] = (8, 16, 32)
-    restrict: Literal["none", "halved"] = "none"
+    # "halved" restricts C_N -> C_{N/2} / D_N -> D_{N/2} before conv4; per group if a mapping
+    # (groups not listed stay unrestricted: C1, O2, SO2 and "e" have no half-rotation subgroup).
+    restrict: Union[Literal["none", "halved"], dict[str, Literal["none", "halved"]]] = "none"
     fix_params: bool = False
+
+    @field_validator("restrict")
+    @classmethod
+    def _restrictable(cls, v):
+        items = v.items() if isinstance(v, dict) else []
+        for group, r in items:
+            if r == "halved" and not _halvable(group):
+                raise ValueError(f"group {group!r} cannot be halved: restrict=halved needs C_N or D_N with even N")
+        return v
+
+    def restrict_for(self, group: str) -> str:
+        if isinstance(self.restrict, dict):
+            return self.restrict.get(group, "none")
+        return self.restrict
 
     @field_validator("widths")
     @classmethod
@@ -60,6 +76,11 @@ class ModelConfig(_Strict):
         if isinstance(self.widths, dict):
             return tuple(self.widths[group])
         return tuple(self.widths)
+
+
+def _halvable(group: str) -> bool:
+    m = re.match(r"^[CD]([0-9]+)$", group)
+    return bool(m) and int(m.group(1)) % 2 == 0
 
 
 class PrivacyConfig(_Strict):
@@ -83,11 +104,28 @@ class TrainingConfig(_Strict):
     optimizer: OptimizerConfig = OptimizerConfig()
     batch_size: int = Field(256, ge=1, description="logical (expected) batch size")
     physical_batch_size: int = Field(128, ge=1, description="micro-batch bound for memory")
-    epochs: int = Field(10, ge=1)
+    # Exactly one of epochs / steps; with steps, training stops after that many optimizer steps
+    # (mid-epoch if need be) and the accountant is calibrated for exactly that many.
+    epochs: int | None = Field(None, ge=1)
+    steps: int | None = Field(None, ge=1)
     eval_batch_size: int = Field(512, ge=1)
     max_train_samples: int | None = Field(None, ge=1, description="use a prefix of the train split")
     ema_decay: float | None = Field(None, gt=0, lt=1, description="EMA of weights, evaluated at the end")
     log_every: int = Field(5, ge=1, description="steps between gradient sparsity/alignment records")
+
+
+class DataConfig(_Strict):
+    """Where dataset bytes come from (the dataset itself is a grid axis)."""
+
+    size: Literal[28, 64, 128, 224] = 28      # MedMNIST image size
+    mirror: str | None = Field(None, description="base URL replacing the official host (also REPRODUCE_*_MIRROR)")
+    # Local archives with the checksum the user states, e.g. {cifar10: {path: ..., sha256: ...}}.
+    local_files: dict[str, "LocalFile"] = {}
+
+
+class LocalFile(_Strict):
+    path: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
 
 
 class GridConfig(_Strict):
@@ -133,6 +171,7 @@ class GridConfig(_Strict):
 class Study(_Strict):
     name: str = Field(pattern=r"^[a-z0-9_]+$")
     description: str = ""
+    data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     privacy: PrivacyConfig = PrivacyConfig()
     training: TrainingConfig = TrainingConfig()
@@ -144,6 +183,13 @@ class Study(_Strict):
             missing = [g for g in self.grid.group if g not in self.model.widths]
             if missing:
                 raise ValueError(f"model.widths has no layout for group(s) {missing}")
+        if (self.training.epochs is None) == (self.training.steps is None):
+            raise ValueError("training needs exactly one of epochs or steps")
+        if self.model.restrict == "halved":
+            bad = [g for g in self.grid.group if not _halvable(g)]
+            if bad:
+                raise ValueError(f"model.restrict=halved cannot apply to group(s) {bad} (needs C_N or D_N with even N); "
+                                 "give restrict per group, e.g. {C4: halved}")
         if self.training.physical_batch_size > self.training.batch_size:
             raise ValueError("training.physical_batch_size must not exceed training.batch_size")
         return self
@@ -192,9 +238,11 @@ class Cell:
         s = self.study
         return {
             "study": s.name, "cell": self.id, **{a: getattr(self, a) for a in GRID_AXES},
-            "model": {**s.model.model_dump(mode="json", exclude={"widths"}), "widths": list(self.widths)},
+            "model": {**s.model.model_dump(mode="json", exclude={"widths", "restrict"}), "widths": list(self.widths),
+                      "restrict": s.model.restrict_for(self.group)},
             "privacy": s.privacy.model_dump(mode="json") if self.private else None,
             "training": s.training.model_dump(mode="json"),
+            "data": s.data.model_dump(mode="json"),
         }
 
 

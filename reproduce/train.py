@@ -121,7 +121,7 @@ def run_cell(cell: Cell, *, data_root: Path, progress: bool = True, checkpoint: 
     study, tr = cell.study, cell.study.training
     torch.manual_seed(cell.seed)
     np.random.seed(cell.seed)
-    splits = load_dataset(cell.dataset, root=data_root)
+    splits = load_dataset(cell.dataset, root=data_root, options=study.data)
     info = splits.info
     task = info.task
     x_train, y_train = splits.images("train"), splits.labels("train")
@@ -130,7 +130,7 @@ def run_cell(cell: Cell, *, data_root: Path, progress: bool = True, checkpoint: 
     train_set = TensorDataset(to_tensor(x_train), _targets(y_train, task))
     num_classes = info.num_classes
     model = build_model(group=cell.group, widths=cell.widths, in_channels=info.n_channels,
-                        num_classes=num_classes, restrict=study.model.restrict,
+                        num_classes=num_classes, restrict=study.model.restrict_for(cell.group),
                         fix_params=study.model.fix_params, seed=cell.seed)
     n_params = count_parameters(model)
     optimizer = make_optimizer(model.parameters(), tr.optimizer)
@@ -138,14 +138,16 @@ def run_cell(cell: Cell, *, data_root: Path, progress: bool = True, checkpoint: 
     if cell.private:
         from reproduce.privacy.dp_sgd import make_private
         p = study.privacy
-        dp = make_private(model, optimizer, train_set, batch_size=tr.batch_size, epochs=tr.epochs,
+        dp = make_private(model, optimizer, train_set, batch_size=tr.batch_size, epochs=tr.epochs, steps=tr.steps,
                           target_epsilon=float(cell.epsilon), delta=p.delta, max_grad_norm=p.max_grad_norm,
                           accountant=p.accountant, seed=cell.seed, secure_mode=p.secure_mode)
         net, opt, steps_total = dp.model, dp.optimizer, dp.steps
+        steps_per_epoch = len(dp.loader)
     else:
         gen = torch.Generator().manual_seed(cell.seed * 1_000_003 + 1)
         loader = DataLoader(train_set, batch_size=tr.batch_size, shuffle=True, generator=gen)
-        net, opt, steps_total = model, optimizer, tr.epochs * len(loader)
+        net, opt, steps_total = model, optimizer, tr.steps or tr.epochs * len(loader)
+        steps_per_epoch = len(loader)
 
     kind = "cifar" if cell.dataset == "cifar10" else "medmnist"
     aug_gen = torch.Generator().manual_seed(cell.seed * 1_000_003 + 3)
@@ -201,7 +203,8 @@ def run_cell(cell: Cell, *, data_root: Path, progress: bool = True, checkpoint: 
 
     t0 = time.perf_counter()
     bar = tqdm(total=steps_total, initial=step, desc=cell.id, unit="step", disable=not progress, dynamic_ncols=True)
-    for epoch in range(start_epoch, tr.epochs):
+    n_epochs = tr.epochs or math.ceil(steps_total / steps_per_epoch)
+    for epoch in range(start_epoch, n_epochs):
         if cell.private:
             # Poisson batches of random size, split into bounded micro-batches; the optimizer only
             # takes a (noised) step at the end of each logical batch.
@@ -211,6 +214,8 @@ def run_cell(cell: Cell, *, data_root: Path, progress: bool = True, checkpoint: 
             batches_cm = contextlib.nullcontext(loader)
         with batches_cm as batches:
             for x, y in batches:
+                if step == steps_total:
+                    break
                 opt.zero_grad(set_to_none=True)
                 loss = forward_backward(x, y)
                 opt.step()

@@ -9,36 +9,41 @@ from __future__ import annotations
 from pathlib import Path
 
 from reproduce.data.base import DatasetInfo, Splits  # noqa: F401  (re-exported)
-from reproduce.study import MEDMNIST_FLAGS
+from reproduce.study import MEDMNIST_FLAGS, DataConfig
 
 DEFAULT_ROOT = Path("data")
 
 
-def prepare_dataset(name: str, *, root: Path = DEFAULT_ROOT) -> Path:
+def prepare_dataset(name: str, *, root: Path = DEFAULT_ROOT, options: DataConfig | None = None) -> Path:
     """Make the dataset's file present and verified in ``root/<name>/``; return its path.
 
     One directory per dataset, so each is one DVC output (``data.dvc`` or a ``fetch`` stage).
+    ``options`` (the study's ``data`` section) gives the MedMNIST size, a mirror and local files.
     """
+    opts = options or DataConfig()
+    local = opts.local_files.get(name)
+    src = {"mirror": opts.mirror, "local_file": Path(local.path) if local else None,
+           "sha256": local.sha256 if local else None}
     if name == "embedded":
         from reproduce.data import embedded
         return embedded.prepare(Path(root) / "embedded")
     if name in MEDMNIST_FLAGS:
         from reproduce.data import medmnist_source
-        return medmnist_source.prepare(name, root=Path(root) / name)
+        return medmnist_source.prepare(name, root=Path(root) / name, size=opts.size, **src)
     if name == "cifar10":
         from reproduce.data import cifar10
-        return cifar10.prepare(root=Path(root) / "cifar10")
+        return cifar10.prepare(root=Path(root) / "cifar10", **src)
     raise ValueError(f"unknown dataset {name!r}")
 
 
-def load_dataset(name: str, *, root: Path = DEFAULT_ROOT) -> Splits:
+def load_dataset(name: str, *, root: Path = DEFAULT_ROOT, options: DataConfig | None = None) -> Splits:
     """Prepare (if needed), verify and load ``name``."""
-    path = prepare_dataset(name, root=root)
+    path = prepare_dataset(name, root=root, options=options)
     if name == "embedded":
         from reproduce.data import embedded
         return embedded.load(path)
     if name in MEDMNIST_FLAGS:
         from reproduce.data import medmnist_source
-        return medmnist_source.load(path, flag=name)
+        return medmnist_source.load(path, flag=name, size=(options or DataConfig()).size)
     from reproduce.data import cifar10
     return cifar10.load(path)

@@ -31,15 +31,20 @@ class PrivateTraining:
 
 
 def make_private(model: nn.Module, optimizer: torch.optim.Optimizer, dataset, *, batch_size: int,
-                 epochs: int, target_epsilon: float, delta: float, max_grad_norm: float,
+                 epochs: int | None = None, steps: int | None = None, target_epsilon: float, delta: float, max_grad_norm: float,
                  accountant: str, seed: int, secure_mode: bool = False) -> PrivateTraining:
-    """Wrap model/optimizer for DP-SGD with Poisson sampling at q = batch_size / len(dataset)."""
+    """Wrap model/optimizer for DP-SGD with Poisson sampling at q = batch_size / len(dataset).
+
+    Noise is calibrated for exactly ``steps`` optimizer steps (default: ``epochs`` full epochs of
+    int(1/q) steps each); the caller must run exactly that many.
+    """
     from reproduce.privacy.exactness import check_exact_per_sample_gradients
     check_exact_per_sample_gradients(model)
 
     n = len(dataset)
     sample_rate = batch_size / n
-    steps = epochs * poisson_steps_per_epoch(sample_rate)
+    if steps is None:
+        steps = epochs * poisson_steps_per_epoch(sample_rate)
     sigma = calibrate_noise(target_epsilon=target_epsilon, delta=delta, sample_rate=sample_rate,
                             steps=steps, accountant=accountant)
     # Separate generators: data order and noise each reproducible on their own.
