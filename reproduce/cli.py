@@ -90,6 +90,18 @@ def cmd_pipeline(args) -> int:
     return 0
 
 
+def cmd_run(args) -> int:
+    from reproduce.study import load_study
+    study = load_study(args.study)   # the whole study must be valid before anything runs
+    if args.smoke:
+        from reproduce.smoke import run_smoke
+        return run_smoke(study, data_root=Path(args.data_root), max_cells=args.max_cells)
+    from reproduce.run import run_study
+    return run_study(study, study_path=Path(args.study), executor=args.executor, jobs=args.jobs,
+                     slurm={"partition": args.slurm_partition, "gpus_per_task": args.gpus_per_task,
+                            "time": args.time, "mem": args.mem})
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="reproduce", description="Reproducibility suite for DP equivariant deep learning. "
                                 "`dvc repro` runs the default study; these commands are its building blocks.")
@@ -114,6 +126,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--checkpoint-dir", default="checkpoints")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_train)
+    s = sub.add_parser("run", help="run a study's pending cells (local processes, SLURM, or a CPU smoke test)")
+    s.add_argument("study")
+    s.add_argument("--executor", choices=["debug", "local", "slurm"], default="local")
+    s.add_argument("--jobs", type=int, default=None, help="parallel cells (local) or concurrent jobs (slurm)")
+    s.add_argument("--slurm-partition")
+    s.add_argument("--gpus-per-task", type=int)
+    s.add_argument("--time", help="SLURM time limit per cell, e.g. 04:00:00")
+    s.add_argument("--mem", help="SLURM memory per cell, e.g. 16G")
+    s.add_argument("--smoke", action="store_true",
+                   help="a few steps of every distinct configuration on stand-in data (CPU, CI)")
+    s.add_argument("--max-cells", type=int, default=None, help="smoke: stop after this many cells")
+    s.add_argument("--data-root", default="data")
+    s.set_defaults(func=cmd_run)
     s = sub.add_parser("table", help="render a study's tables from its cell results")
     s.add_argument("study")
     s.add_argument("--results")
