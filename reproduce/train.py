@@ -112,16 +112,19 @@ def checkpoint_key(cell: Cell) -> str:
     return hashlib.sha256(json.dumps(cell.config(), sort_keys=True).encode()).hexdigest()
 
 
-def run_cell(cell: Cell, *, data_root: Path, progress: bool = True, checkpoint: Path | None = None) -> dict:
+def run_cell(cell: Cell, *, data_root: Path, progress: bool = True, checkpoint: Path | None = None,
+             splits=None) -> dict:
     """Train ``cell`` and return its result record (metrics, privacy statement, provenance).
 
     With ``checkpoint``, state is saved atomically after every epoch and a valid checkpoint is
-    resumed from; results are bit-identical to an uninterrupted run on CPU.
+    resumed from; results are bit-identical to an uninterrupted run on CPU. ``splits`` replaces
+    the dataset (smoke runs on stand-in data).
     """
     study, tr = cell.study, cell.study.training
     torch.manual_seed(cell.seed)
     np.random.seed(cell.seed)
-    splits = load_dataset(cell.dataset, root=data_root, options=study.data)
+    if splits is None:
+        splits = load_dataset(cell.dataset, root=data_root, options=study.data)
     info = splits.info
     task = info.task
     x_train, y_train = splits.images("train"), splits.labels("train")

@@ -1,0 +1,87 @@
+"""CPU smoke run of a study: a few steps of every distinct configuration, on stand-in data.
+
+Paper studies need real datasets and GPUs; CI checks that every configuration they declare (group,
+DP or not, augmentation multiplicity, EMA, restriction, steps/epochs) builds, trains, accounts and
+reports. When the real dataset is not on disk, the stand-in is random pixels with the real
+dataset's shape, channels, classes and task - clearly labelled, never mistaken for a result.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from reproduce.data.base import DatasetInfo, Splits, from_npz_arrays
+from reproduce.study import Study
+
+SMOKE_TRAINING = {"batch_size": 16, "physical_batch_size": 8, "epochs": None, "steps": 2,
+                  "max_train_samples": 64, "eval_batch_size": 64, "log_every": 1}
+SPLIT_SIZES = {"train": 64, "val": 16, "test": 16}
+
+
+def dataset_shape(name: str, *, size: int) -> tuple[DatasetInfo, int]:
+    """(metadata, image side) of a dataset without downloading it."""
+    if name == "cifar10":
+        labels = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+        return DatasetInfo("cifar10", "multi-class", 3, {str(i): n for i, n in enumerate(labels)}, "", ""), 32
+    if name == "embedded":
+        from reproduce.data import embedded
+        return embedded.INFO, 28
+    from reproduce.data import medmnist_source
+    return medmnist_source.info(name, size), size
+
+
+def stand_in(name: str, *, size: int, seed: int = 0) -> Splits:
+    info, side = dataset_shape(name, size=size)
+    rng = np.random.default_rng(seed)
+    n_labels = len(info.labels) if info.task.startswith("multi-label") else 1
+    arrays = {}
+    for split, n in SPLIT_SIZES.items():
+        arrays[f"{split}_images"] = rng.integers(0, 256, (n, side, side, info.n_channels), dtype=np.uint8)
+        high = 2 if n_labels > 1 else info.num_classes
+        labels = rng.integers(0, high, (n, n_labels))
+        labels[: min(n, high), 0] = np.arange(min(n, high))   # every class present at least once
+        arrays[f"{split}_labels"] = labels
+    info = DatasetInfo(info.name, info.task, info.n_channels, info.labels,
+                       source=f"SMOKE STAND-IN: random pixels shaped like {name} (not real data)", sha256="")
+    return from_npz_arrays(arrays, info)
+
+
+def smoke_study(study: Study) -> Study:
+    """The study with tiny training settings; model, privacy and grid unchanged."""
+    training = study.training.model_copy(update=SMOKE_TRAINING)
+    return study.model_copy(update={"training": training})
+
+
+def smoke_cells(study: Study):
+    """Every group once on its most demanding path (DP, largest multiplicity), plus one cell of each
+    other (privacy, multiplicity) combination on the first group; first dataset and seed only."""
+    g = study.grid
+    dataset, seed = g.dataset[0], g.seed[0]
+    dp_eps = next((e for e in g.epsilon if e != "non-private"), None)
+    top = (dp_eps if dp_eps is not None else "non-private", max(g.multiplicity))
+    wanted = [(group, *top) for group in g.group]
+    wanted += [(g.group[0], e, k) for e in dict.fromkeys([dp_eps or "non-private", *(["non-private"] if "non-private" in g.epsilon else [])])
+               for k in g.multiplicity]
+    by_key = {(c.group, c.epsilon, c.multiplicity): c for c in study.cells() if c.dataset == dataset and c.seed == seed}
+    return [by_key[k] for k in dict.fromkeys(wanted)]
+
+
+def run_smoke(study: Study, *, data_root: Path, max_cells: int | None = None) -> int:
+    from reproduce.train import run_cell, write_cell
+    small = smoke_study(study)
+    cells = smoke_cells(small)[:max_cells]
+    out_root = Path("results") / f"{study.name}-smoke"
+    print(f"smoke run of {study.name}: {len(cells)} of {len(study.cells())} cells, "
+          f"{SMOKE_TRAINING['steps']} steps each, on stand-in data unless the dataset is already on disk")
+    for cell in cells:
+        t0 = time.perf_counter()
+        splits = stand_in(cell.dataset, size=study.data.size, seed=cell.seed)
+        result = run_cell(cell, data_root=data_root, progress=False, splits=splits)
+        write_cell(result, out_root / cell.id)
+        print(f"  {cell.id:40s} ok  {time.perf_counter() - t0:5.1f} s  params {result['metrics']['parameters']:>9,}"
+              f"  {result['privacy']['statement'][:60]}")
+    print(f"smoke results (NOT real numbers): {out_root}/")
+    return 0
