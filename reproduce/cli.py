@@ -102,6 +102,25 @@ def cmd_run(args) -> int:
                             "time": args.time, "mem": args.mem})
 
 
+def cmd_check(args) -> int:
+    from reproduce.check import baseline_path, compare, current_metrics, render, update_baseline
+    from reproduce.study import load_study
+    study = load_study(args.study)
+    now = current_metrics(study, Path(args.results or f"results/{study.name}"))
+    path = baseline_path(study)
+    if args.update:
+        missing = [c.id for c in study.cells() if c.id not in now]
+        if missing:
+            raise ReproduceError(f"cannot update the baseline: no result for {', '.join(missing)}")
+        print(f"updated {path}:\n{update_baseline(study, now, path)}")
+        return 0
+    if not path.exists():
+        raise ReproduceError(f"no baseline {path}; create it deliberately with `reproduce check {args.study} --update`")
+    verdicts = compare(study, json.loads(path.read_text()), now)
+    print(render(verdicts))
+    return 0 if all(v.ok for v in verdicts) else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="reproduce", description="Reproducibility suite for DP equivariant deep learning. "
                                 "`dvc repro` runs the default study; these commands are its building blocks.")
@@ -139,6 +158,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-cells", type=int, default=None, help="smoke: stop after this many cells")
     s.add_argument("--data-root", default="data")
     s.set_defaults(func=cmd_run)
+    s = sub.add_parser("check", help="compare a study's results with its committed baseline (tolerances from the study)")
+    s.add_argument("study", nargs="?", default="studies/default.yaml")
+    s.add_argument("--update", action="store_true", help="rewrite the baseline deliberately and say what changed")
+    s.add_argument("--results")
+    s.set_defaults(func=cmd_check)
     s = sub.add_parser("table", help="render a study's tables from its cell results")
     s.add_argument("study")
     s.add_argument("--results")

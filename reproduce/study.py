@@ -128,6 +128,24 @@ class LocalFile(_Strict):
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
 
 
+class Tolerance(_Strict):
+    """Allowed |now - baseline|: max(abs, std x the baseline's seed std of the cell's row)."""
+
+    abs: float = Field(0.0, ge=0)
+    std: float = Field(0.0, ge=0)
+
+
+class ChecksConfig(_Strict):
+    """What `reproduce check` compares against baselines/<study>.json, per cell."""
+
+    tolerances: dict[str, Tolerance] = {
+        "test_acc": Tolerance(abs=0.05, std=3.0),   # hardware float differences move accuracy a little
+        "epsilon": Tolerance(abs=1e-6),            # privacy accounting does not depend on hardware
+        "steps": Tolerance(abs=0.0),
+        "parameters": Tolerance(abs=0.0),
+    }
+
+
 class GridConfig(_Strict):
     """Each list is one axis; cells are the cross product."""
 
@@ -175,6 +193,7 @@ class Study(_Strict):
     model: ModelConfig = ModelConfig()
     privacy: PrivacyConfig = PrivacyConfig()
     training: TrainingConfig = TrainingConfig()
+    checks: ChecksConfig = ChecksConfig()
     grid: GridConfig
 
     @model_validator(mode="after")

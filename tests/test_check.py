@@ -1,0 +1,82 @@
+"""`reproduce check`: a perturbed metric fails with a readable diff; an unperturbed rerun passes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from reproduce.check import compare, seed_stds
+from reproduce.study import parse_study
+from tests.conftest import REPO
+
+STUDY = """\
+name: chk
+training: {epochs: 1}
+checks:
+  tolerances:
+    test_acc: {abs: 0.01, std: 2.0}
+    epsilon: {abs: 1.0e-6}
+grid:
+  dataset: [embedded]
+  group: [e]
+  epsilon: [8]
+  multiplicity: [1]
+  seed: [0, 1]
+"""
+
+
+def _baseline():
+    return {"embedded-e-8-1-0": {"test_acc": 0.50, "epsilon": 7.99},
+            "embedded-e-8-1-1": {"test_acc": 0.54, "epsilon": 7.99}}
+
+
+def test_seed_std_is_the_sample_std_over_seeds_of_a_row():
+    assert abs(seed_stds(_baseline())[("embedded-e-8-1", "test_acc")] - 0.028284271) < 1e-8
+
+
+def test_tolerance_is_max_of_abs_and_seed_std_units():
+    study = parse_study(STUDY)
+    now = _baseline()
+    now["embedded-e-8-1-0"] = {"test_acc": 0.50 + 0.0565, "epsilon": 7.99}   # 2 x 0.02828 = 0.0566 allowed
+    assert all(v.ok for v in compare(study, _baseline(), now))
+    now["embedded-e-8-1-0"]["test_acc"] = 0.50 + 0.0570
+    bad = [v for v in compare(study, _baseline(), now) if not v.ok]
+    assert [(v.cell, v.metric) for v in bad] == [("embedded-e-8-1-0", "test_acc")]
+    now["embedded-e-8-1-0"] = {"test_acc": 0.5, "epsilon": 7.99 + 1e-5}
+    assert [v.metric for v in compare(study, _baseline(), now) if not v.ok] == ["epsilon"]
+
+
+def test_missing_and_extra_cells_fail():
+    study = parse_study(STUDY)
+    now = _baseline()
+    del now["embedded-e-8-1-1"]
+    base = {**_baseline(), "embedded-C4-8-1-0": {"test_acc": 0.6, "epsilon": 7.9}}
+    reasons = sorted(v.reason.split(":")[0] for v in compare(study, base, now) if not v.ok)
+    assert reasons == ["extra cell in baseline, not in the study", "missing cell"]
+
+
+def test_cli_check_fails_on_perturbation_and_passes_unperturbed(tmp_path):
+    (tmp_path / "studies").mkdir()
+    (tmp_path / "studies" / "chk.yaml").write_text(STUDY)
+    for cell, metrics in _baseline().items():
+        d = tmp_path / "results" / "chk" / "cells" / cell
+        d.mkdir(parents=True)
+        (d / "result.json").write_text(json.dumps({"metrics": {**metrics, "train_seconds": 1.0}}))
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    run = lambda *a: subprocess.run([sys.executable, "-m", "reproduce", "check", "studies/chk.yaml", *a],  # noqa: E731
+                                    cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert run().returncode == 1 and "no baseline" in run().stderr
+    up = run("--update")
+    assert up.returncode == 0 and "embedded-e-8-1-0" in up.stdout
+    ok = run()
+    assert ok.returncode == 0, ok.stdout
+    assert "4 ok, 0 failed" in ok.stdout
+    # Perturb one published number: the check fails and shows baseline, now and delta.
+    p = tmp_path / "results" / "chk" / "cells" / "embedded-e-8-1-1" / "result.json"
+    p.write_text(json.dumps({"metrics": {"test_acc": 0.70, "epsilon": 7.99}}))
+    bad = run()
+    assert bad.returncode == 1
+    line = next(ln for ln in bad.stdout.splitlines() if ln.startswith("embedded-e-8-1-1") and "test_acc" in ln)
+    assert "0.54" in line and "0.7" in line and "FAIL" in line
