@@ -1,21 +1,25 @@
-"""The table stage's edge: read cell results from disk, write Markdown, CSV and the DVC metrics file."""
+"""The report stages' edge: read cell results from disk; write the tables (Markdown, CSV, LaTeX, the
+DVC metrics file) into the results directory and the figures + self-contained HTML page into the
+report directory.
+"""
 
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from pathlib import Path
 
 from reproduce.errors import ReproduceError
-from reproduce.report.table import build_table, to_csv, to_markdown, to_summary
+from reproduce.report.table import TABLE_METRICS, build_table, to_csv, to_latex, to_markdown, to_summary
 from reproduce.study import Study
-from reproduce.train import write_json_atomic
 
 
 def read_results(study: Study, results_dir: Path) -> dict[str, dict]:
     """Results of exactly the study's current cells (stale cells from older grids are ignored)."""
     out = {}
     for cell in study.cells():
-        path = results_dir / "cells" / cell.id / "result.json"
+        path = Path(results_dir) / "cells" / cell.id / "result.json"
         if path.exists():
             try:
                 out[cell.id] = json.loads(path.read_text())
@@ -24,12 +28,78 @@ def read_results(study: Study, results_dir: Path) -> dict[str, dict]:
     return out
 
 
+def _write_text(path: Path, text: str) -> None:
+    """Temp file + rename, so a killed run never leaves half a file (no torch import, unlike reproduce.train)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    _write_text(path, json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n")
+
+
+def build_tables(study: Study, results: dict[str, dict]) -> list[dict]:
+    """Table 1 for each of TABLE_METRICS (validation accuracy - the paper's metric - then test)."""
+    return [build_table(study, results, metric=m) for m in TABLE_METRICS]
+
+
 def write_tables(study: Study, *, results_dir: Path) -> list[Path]:
-    table = build_table(study, read_results(study, results_dir))
-    md, csv_path, summary = results_dir / "table.md", results_dir / "table.csv", results_dir / "summary.json"
-    for path, text in ((md, to_markdown(study, table)), (csv_path, to_csv(table))):
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(text)
-        tmp.replace(path)
-    write_json_atomic(summary, to_summary(table))
-    return [md, csv_path, summary]
+    """table.md, table.csv, table.tex and summary.json (flat, for `dvc metrics show`) in results_dir."""
+    results_dir = Path(results_dir)
+    return _write_table_files(study, build_tables(study, read_results(study, results_dir)), results_dir)
+
+
+def _write_table_files(study: Study, tables: list[dict], results_dir: Path) -> list[Path]:
+    md, csv_path, tex, summary = (results_dir / n for n in ("table.md", "table.csv", "table.tex", "summary.json"))
+    _write_text(md, to_markdown(study, tables))
+    _write_text(csv_path, to_csv(tables))
+    _write_text(tex, to_latex(study, tables))
+    write_json_atomic(summary, to_summary(tables))
+    return [md, csv_path, tex, summary]
+
+
+def build_report(study: Study, *, results_dir: Path, out_dir: Path) -> list[Path]:
+    """Tables into results_dir (as `write_tables`), figures (PNG) and index.html into out_dir.
+
+    Reads only existing results (no training); returns every path written, index.html last.
+    """
+    from reproduce.report.figures import write_figures
+    from reproduce.report.html import write_html
+    results_dir, out_dir = Path(results_dir), Path(out_dir)
+    results = read_results(study, results_dir)
+    tables = build_tables(study, results)
+    table_paths = _write_table_files(study, tables, results_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    figures = write_figures(study, results, out_dir)
+    index = write_html(study, results, tables, figures, out_dir / "index.html")
+    return [*table_paths, *(f.path for f in figures), index]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m reproduce.report STUDY [--results DIR] [--out DIR]``: tables, figures, index.html."""
+    import argparse
+    import sys
+    from reproduce.errors import StudyError
+    from reproduce.study import load_study
+    p = argparse.ArgumentParser(prog="python -m reproduce.report", description=build_report.__doc__.splitlines()[0])
+    p.add_argument("study")
+    p.add_argument("--results", help="default: results/<study>")
+    p.add_argument("--out", help="default: reports/<study>")
+    args = p.parse_args(argv)
+    try:
+        study = load_study(args.study)
+        paths = build_report(study, results_dir=Path(args.results or f"results/{study.name}"),
+                             out_dir=Path(args.out or f"reports/{study.name}"))
+    except (StudyError, ReproduceError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    for path in paths:
+        print(path)
+    return 0

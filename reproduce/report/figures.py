@@ -1,0 +1,290 @@
+"""Figures of a study's report (PNG, matplotlib Agg), drawn from existing cell results only.
+
+Per DP setting (dataset, epsilon, augmentation multiplicity):
+
+- Figure 1 (the paper's Figure 1, two panels). Left: DP test accuracy over model size (parameter
+  count, log axis), one series per group; a group with several width layouts gets a line through its
+  points, each point labelled with its layout. Right: l0 gradient sparsity (share of gradient entries
+  with |g| < 1e-5) over optimizer steps, one colour per group; solid = the private update (clipped +
+  noised), dashed = the clipped sum before noise; mean over seeds at each logged step.
+- A reliability diagram, conventional (e) vs C4 when the grid has both (otherwise every group), on
+  the test split: bins pooled over all seeds, count-weighted (= binning every seed's test predictions
+  together with the same equal-width bins), from ``metrics_detail.reliability_test``.
+
+The aggregation helpers are pure (tests check them); drawing is kept small so a report takes seconds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import statistics
+from pathlib import Path
+
+from reproduce.study import NON_PRIVATE, Study
+
+GROUP_COLOURS = {"e": "#222222", "C1": "#8c564b", "C4": "#1f77b4", "C8": "#2ca02c", "C16": "#9467bd",
+                 "O2": "#d62728", "SO2": "#ff7f0e", "D4": "#17becf", "D8": "#bcbd22"}
+_EXTRA = ["#e377c2", "#7f7f7f", "#aec7e8", "#ffbb78", "#98df8a", "#c5b0d5"]
+DPI = 100
+
+
+@dataclasses.dataclass(frozen=True)
+class FigureFile:
+    path: Path
+    kind: str              # "figure1" | "reliability"
+    title: str
+    caption: str
+    dataset: str
+    epsilon: float | int
+    multiplicity: int
+
+
+def group_colour(group: str, groups: list[str]) -> str:
+    if group in GROUP_COLOURS:
+        return GROUP_COLOURS[group]
+    others = [g for g in groups if g not in GROUP_COLOURS]
+    return _EXTRA[others.index(group) % len(_EXTRA)] if group in others else _EXTRA[0]
+
+
+def group_name(group: str) -> str:
+    return "conventional (e)" if group == "e" else group
+
+
+def dp_settings(study: Study) -> list[tuple[str, float | int, int]]:
+    g = study.grid
+    return [(d, e, k) for d in g.dataset for e in g.epsilon if e != NON_PRIVATE for k in g.multiplicity]
+
+
+def _records(study: Study, results: dict, dataset: str, group: str, epsilon, multiplicity: int) -> list[dict]:
+    return [results[c.id] for c in study.cells()
+            if (c.dataset, c.group, c.epsilon, c.multiplicity) == (dataset, group, epsilon, multiplicity)
+            and c.id in results]
+
+
+# ---------------------------------------------------------------- pure aggregation
+
+def accuracy_by_size(records: list[dict], *, metric: str = "test_acc") -> list[dict]:
+    """One point per width layout: {widths, parameters, mean, std, n} (accuracy as a fraction)."""
+    by_widths: dict[tuple, list[dict]] = {}
+    for r in records:
+        widths = tuple(r.get("config", {}).get("model", {}).get("widths") or ())
+        by_widths.setdefault(widths, []).append(r)
+    points = []
+    for widths, rs in by_widths.items():
+        vals = [float(r["metrics"][metric]) for r in rs
+                if r.get("metrics", {}).get(metric) is not None and not math.isnan(float(r["metrics"][metric]))]
+        params = [r["metrics"]["parameters"] for r in rs if r.get("metrics", {}).get("parameters") is not None]
+        if not vals or not params:
+            continue
+        points.append({"widths": list(widths), "parameters": statistics.fmean(params), "mean": statistics.fmean(vals),
+                       "std": statistics.stdev(vals) if len(vals) > 1 else 0.0, "n": len(vals)})
+    return sorted(points, key=lambda p: p["parameters"])
+
+
+def mean_series(records: list[dict], key: str) -> tuple[list[int], list[float]]:
+    """Mean over seeds of ``steps[*][key]`` at each step logged by every seed that has the key."""
+    per_seed = []
+    for r in records:
+        rows = {row["step"]: row[key] for row in r.get("steps") or []
+                if row.get(key) is not None and not math.isnan(float(row[key]))}
+        if rows:
+            per_seed.append(rows)
+    if not per_seed:
+        return [], []
+    steps = sorted(set.intersection(*(set(s) for s in per_seed)))
+    return steps, [statistics.fmean(s[t] for s in per_seed) for t in steps]
+
+
+def pooled_reliability(records: list[dict], *, key: str = "reliability_test") -> list[dict] | None:
+    """Bins pooled over seeds: count-weighted mean confidence and accuracy per bin.
+
+    Identical to binning all seeds' predictions together (same edges). None when no seed recorded
+    bins; seeds whose bin edges differ from the first seed's are refused with ValueError.
+    """
+    seeds = [r["metrics_detail"][key] for r in records if (r.get("metrics_detail") or {}).get(key)]
+    if not seeds:
+        return None
+    edges = [(b["lower"], b["upper"]) for b in seeds[0]]
+    pooled = []
+    for i, (lo, hi) in enumerate(edges):
+        n = conf = acc = 0.0
+        for bins in seeds:
+            if len(bins) != len(edges) or not (math.isclose(bins[i]["lower"], lo) and math.isclose(bins[i]["upper"], hi)):
+                raise ValueError("reliability bins differ between seeds; cannot pool them")
+            c = bins[i]["count"]
+            if c:
+                n += c
+                conf += c * bins[i]["confidence"]
+                acc += c * bins[i]["accuracy"]
+        pooled.append({"lower": lo, "upper": hi, "count": int(n),
+                       "confidence": conf / n if n else None, "accuracy": acc / n if n else None})
+    return pooled
+
+
+def _mean_metric(records: list[dict], key: str) -> float | None:
+    vals = [float(r["metrics"][key]) for r in records
+            if r.get("metrics", {}).get(key) is not None and not math.isnan(float(r["metrics"][key]))]
+    return statistics.fmean(vals) if vals else None
+
+
+# ---------------------------------------------------------------- drawing
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+    plt.rcParams.update({"font.size": 9, "axes.titlesize": 10, "legend.fontsize": 8, "axes.grid": True,
+                         "grid.alpha": 0.3})
+    return plt
+
+
+def _save(fig, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, format="png", dpi=DPI, metadata={"Software": None})
+    tmp.replace(path)
+
+
+def _setting(epsilon, multiplicity: int) -> str:
+    return f"ε={float(epsilon):g}, {'no aug' if multiplicity == 1 else f'aug ×{multiplicity}'}"
+
+
+def _stem(kind: str, dataset: str, epsilon, multiplicity: int) -> str:
+    return f"{kind}-{dataset}-eps{float(epsilon):g}-k{multiplicity}"
+
+
+def draw_figure1(study: Study, results: dict, dataset: str, epsilon, multiplicity: int, path: Path) -> FigureFile:
+    plt = _pyplot()
+    groups = list(study.grid.group)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 3.8))
+    setting = _setting(epsilon, multiplicity)
+    any_sparsity = False
+    sparsity_groups: list[str] = []
+    # Point labels: the group, plus its width layout where the figure has more than one layout.
+    layouts = {tuple(r.get("config", {}).get("model", {}).get("widths") or ())
+               for g in groups for r in _records(study, results, dataset, g, epsilon, multiplicity)}
+    for group in groups:
+        recs = _records(study, results, dataset, group, epsilon, multiplicity)
+        colour = group_colour(group, groups)
+        points = accuracy_by_size(recs)
+        if points:
+            xs = [p["parameters"] for p in points]
+            left.errorbar(xs, [100 * p["mean"] for p in points], yerr=[100 * p["std"] for p in points],
+                          color=colour, marker="o", capsize=3, linestyle="-" if len(points) > 1 else "none",
+                          label=f"{group_name(group)} (n={points[0]['n']})")
+            for p in points:
+                text = group if len(layouts) == 1 else f"{group} {'-'.join(map(str, p['widths']))}"
+                left.annotate(text, (p["parameters"], 100 * p["mean"]), textcoords="offset points", xytext=(5, 3),
+                              fontsize=7, color=colour)
+        for key, style in (("l0_update", "-"), ("l0_clipped", "--")):
+            steps, vals = mean_series(recs, key)
+            if steps:
+                any_sparsity = True
+                right.plot(steps, vals, linestyle=style, color=colour, linewidth=1.4)
+                if group not in sparsity_groups:
+                    sparsity_groups.append(group)
+    xs_all = [x for line in left.lines for x in line.get_xdata()]
+    log = bool(xs_all) and min(xs_all) > 0 and max(xs_all) / min(xs_all) > 10
+    if log:
+        left.set_xscale("log")
+    else:
+        from matplotlib.ticker import FuncFormatter
+        left.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:,.0f}"))
+    left.margins(x=0.15, y=0.1)
+    left.set_xlabel("parameters (count" + (", log scale)" if log else ")"))
+    left.set_ylabel("DP test accuracy (%)")
+    left.set_title(f"{dataset}: DP accuracy vs model size ({setting})")
+    if left.lines or left.collections:
+        left.legend(loc="best")
+    right.set_xlabel("optimizer step")
+    right.set_ylabel("l0 sparsity: share of |g| < 1e-5")
+    right.set_title(f"{dataset}: gradient sparsity during DP training")
+    if any_sparsity:
+        from matplotlib.lines import Line2D
+        handles = [Line2D([], [], color=group_colour(g, groups), linewidth=2, label=group_name(g)) for g in sparsity_groups]
+        handles += [Line2D([], [], color="#555555", linestyle="-", label="private update (clipped + noised)"),
+                    Line2D([], [], color="#555555", linestyle="--", label="clipped sum, before noise")]
+        right.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
+    else:
+        right.text(0.5, 0.5, "no per-step records", ha="center", va="center", transform=right.transAxes)
+    fig.subplots_adjust(left=0.06, right=0.79, bottom=0.14, top=0.9, wspace=0.22)
+    _save(fig, path)
+    plt.close(fig)
+    seeds = ", ".join(map(str, study.grid.seed))
+    return FigureFile(
+        path=path, kind="figure1", dataset=dataset, epsilon=epsilon, multiplicity=multiplicity,
+        title=f"Figure 1 — {dataset}, DP {setting}",
+        caption=(f"Left: DP test accuracy (%) over parameter count, mean ± sample std over seeds {seeds}; points "
+                 "are labelled with the group (and its width layout where layouts differ). Right: l0 gradient sparsity (share of gradient entries with |g| < 1e-5) "
+                 "over optimizer steps, mean over seeds; solid: the private update (clipped and noised), dashed: "
+                 "the clipped sum before noise."))
+
+
+def reliability_groups(study: Study) -> list[str]:
+    groups = list(study.grid.group)
+    return ["e", "C4"] if {"e", "C4"} <= set(groups) else groups
+
+
+def draw_reliability(study: Study, results: dict, dataset: str, epsilon, multiplicity: int, path: Path) -> FigureFile | None:
+    panels = []
+    for group in reliability_groups(study):
+        recs = _records(study, results, dataset, group, epsilon, multiplicity)
+        bins = pooled_reliability(recs)
+        if bins is not None:
+            n_seeds = sum(1 for r in recs if (r.get("metrics_detail") or {}).get("reliability_test"))
+            panels.append((group, bins, n_seeds, _mean_metric(recs, "test_ece"), _mean_metric(recs, "test_brier")))
+    if not panels:
+        return None
+    plt = _pyplot()
+    groups = list(study.grid.group)
+    fig, axes = plt.subplots(2, len(panels), figsize=(3.6 * len(panels), 4.4), squeeze=False,
+                             gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
+    for j, (group, bins, n_seeds, ece, brier) in enumerate(panels):
+        top, bottom = axes[0][j], axes[1][j]
+        colour = group_colour(group, groups)
+        filled = [b for b in bins if b["count"]]
+        centres = [(b["lower"] + b["upper"]) / 2 for b in filled]
+        widths = [b["upper"] - b["lower"] for b in filled]
+        top.bar(centres, [b["accuracy"] for b in filled], width=widths, color=colour, alpha=0.75,
+                edgecolor="white", label="accuracy")
+        top.plot([b["confidence"] for b in filled], [b["accuracy"] for b in filled], "o", color="#d62728",
+                 markersize=3, label="(mean confidence, accuracy)")
+        top.plot([0, 1], [0, 1], "--", color="#888888", linewidth=1, label="perfect calibration")
+        top.set_xlim(0, 1)
+        top.set_ylim(0, 1)
+        top.set_ylabel("accuracy (fraction)")
+        extra = [f"ECE {ece:.3f}" if ece is not None else None, f"Brier {brier:.3f}" if brier is not None else None]
+        top.set_title(f"{group_name(group)}: " + ", ".join(x for x in extra if x) + f" ({n_seeds} seed{'s' * (n_seeds != 1)})",
+                      fontsize=9)
+        if j == 0:
+            top.legend(loc="upper left", fontsize=7)
+        total = sum(b["count"] for b in bins) or 1
+        bottom.bar(centres, [b["count"] / total for b in filled], width=widths, color=colour, alpha=0.75,
+                   edgecolor="white")
+        bottom.set_xlabel("confidence (max probability)")
+        bottom.set_ylabel("share of samples")
+    fig.suptitle(f"{dataset}: reliability on the test split, DP {_setting(epsilon, multiplicity)}", fontsize=10)
+    fig.subplots_adjust(left=0.1 if len(panels) > 1 else 0.17, right=0.98, bottom=0.11, top=0.86,
+                        wspace=0.3, hspace=0.08)
+    _save(fig, path)
+    plt.close(fig)
+    return FigureFile(
+        path=path, kind="reliability", dataset=dataset, epsilon=epsilon, multiplicity=multiplicity,
+        title=f"Reliability — {dataset}, DP {_setting(epsilon, multiplicity)}",
+        caption=("Reliability diagram on the test split: bars = accuracy per equal-width confidence bin, dots = "
+                 "(mean confidence, accuracy) per bin, dashed = perfect calibration; bottom: share of test samples "
+                 "per bin. Bins pooled over all seeds with recorded bins (count-weighted, i.e. all seeds' test "
+                 "predictions binned together); ECE and Brier are the mean over seeds of each seed's test value."))
+
+
+def write_figures(study: Study, results: dict, out_dir: Path) -> list[FigureFile]:
+    """Figure 1 and a reliability diagram per DP setting; returns what was written."""
+    out_dir = Path(out_dir)
+    figures = []
+    for dataset, eps, k in dp_settings(study):
+        figures.append(draw_figure1(study, results, dataset, eps, k, out_dir / f"{_stem('figure1', dataset, eps, k)}.png"))
+        rel = draw_reliability(study, results, dataset, eps, k, out_dir / f"{_stem('reliability', dataset, eps, k)}.png")
+        if rel is not None:
+            figures.append(rel)
+    return figures

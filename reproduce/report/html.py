@@ -1,0 +1,255 @@
+"""One self-contained HTML page per study: tables, figures (base64 data URIs), privacy statements and
+provenance of every cell. Inline CSS, no external request of any kind: a Content-Security-Policy
+forbids every fetch except ``data:`` images, and allows exactly one inline script (by its hash) - a
+self-check that writes into the page how many figures decoded, how many cells each table has and how
+many network resources were loaded (tests read it from a headless browser; readers see it in the
+footer).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import html
+import json
+from collections import Counter
+from pathlib import Path
+
+from reproduce.report.figures import FigureFile
+from reproduce.report.table import aug_label, caption, fmt_mean_std, fmt_value, metric_title
+from reproduce.study import GRID_AXES, NON_PRIVATE, Study
+
+CSS = """
+body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0 auto;max-width:1200px;padding:1em 2em;color:#1b1b1b}
+h1{font-size:1.6em;margin-bottom:.2em}h2{margin-top:1.8em;border-bottom:1px solid #ddd;padding-bottom:.2em}
+table{border-collapse:collapse;margin:.6em 0 1.2em;font-size:12.5px}
+th,td{border:1px solid #d5d5d5;padding:3px 6px;vertical-align:top}
+th{background:#f3f3f3;font-weight:600}
+td.num{text-align:right;white-space:nowrap;font-variant-numeric:tabular-nums}
+td.best{background:#eef6ee}
+.paper{display:block;color:#555;font-size:11px}
+.caption,figcaption{color:#444;font-size:12.5px;max-width:100ch}
+.caveat{color:#8a4b00}
+.mono{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:11.5px}
+.warn{color:#b00020;font-weight:600}
+figure{margin:1em 0 2em}figure img{max-width:100%;height:auto;border:1px solid #eee}
+details{margin:.5em 0}summary{cursor:pointer;font-weight:600}
+.statement{max-width:80ch}
+footer{margin-top:3em;color:#666;font-size:12px;border-top:1px solid #ddd;padding-top:.5em}
+"""
+
+# Runs on load; only reads the page and writes the result into #selfcheck (allowed by its CSP hash).
+SELF_CHECK_JS = """
+window.addEventListener("load", function () {
+  var imgs = Array.prototype.slice.call(document.images);
+  var tables = {};
+  document.querySelectorAll("table[data-check]").forEach(function (t) {
+    tables[t.id] = {rows: t.tBodies[0].rows.length, cells: t.tBodies[0].querySelectorAll("td").length};
+  });
+  var resources = (performance.getEntriesByType ? performance.getEntriesByType("resource") : [])
+    .filter(function (e) { return e.name.indexOf("data:") !== 0; }).length;
+  var result = {
+    images: imgs.length,
+    images_decoded: imgs.filter(function (i) { return i.complete && i.naturalWidth > 0; }).length,
+    image_widths: imgs.map(function (i) { return i.naturalWidth; }),
+    tables: tables,
+    external_resources: resources
+  };
+  var out = document.getElementById("selfcheck");
+  out.textContent = JSON.stringify(result);
+  out.setAttribute("data-status", result.images === result.images_decoded && resources === 0 ? "ok" : "failed");
+});
+"""
+
+
+def _e(x) -> str:
+    return html.escape("" if x is None else str(x), quote=True)
+
+
+def _csp() -> str:
+    digest = base64.b64encode(hashlib.sha256(SELF_CHECK_JS.encode()).digest()).decode()
+    return (f"default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'sha256-{digest}'; "
+            "base-uri 'none'; form-action 'none'")
+
+
+def data_uri(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")
+
+
+def _eps_name(e) -> str:
+    return "non-DP" if e == NON_PRIVATE else f"DP ε={float(e):g}"
+
+
+def render_table(study: Study, table: dict, *, table_id: str) -> str:
+    info, gaps = table["column_info"], table["gap_columns"]
+    blocks: list[list] = []
+    for c in info:
+        name = _eps_name(c["epsilon"])
+        if blocks and blocks[-1][0] == name:
+            blocks[-1][1] += 1
+        else:
+            blocks.append([name, 1])
+    gap_info = [c for c in info if c["private"]] if gaps else []
+    gap_blocks: list[list] = []
+    for c in gap_info:
+        name = f"DP gap ε={float(c['epsilon']):g}"
+        if gap_blocks and gap_blocks[-1][0] == name:
+            gap_blocks[-1][1] += 1
+        else:
+            gap_blocks.append([name, 1])
+    head1 = "".join(f'<th rowspan="2">{h}</th>' for h in ("dataset", "group", "parameters"))
+    head1 += "".join(f'<th colspan="{n}">{_e(name)}</th>' for name, n in blocks + gap_blocks)
+    head2 = "".join(f"<th>{_e(aug_label(c['multiplicity']))}</th>" for c in info + gap_info)
+    body = []
+    for r in table["rows"]:
+        params = f"{r['parameters']:,}" if r["parameters"] is not None else "n/a"
+        widths = "-".join(map(str, r["widths"]))
+        tds = [f"<td>{_e(r['dataset'])}</td>", f"<td>{_e(r['group'])}</td>",
+               f'<td class="num" title="widths {_e(widths)}">{_e(params)}</td>']
+        for label in table["columns"]:
+            s = r["cells"][label]
+            text = _e(fmt_mean_std(s))
+            if s.get("best") and s["mean"] is not None:
+                text = f"<b>{text}</b>"
+            if s.get("paper") is not None:
+                text += f'<span class="paper">paper {_e(fmt_value(s["paper"]))} · Δ {_e(fmt_value(s["delta"], signed=True))}</span>'
+            cls = "num best" if s.get("best") else "num"
+            seeds = ", ".join(f"{100 * v:.2f}" for v in s["values"])
+            tds.append(f'<td class="{cls}" title="{_e(label)}; per seed: {_e(seeds)}">{text}</td>')
+        for label in gaps:
+            tds.append(f'<td class="num">{_e(fmt_value(r["gaps"][label]))}</td>')
+        body.append("<tr>" + "".join(tds) + "</tr>")
+    cav = "".join(f'<li class="caveat">Caveat: {_e(c)}.</li>' for c in (table["paper"] or {}).get("caveats", []))
+    return (f"<h3>{_e(metric_title(table['metric']).capitalize())} (%)</h3>"
+            f'<p class="caption">{_e(caption(study, table))}</p>' + (f"<ul>{cav}</ul>" if cav else "") +
+            f'<table id="{_e(table_id)}" data-check="1"><thead><tr>{head1}</tr><tr>{head2}</tr></thead>'
+            f"<tbody>{''.join(body)}</tbody></table>")
+
+
+def _short(x, n: int = 12) -> str:
+    return _e(x[:n] + "…") if isinstance(x, str) and len(x) > n else _e(x)
+
+
+def render_privacy(study: Study, results: dict) -> str:
+    rows = []
+    for c in study.cells():
+        r = results.get(c.id)
+        if r is None:
+            rows.append(f'<tr><td class="mono">{_e(c.id)}</td><td colspan="6" class="warn">no result</td></tr>')
+            continue
+        p = r.get("privacy") or {}
+        if p.get("private"):
+            nums = [f"{p.get('epsilon_spent', float('nan')):.3f}", f"{p.get('delta', float('nan')):g}",
+                    f"{p.get('noise_multiplier', float('nan')):.4f}", f"{p.get('sample_rate', float('nan')):.6g}",
+                    _e(p.get("steps"))]
+        else:
+            nums = ["—"] * 5
+        rows.append(f'<tr><td class="mono">{_e(c.id)}</td>' + "".join(f'<td class="num">{_e(n)}</td>' for n in nums)
+                    + f'<td class="statement">{_e(p.get("statement", "no privacy statement recorded"))}</td></tr>')
+    return ('<table id="privacy" data-check="1"><thead><tr><th>cell</th><th>ε spent</th><th>δ</th><th>noise σ</th>'
+            "<th>sample rate q</th><th>steps</th><th>privacy statement</th></tr></thead>"
+            f"<tbody>{''.join(rows)}</tbody></table>")
+
+
+def render_provenance(study: Study, results: dict) -> str:
+    rows, versions, warnings = [], {}, []
+    hashes, commits = set(), set()
+    for c in study.cells():
+        r = results.get(c.id)
+        if r is None:
+            continue
+        pv = r.get("provenance") or {}
+        data = pv.get("data") or {}
+        hashes.add(pv.get("study_sha256"))
+        commits.add(pv.get("commit"))
+        dirty = pv.get("dirty")
+        commit = f"{_short(pv.get('commit'), 10)}" + (' <span class="warn">dirty</span>' if dirty else "")
+        for k, v in (pv.get("versions") or {}).items():
+            versions.setdefault(k, Counter())[str(v)] += 1
+        rows.append(
+            f'<tr><td class="mono">{_e(c.id)}</td><td class="num">{_e(pv.get("seed"))}</td>'
+            f'<td class="mono" title="{_e(pv.get("commit"))}">{commit}</td>'
+            f'<td class="mono" title="{_e(pv.get("study_sha256"))}">{_short(pv.get("study_sha256"))}</td>'
+            f'<td class="mono" title="{_e(data.get("sha256"))}">{_e(data.get("name"))}: {_short(data.get("sha256"))}</td>'
+            f'<td>{_e(data.get("source"))}</td><td>{_e(pv.get("device"))}</td>'
+            f'<td class="num">{_e(pv.get("torch_threads"))}</td><td class="mono">{_e(pv.get("finished_utc"))}</td></tr>')
+    if len(hashes) > 1:
+        warnings.append("cells were produced from different versions of the study file (study_sha256 differs)")
+    if len(commits) > 1:
+        warnings.append("cells were produced by different commits")
+    if any((results[c.id].get("provenance") or {}).get("dirty") for c in study.cells() if c.id in results):
+        warnings.append("some cells ran with uncommitted changes (dirty): not reproducible from the recorded commit")
+    vrows = []
+    for k, cnt in sorted(versions.items()):
+        text = ", ".join(f"{v} ({n} cells)" if len(cnt) > 1 else v for v, n in cnt.items())
+        flag = ' <span class="warn">differs between cells</span>' if len(cnt) > 1 else ""
+        vrows.append(f'<tr><td>{_e(k)}</td><td class="mono">{_e(text)}{flag}</td></tr>')
+    vrows = "".join(vrows)
+    warn = "".join(f'<p class="warn">Warning: {_e(w)}.</p>' for w in warnings)
+    return (warn + '<h3>Package versions</h3><table id="versions"><thead><tr><th>package</th><th>version</th></tr></thead>'
+            f"<tbody>{vrows}</tbody></table>"
+            '<h3>Per cell</h3><table id="provenance" data-check="1"><thead><tr><th>cell</th><th>seed</th><th>commit</th>'
+            "<th>study sha256</th><th>data sha256</th><th>data source</th><th>device</th><th>torch threads</th>"
+            f"<th>finished (UTC)</th></tr></thead><tbody>{''.join(rows)}</tbody></table>")
+
+
+def render_page(study: Study, results: dict, tables: list[dict], figures: list[FigureFile]) -> str:
+    g = study.grid
+    n_cells = len(study.cells())
+    axes = " × ".join(f"{len(getattr(g, a))} {a}" for a in GRID_AXES)
+    paper = next((t["paper"] for t in tables if t["paper"]), None)
+    intro = [f"<p>{_e(study.description)}</p>" if study.description else "",
+             f"<p>{n_cells} cells ({_e(axes)}); results for {sum(c.id in results for c in study.cells())} of them. "
+             "Values are read from <span class=\"mono\">results/" + _e(study.name) + "/cells/&lt;cell&gt;/result.json</span>; "
+             "this page was generated from them without training.</p>"]
+    if paper:
+        intro.append(f"<p>Published numbers: {_e(paper['citation'])} (<span class=\"mono\">{_e(paper['url'])}</span>). "
+                     "The paper's Table 1 reports <b>validation</b> accuracy, so the comparison is with our "
+                     "<span class=\"mono\">val_acc</span>; test accuracy is shown separately.</p>")
+    figs = []
+    for kind, title in (("figure1", "Figure 1: accuracy vs model size, gradient sparsity (DP)"),
+                        ("reliability", "Reliability diagrams (DP, test split)")):
+        items = [f for f in figures if f.kind == kind]
+        figs.append(f"<h2>{_e(title)}</h2>")
+        if not items:
+            why = ("the study has no DP cells" if not any(e != NON_PRIVATE for e in g.epsilon) else
+                   "no cell recorded reliability bins (metrics_detail.reliability_test)" if kind == "reliability" else
+                   "no DP results")
+            figs.append(f'<p class="caption">None: {_e(why)}.</p>')
+        for f in items:
+            figs.append(f'<figure><img src="{data_uri(f.path)}" alt="{_e(f.title)}">'
+                        f"<figcaption><b>{_e(f.title)}.</b> {_e(f.caption)}</figcaption></figure>")
+    return "\n".join([
+        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+        f'<meta http-equiv="Content-Security-Policy" content="{_e(_csp())}">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{_e(study.name)}: reproduce report</title><style>{CSS}</style></head><body>",
+        f"<h1>Study <span class=\"mono\">{_e(study.name)}</span></h1>", *intro,
+        "<h2>Table 1</h2>",
+        *[render_table(study, t, table_id=f"table-{t['metric']}") for t in tables],
+        '<p class="caption">DP gap = non-DP mean minus DP mean at the same augmentation (percentage points). '
+        "Hover a cell for its per-seed values.</p>",
+        *figs,
+        "<h2>Privacy statements</h2>", render_privacy(study, results),
+        "<h2>Provenance</h2>", render_provenance(study, results),
+        '<footer>Generated by <span class="mono">reproduce.report</span>. Self-check: '
+        '<span id="selfcheck" class="mono" data-status="pending">(needs JavaScript)</span></footer>',
+        f"<script>{SELF_CHECK_JS}</script>",
+        "</body></html>", ""])
+
+
+def write_html(study: Study, results: dict, tables: list[dict], figures: list[FigureFile], path: Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    from reproduce.report.stage import _write_text
+    _write_text(path, render_page(study, results, tables, figures))
+    return path
+
+
+def selfcheck_from_dom(dom: str) -> dict | None:
+    """The self-check JSON from a dumped DOM (None if the script did not run)."""
+    import re
+    m = re.search(r'<span id="selfcheck"[^>]*data-status="(ok|failed)"[^>]*>([^<]*)</span>', dom)
+    if not m:
+        return None
+    return {"status": m.group(1), **json.loads(html.unescape(m.group(2)))}
