@@ -20,6 +20,7 @@ run: install
 	PATH="$(BIN):$$PATH" reproduce fetch
 	PATH="$(BIN):$$PATH" dvc repro
 	cat results/default/table.md
+	@echo "report: reports/default/index.html"
 
 test: install
 	PATH="$(BIN):$$PATH" pytest -q

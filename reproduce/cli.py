@@ -68,6 +68,17 @@ def cmd_table(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from reproduce.report.stage import build_report
+    from reproduce.study import load_study
+    study = load_study(args.study)
+    paths = build_report(study, results_dir=Path(args.results or f"results/{study.name}"),
+                         out_dir=Path(args.out or f"reports/{study.name}"))
+    for path in paths:
+        print(path)
+    return 0
+
+
 def cmd_params(args) -> int:
     from reproduce.models import build_model, count_parameters
     from reproduce.study import load_study
@@ -170,6 +181,11 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("pipeline", help="(re)write the DVC pipeline of studies (default: all in studies/)")
     s.add_argument("studies", nargs="*")
     s.set_defaults(func=cmd_pipeline)
+    s = sub.add_parser("report", help="tables, figures and the HTML page of a study, from its results")
+    s.add_argument("study")
+    s.add_argument("--results")
+    s.add_argument("--out")
+    s.set_defaults(func=cmd_report)
     s = sub.add_parser("params", help="parameter count per group of a study")
     s.add_argument("study")
     s.set_defaults(func=cmd_params)

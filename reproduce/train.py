@@ -7,6 +7,7 @@ core that tests call directly.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import math
@@ -244,11 +245,14 @@ def run_cell(cell: Cell, *, data_root: Path, progress: bool = True, checkpoint: 
                 p.copy_(e)
 
     from reproduce.metrics import compute_eval_metrics
-    metrics = {}
+    from reproduce.metrics.calibration import reliability_bins
+    metrics, detail = {}, {}
     for split in ("val", "test"):
         probs = predict_proba(model, to_tensor(splits.images(split)), task=task, batch_size=tr.eval_batch_size)
         for name, value in compute_eval_metrics(probs, splits.labels(split), task=task).items():
             metrics[f"{split}_{name}"] = value
+        if split == "test" and not task.startswith("multi-label"):
+            detail["reliability_test"] = [dataclasses.asdict(b) for b in reliability_bins(probs, splits.labels(split))]
     metrics.update(parameters=n_params, train_seconds=round(train_time, 3),
                    samples_per_second=round(seen / train_time, 1), train_loss_last=log[-1]["loss"], steps=step)
 
@@ -266,6 +270,7 @@ def run_cell(cell: Cell, *, data_root: Path, progress: bool = True, checkpoint: 
     else:
         statement = PrivacyStatement(private=False)
     return {"cell": cell.id, "config": cell.config(), "metrics": metrics, "epochs": log, "steps": tracker.rows,
+            "metrics_detail": detail,
             "privacy": {**statement.__dict__, "statement": statement.sentence()},
             "provenance": provenance(cell=cell, data=info)}
 

@@ -58,6 +58,7 @@ def test_dvc_repro_runs_the_study_caches_and_reruns_only_edited_cells(repo_copy)
     assert result["provenance"]["data"]["sha256"]
     metrics = _run(["dvc", "metrics", "show", "--json"], r).stdout
     assert "summary.json" in metrics
+    assert (r / "reports/default/index.html").stat().st_size > 1000
 
     # Nothing changed: nothing reruns.
     assert "Running stage" not in _run(["dvc", "repro"], r).stdout
@@ -70,4 +71,4 @@ def test_dvc_repro_runs_the_study_caches_and_reruns_only_edited_cells(repo_copy)
     assert "train@embedded-e-8-1-0" not in status
     out = _run(["dvc", "repro"], r).stdout
     ran = sorted(line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage"))
-    assert ran == ["table", "train@embedded-e-8-1-1", "train@embedded-e-non-private-1-1"]
+    assert ran == ["report", "train@embedded-e-8-1-1", "train@embedded-e-non-private-1-1"]
