@@ -22,8 +22,12 @@ run: install
 	cat results/default/table.md
 	@echo "report: reports/default/index.html"
 
+# The test suite, then the CI regression study through DVC and its check against baselines/ci.json.
 test: install
 	PATH="$(BIN):$$PATH" pytest -q
+	PATH="$(BIN):$$PATH" reproduce fetch
+	PATH="$(BIN):$$PATH" dvc repro pipelines/ci/dvc.yaml
+	PATH="$(BIN):$$PATH" reproduce check studies/ci.yaml
 
 bench: install
 	PATH="$(BIN):$$PATH" python bench/bench_per_sample_grads.py

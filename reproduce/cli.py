@@ -12,12 +12,18 @@ from reproduce.errors import ReproduceError, StudyError
 
 def cmd_validate(args) -> int:
     from reproduce.study import load_study
-    for path in args.studies:
-        study = load_study(path)
+    failed = 0
+    for path in args.studies:   # report every invalid file, not just the first
+        try:
+            study = load_study(path)
+        except StudyError as e:
+            print(f"error: {e}", file=sys.stderr)
+            failed += 1
+            continue
         cells = study.cells()
         print(f"{path}: valid study {study.name!r}, {len(cells)} cells "
               f"({' x '.join(f'{len(getattr(study.grid, a))} {a}' for a in ('dataset', 'group', 'epsilon', 'multiplicity', 'seed'))})")
-    return 0
+    return StudyError.exit_code if failed else 0
 
 
 def cmd_cells(args) -> int:
