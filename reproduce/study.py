@@ -44,6 +44,9 @@ class ModelConfig(_Strict):
     # (groups not listed stay unrestricted: C1, O2, SO2 and "e" have no half-rotation subgroup).
     restrict: Union[Literal["none", "halved"], dict[str, Literal["none", "halved"]]] = "none"
     fix_params: bool = False
+    # Steerable basis of C_N/D_N convolutions: "authors" (radial cutoff 3r, the authors' later code)
+    # or "escnn" (escnn's default; it reproduces the MedMNIST paper's C4 counts with fix_params).
+    basis: Literal["authors", "escnn"] = "authors"
 
     @field_validator("restrict")
     @classmethod

@@ -12,7 +12,8 @@ from torch import nn
 
 
 def build_model(*, group: str, widths: tuple[int, int, int], in_channels: int, num_classes: int,
-                restrict: str = "none", fix_params: bool = False, seed: int = 0) -> nn.Module:
+                restrict: str = "none", fix_params: bool = False, basis: str = "authors",
+                seed: int = 0) -> nn.Module:
     """Build the ResNet-9 for ``group`` with deterministic initial weights for ``seed``.
 
     Seeds torch and numpy's global RNG first: escnn draws D_N/O(2) bases from the latter.
@@ -21,13 +22,12 @@ def build_model(*, group: str, widths: tuple[int, int, int], in_channels: int, n
     np.random.seed(seed)
     if group == "e":
         from reproduce.models.resnet9 import ResNet9
-        if fix_params or restrict != "none":
-            # The conventional model has no group to restrict or to rescale against.
-            pass
+        # The conventional model has no group to restrict, rescale against or expand in a basis.
         return ResNet9(widths=tuple(widths), in_channels=in_channels, num_classes=num_classes)
     from reproduce.models.equivariant import build_equivariant_resnet9
     return build_equivariant_resnet9(group=group, widths=tuple(widths), in_channels=in_channels,
-                                     num_classes=num_classes, restrict=restrict, fix_params=fix_params)
+                                     num_classes=num_classes, restrict=restrict, fix_params=fix_params,
+                                     basis=basis)
 
 
 def count_parameters(model: nn.Module) -> int:
