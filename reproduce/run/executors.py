@@ -349,11 +349,11 @@ class SlurmBackend(Backend):
                 continue
             state = queue.get(h.job_id)
             if state in SLURM_PENDING:
-                out[h.cell] = ("pending", f"job {h.job_id} {state.lower()}")
+                out[h.cell] = ("pending", "" if state == "PENDING" else f"job {h.job_id} {state.lower()}")
             elif state in SLURM_RUNNING:
                 out[h.cell] = ("running", "")
             elif state is None and time.monotonic() - h.submitted < self.GRACE_S:
-                out[h.cell] = ("pending", f"job {h.job_id}")
+                out[h.cell] = ("pending", "")
             else:
                 outcome = _read_result(h.result_pickle)
                 if outcome is None and state == "COMPLETED":
