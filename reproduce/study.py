@@ -105,6 +105,9 @@ class OptimizerConfig(_Strict):
 
 class TrainingConfig(_Strict):
     optimizer: OptimizerConfig = OptimizerConfig()
+    # DP cells' optimizer when it differs (DP-SGD's clipped, noised mean gradient usually wants a
+    # larger step without momentum); default: the same as non-private cells.
+    dp_optimizer: OptimizerConfig | None = None
     batch_size: int = Field(256, ge=1, description="logical (expected) batch size")
     physical_batch_size: int = Field(128, ge=1, description="micro-batch bound for memory")
     # Exactly one of epochs / steps; with steps, training stops after that many optimizer steps

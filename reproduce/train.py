@@ -137,7 +137,7 @@ def run_cell(cell: Cell, *, data_root: Path, progress: bool = True, checkpoint: 
                         num_classes=num_classes, restrict=study.model.restrict_for(cell.group),
                         fix_params=study.model.fix_params, basis=study.model.basis, seed=cell.seed)
     n_params = count_parameters(model)
-    optimizer = make_optimizer(model.parameters(), tr.optimizer)
+    optimizer = make_optimizer(model.parameters(), (tr.dp_optimizer or tr.optimizer) if cell.private else tr.optimizer)
 
     if cell.private:
         from reproduce.privacy.dp_sgd import make_private
