@@ -253,6 +253,16 @@ def run_cell(cell: Cell, *, data_root: Path, progress: bool = True, checkpoint: 
             metrics[f"{split}_{name}"] = value
         if split == "test" and not task.startswith("multi-label"):
             detail["reliability_test"] = [dataclasses.asdict(b) for b in reliability_bins(probs, splits.labels(split))]
+    if not task.startswith("multi-label"):
+        # Rotation-invariance gap: accuracy on the rotated test set minus accuracy on the test set
+        # (90 degrees exact; 45 degrees bilinear, corners filled with zeros = mid-grey).
+        from reproduce.metrics.invariance import invariance_gap
+        model.eval()
+        x_test, y_test = to_tensor(splits.images("test")), splits.labels("test")[:, 0]
+        for angle in (90, 45):
+            gap = invariance_gap(model, x_test, y_test, angle, batch_size=tr.eval_batch_size)
+            metrics[f"test_acc_rot{angle}"], metrics[f"rot{angle}_gap"] = gap.acc_rotated, gap.gap
+        model.train()
     metrics.update(parameters=n_params, train_seconds=round(train_time, 3),
                    samples_per_second=round(seen / train_time, 1), train_loss_last=log[-1]["loss"], steps=step)
 
