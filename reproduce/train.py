@@ -308,7 +308,10 @@ def _json_default(o):
 
 
 def write_cell(result: dict, out_dir: Path) -> None:
-    """The cell's outputs: result.json (everything) and metrics.json (flat numbers for `dvc metrics`)."""
+    """The cell's outputs: result.json (everything), metrics.json (flat numbers for `dvc metrics`)
+    and steps.json (per-step series for `dvc plots`)."""
     flat = {k: v for k, v in result["metrics"].items() if isinstance(v, (int, float)) and not (isinstance(v, float) and math.isnan(v))}
     write_json_atomic(out_dir / "result.json", result)
     write_json_atomic(out_dir / "metrics.json", flat)
+    # Per-step series (loss, l0 sparsity, gradient-weight alignment) for `dvc plots show`.
+    write_json_atomic(out_dir / "steps.json", result["steps"])
