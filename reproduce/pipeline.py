@@ -49,7 +49,7 @@ def render_pipeline(study: Study) -> str:
         "params": [{study_file: ["name", "model", "privacy", "training"]}],
         "outs": [f"{results}/cells/${{key}}/result.json"],
         "metrics": [{f"{results}/cells/${{key}}/metrics.json": {"cache": False}}],
-        "plots": [{f"{results}/cells/${{key}}/steps.json": {"cache": False, "x": "step", "y": ["l0_update", "l0_clipped"],
+        "plots": [{f"{results}/cells/${{key}}/steps.json": {"cache": False, "x": "step", "y": "l0_update",
                                                              "title": "l0 gradient sparsity (|g| < 1e-5)"}}],
     }
     # Tables (Markdown, CSV, LaTeX, DVC metrics), figures and the HTML page from the cells' results.
