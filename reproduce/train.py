@@ -222,6 +222,9 @@ def run_cell(cell: Cell, *, data_root: Path, progress: bool = True, checkpoint: 
                     break
                 opt.zero_grad(set_to_none=True)
                 loss = forward_backward(x, y)
+                if not torch.isfinite(loss):
+                    raise ReproduceError(f"cell {cell.id}: training diverged (loss {loss.item()}) at step {step + 1}, "
+                                         f"epoch {epoch}; lower the learning rate in the study's training.optimizer")
                 opt.step()
                 seen += len(x)
                 if cell.private and opt._is_last_step_skipped:
