@@ -8,37 +8,22 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
-import tempfile
 import warnings
 from pathlib import Path
 
 import torch
 
+from reproduce.atomic import write_bytes_atomic
+
 MAGIC = b"RPRDCKP1"
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
-    """Write ``state`` atomically: temp file in the same directory, fsync, rename, fsync the directory."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write ``state`` atomically (temp file, fsync, rename), prefixed by the payload's checksum."""
     buf = io.BytesIO()
     torch.save(state, buf)
     payload = buf.getvalue()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(MAGIC + hashlib.sha256(payload).hexdigest().encode() + payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_bytes_atomic(path, MAGIC + hashlib.sha256(payload).hexdigest().encode() + payload)
 
 
 def load_checkpoint(path: Path, *, expect_key: str) -> dict | None:

@@ -12,7 +12,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from tqdm.auto import tqdm
 
 from reproduce.data import load_dataset
 from reproduce.data.augment import augment_views, average_view_grad_samples
+from reproduce.atomic import write_json_atomic
 from reproduce.checkpoint import load_checkpoint, save_checkpoint
 from reproduce.errors import ReproduceError
 from reproduce.models import build_model, count_parameters
@@ -288,22 +288,6 @@ def run_cell(cell: Cell, *, data_root: Path, progress: bool = True, checkpoint: 
             "provenance": provenance(cell=cell, data=info)}
 
 
-def write_json_atomic(path: Path, obj) -> None:
-    """Write JSON via a temp file + fsync + rename so a killed run never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=True, allow_nan=False, default=_json_default)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _json_default(o):
     if isinstance(o, (np.floating, np.integer)):
         return o.item()
@@ -314,7 +298,7 @@ def write_cell(result: dict, out_dir: Path) -> None:
     """The cell's outputs: result.json (everything), metrics.json (flat numbers for `dvc metrics`)
     and steps.json (per-step series for `dvc plots`)."""
     flat = {k: v for k, v in result["metrics"].items() if isinstance(v, (int, float)) and not (isinstance(v, float) and math.isnan(v))}
-    write_json_atomic(out_dir / "result.json", result)
-    write_json_atomic(out_dir / "metrics.json", flat)
+    write_json_atomic(out_dir / "result.json", result, default=_json_default)
+    write_json_atomic(out_dir / "metrics.json", flat, default=_json_default)
     # Per-step series (loss, l0 sparsity, gradient-weight alignment) for `dvc plots show`.
-    write_json_atomic(out_dir / "steps.json", result["steps"])
+    write_json_atomic(out_dir / "steps.json", result["steps"], default=_json_default)

@@ -31,6 +31,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from reproduce.atomic import fsync_dir
 from reproduce.errors import ReproduceError
 
 CHUNK = 1 << 20
@@ -118,23 +119,9 @@ def _remove(path: Path) -> None:
         pass
 
 
-def _fsync_dir(directory: Path) -> None:
-    """Make the rename durable (POSIX); a no-op where directories cannot be opened (Windows)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _install(part: Path, dest: Path) -> Path:
     os.replace(part, dest)
-    _fsync_dir(dest.parent)
+    fsync_dir(dest.parent)
     return dest
 
 

@@ -34,16 +34,15 @@ depend on the zlib build. A numpy release that changed its random streams would 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import io
 import math
-import os
-import tempfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
+from reproduce.atomic import write_atomic
+from reproduce.data.download import sha256_file  # noqa: F401  (part of this module's API)
 from reproduce.data.base import SPLITS, DatasetInfo, Splits, from_npz_arrays
 from reproduce.errors import ReproduceError
 
@@ -122,38 +121,17 @@ def write_npz(path: Path | str, arrays: dict[str, np.ndarray]) -> Path:
 
     Entries are ``<key>.npy`` in the order of ``arrays``, stored uncompressed with a fixed timestamp.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            with zipfile.ZipFile(fh, mode="w", compression=zipfile.ZIP_STORED) as zf:
-                for key, array in arrays.items():
-                    buf = io.BytesIO()
-                    np.lib.format.write_array(buf, np.ascontiguousarray(array), allow_pickle=False)
-                    entry = zipfile.ZipInfo(f"{key}.npy", date_time=_ZIP_DATE)
-                    entry.compress_type = zipfile.ZIP_STORED
-                    entry.external_attr = 0o644 << 16
-                    entry.create_system = 3
-                    zf.writestr(entry, buf.getvalue())
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-    return path
-
-
-def sha256_file(path: Path | str) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    def write(fh) -> None:
+        with zipfile.ZipFile(fh, mode="w", compression=zipfile.ZIP_STORED) as zf:
+            for key, array in arrays.items():
+                buf = io.BytesIO()
+                np.lib.format.write_array(buf, np.ascontiguousarray(array), allow_pickle=False)
+                entry = zipfile.ZipInfo(f"{key}.npy", date_time=_ZIP_DATE)
+                entry.compress_type = zipfile.ZIP_STORED
+                entry.external_attr = 0o644 << 16
+                entry.create_system = 3
+                zf.writestr(entry, buf.getvalue())
+    return write_atomic(path, write)
 
 
 def prepare(root: Path | str) -> Path:
@@ -195,19 +173,6 @@ def load(path: Path | str) -> Splits:
     with np.load(path, allow_pickle=False) as npz:
         arrays = {key: npz[key] for key in npz.files}
     return from_npz_arrays(arrays, dataclasses.replace(INFO, source=SOURCE, sha256=actual))
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 # --------------------------------------------------------------------------------------------------

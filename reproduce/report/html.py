@@ -241,8 +241,8 @@ def render_page(study: Study, results: dict, tables: list[dict], figures: list[F
 def write_html(study: Study, results: dict, tables: list[dict], figures: list[FigureFile], path: Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    from reproduce.report.stage import _write_text
-    _write_text(path, render_page(study, results, tables, figures))
+    from reproduce.atomic import write_text_atomic
+    write_text_atomic(path, render_page(study, results, tables, figures))
     return path
 
 

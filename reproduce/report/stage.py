@@ -6,10 +6,9 @@ report directory.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
+from reproduce.atomic import write_json_atomic, write_text_atomic
 from reproduce.errors import ReproduceError
 from reproduce.report.table import TABLE_METRICS, build_table, to_csv, to_latex, to_markdown, to_summary
 from reproduce.study import Study
@@ -28,23 +27,6 @@ def read_results(study: Study, results_dir: Path) -> dict[str, dict]:
     return out
 
 
-def _write_text(path: Path, text: str) -> None:
-    """Temp file + rename, so a killed run never leaves half a file (no torch import, unlike reproduce.train)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_json_atomic(path: Path, obj) -> None:
-    _write_text(path, json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n")
-
-
 def build_tables(study: Study, results: dict[str, dict]) -> list[dict]:
     """Table 1 for each of TABLE_METRICS (validation accuracy - the paper's metric - then test)."""
     return [build_table(study, results, metric=m) for m in TABLE_METRICS]
@@ -58,9 +40,9 @@ def write_tables(study: Study, *, results_dir: Path) -> list[Path]:
 
 def _write_table_files(study: Study, tables: list[dict], results_dir: Path) -> list[Path]:
     md, csv_path, tex, summary = (results_dir / n for n in ("table.md", "table.csv", "table.tex", "summary.json"))
-    _write_text(md, to_markdown(study, tables))
-    _write_text(csv_path, to_csv(tables))
-    _write_text(tex, to_latex(study, tables))
+    write_text_atomic(md, to_markdown(study, tables))
+    write_text_atomic(csv_path, to_csv(tables))
+    write_text_atomic(tex, to_latex(study, tables))
     write_json_atomic(summary, to_summary(tables))
     return [md, csv_path, tex, summary]
 
