@@ -32,6 +32,8 @@ class EquivariantConv2d(nn.Module):
         conv = enn.R2Conv(in_type, out_type, kernel_size, padding=padding, bias=bias, **r2conv_kwargs)
         if conv.padding_mode != "zeros":
             raise ValueError("EquivariantConv2d supports zero padding only")
+        if conv.groups != 1:
+            raise ValueError("EquivariantConv2d supports groups=1 only (as does its per-sample gradient rule)")
         self.in_type, self.out_type = in_type, out_type
         self.kernel_size, self.padding = kernel_size, padding
         self.stride, self.dilation, self.groups = conv.stride, conv.dilation, conv.groups

@@ -4,6 +4,7 @@ against a brute-force loop with one backward per sample."""
 from __future__ import annotations
 
 import copy
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ from torch import nn
 
 from reproduce.models.escnn_conv import EquivariantConv2d
 from reproduce.privacy.fast_engine import OutputGradientEngine
-from reproduce.privacy.grad_samplers import basis_transpose, coefficient_grad_sample
+from reproduce.privacy.grad_samplers import basis_transpose, coefficient_grad_sample, unfold
 
 # opacus' hooks warn that the first layer's input needs no gradient; expected here.
 pytestmark = [pytest.mark.filterwarnings("ignore:Full backward hook is firing"),
@@ -110,20 +111,31 @@ def test_basis_transpose_is_the_vjp_of_the_basis_expansion(nets, group):
         assert rel_err(basis_transpose(layer, G), expected) < 1e-12
 
 
+@pytest.mark.parametrize("group", ["C4", "O2"])  # one block (field-major projection) / several blocks
 @pytest.mark.parametrize("conv_kwargs", [dict(padding=0, stride=2), dict(padding=2, dilation=2),
                                          dict(padding=1, bias=False)])
-def test_both_contractions_match_brute_force_for_stride_dilation_and_padding(conv_kwargs):
+def test_every_contraction_matches_brute_force_for_stride_dilation_and_padding(group, conv_kwargs):
     np.random.seed(0)
-    _, t_hidden, t_out = field_types("O2")
+    _, t_hidden, t_out = field_types(group)
     layer = EquivariantConv2d(t_hidden, t_out, 3, **conv_kwargs).double()
     x = torch.randn(5, t_hidden.size, 13, 13, dtype=torch.float64)
     grad_out = torch.randn_like(layer(x))
     expected = torch.stack([torch.autograd.grad((layer(x[i:i + 1]) * grad_out[i:i + 1]).sum(), layer.weights)[0]
                             for i in range(5)])
-    for method in ("unfold", "conv"):
+    for method in ("unfold", "conv", "basis"):
         for chunk in (2, 5):
             got = coefficient_grad_sample(layer, x, grad_out, method=method, chunk=chunk)
             assert rel_err(got, expected) < 1e-12, (method, chunk)
+
+
+@pytest.mark.parametrize("geometry", [dict(padding=1), dict(padding=0, stride=2), dict(padding=2, dilation=2),
+                                      dict(padding=1, stride=2, dilation=3)])
+def test_strided_unfold_equals_torch_unfold(geometry):
+    layer = SimpleNamespace(kernel_size=3, padding=geometry.get("padding", 0), stride=geometry.get("stride", 1),
+                            dilation=geometry.get("dilation", 1))
+    x = torch.randn(3, 5, 11, 9)
+    expected = F.unfold(x, 3, dilation=layer.dilation, padding=layer.padding, stride=layer.stride)
+    assert torch.equal(unfold(x, layer), expected)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -22,13 +22,14 @@ from torch import nn
 
 from reproduce.models.escnn_conv import EquivariantConv2d
 
-# Feature maps with at least this many output positions use the grouped-convolution weight gradient;
-# smaller ones use unfold + bmm (measured on CPU: grouped conv wins 2-5x at 28x28 and 14x14 and loses
-# 3-30x at 7x7 and below).
+# Feature maps with at least this many output positions get the filter gradient from a grouped
+# convolution; smaller ones from unfold + bmm (measured on CPU: grouped conv wins 2-5x at 28x28 and
+# 14x14 and loses 3-30x at 7x7 and below).
 GROUPED_CONV_MIN_POSITIONS = 144
-# Samples per chunk for each method: chunking keeps the per-sample filter gradients in cache.
-CHUNK_GROUPED_CONV = 16
-CHUNK_UNFOLD = 32
+GROUPED_CONV_MIN_CHANNELS = 16  # oneDNN's grouped weight gradient is slow for few input channels
+# Chunks of samples whose largest intermediate has about this many elements stay in cache.
+CHUNK_ELEMENTS = 2 ** 20
+MAX_CHUNK = 64
 
 
 @dataclass(frozen=True)
@@ -77,44 +78,98 @@ def _select(t: torch.Tensor, dim: int, channels: Union[slice, torch.Tensor]) -> 
     return t.index_select(dim, channels.to(t.device))
 
 
-def basis_transpose(layer: EquivariantConv2d, filter_grads: torch.Tensor) -> torch.Tensor:
+def basis_transpose(layer: EquivariantConv2d, filter_grads: torch.Tensor,
+                    out: torch.Tensor | None = None) -> torch.Tensor:
     """Apply ``B^T`` to a batch of filter gradients, block by block.
 
     Args:
         layer: the layer whose basis expansion defines ``B``.
         filter_grads: ``[n, C_out, C_in, k*k]`` gradients with respect to the expanded filter.
+        out: optional ``[n, len(layer.weights)]`` tensor to write into.
 
     Returns:
         ``[n, len(layer.weights)]`` gradients with respect to the basis coefficients.
     """
-    n, S = filter_grads.shape[0], filter_grads.shape[-1]
-    out = filter_grads.new_zeros(n, layer.weights.shape[0])
+    n, c_out, _, S = filter_grads.shape
+    if out is None:
+        out = filter_grads.new_empty(n, layer.weights.shape[0])
     for b in _blocks(layer):
-        g = _select(_select(filter_grads, 1, b.out_channels), 2, b.in_channels)
-        # [n, Fo*o, Fi*i, S] -> [n, Fo, Fi, o*i*S]: rows match the coefficient layout [Fo, Fi, D]
-        g = g.reshape(n, b.out_fields, b.out_size, b.in_fields, b.in_size * S).transpose(2, 3)
         basis = b.expansion.sampled_basis.to(filter_grads.dtype)  # [D, o, i, S]
         D = basis.shape[0]
-        coeff = torch.matmul(g.reshape(n * b.out_fields * b.in_fields, -1), basis.reshape(D, -1).t())
-        out[:, b.coefficients] = coeff.view(n, -1)
+        basis_t = basis.reshape(D, b.out_size, b.in_size * S).permute(1, 2, 0)  # [o, i*S, D]
+        dest = out[:, b.coefficients]  # layout [n, Fo, Fi, D]
+        g = _select(_select(filter_grads, 1, b.out_channels), 2, b.in_channels)
+        if b.out_fields * b.out_size == c_out and isinstance(b.in_channels, slice):
+            # No copy of the filter gradient: for each channel a of the output field, a batched
+            # matmul over (sample, output field) of strided [Fi, i*S] views with B_a^T.
+            g = g.view(n * b.out_fields, b.out_size, b.in_fields, b.in_size * S)
+            acc = dest.view(n * b.out_fields, b.in_fields, D) if dest.is_contiguous() else None
+            for a in range(b.out_size):
+                rhs = basis_t[a].expand(n * b.out_fields, -1, -1)
+                if a == 0:
+                    acc = torch.bmm(g[:, a], rhs, out=acc) if acc is not None else torch.bmm(g[:, a], rhs)
+                else:
+                    acc.baddbmm_(g[:, a], rhs)
+            if not dest.is_contiguous():
+                dest.copy_(acc.view(n, -1))
+        else:
+            g = g.reshape(n, b.out_fields, b.out_size, b.in_fields, b.in_size * S)
+            dest.copy_(torch.einsum("nfagk,akd->nfgd", g, basis_t).reshape(n, -1))
     return out
 
 
+def _homogeneous_block(layer: EquivariantConv2d) -> _Block | None:
+    """The only block if all input fields share one representation and all output fields another."""
+    blocks = _blocks(layer)
+    if len(blocks) != 1:
+        return None
+    b = blocks[0]
+    whole = (b.out_fields * b.out_size == layer.out_type.size and b.in_fields * b.in_size == layer.in_type.size)
+    return b if whole else None
+
+
+def _field_major(grad_out: torch.Tensor, b: _Block) -> torch.Tensor:
+    """Output channels reordered from (field, channel in field) to (channel in field, field)."""
+    n, _, h, w = grad_out.shape
+    return grad_out.view(n, b.out_fields, b.out_size, h, w).transpose(1, 2).reshape(n, -1, h, w)
+
+
+def _project_homogeneous(b: _Block, filter_grads: torch.Tensor, out: torch.Tensor) -> None:
+    """``B^T`` for a single block whose filter gradients have field-major output channels.
+
+    With output channels ordered (channel a in field, field), the rows (output field, input field)
+    of ``filter_grads[:, a]`` are one strided matrix ``[Fo*Fi, i*k*k]``: the projection is ``o``
+    large matrix products (batched over samples), accumulated into ``out`` ``[n, Fo*Fi*D]``.
+    """
+    n, S = filter_grads.shape[0], filter_grads.shape[-1]
+    basis = b.expansion.sampled_basis.to(filter_grads.dtype)  # [D, o, i, S]
+    D = basis.shape[0]
+    basis_t = basis.reshape(D, b.out_size, b.in_size * S).permute(1, 2, 0)  # [o, i*S, D]
+    g = filter_grads.view(n, b.out_size, b.out_fields * b.in_fields, b.in_size * S)
+    acc = out.view(n, b.out_fields * b.in_fields, D)
+    for a in range(b.out_size):
+        rhs = basis_t[a].expand(n, -1, -1)
+        if a == 0:
+            torch.bmm(g[:, a], rhs, out=acc)
+        else:
+            acc.baddbmm_(g[:, a], rhs)
+
+
 def filter_grad_sample(layer: EquivariantConv2d, x: torch.Tensor, grad_out: torch.Tensor,
-                       *, method: str | None = None) -> torch.Tensor:
-    """Per-sample gradients ``[n, C_out, C_in, k*k]`` of the expanded filter (not chunked)."""
+                       *, method: str = "unfold") -> torch.Tensor:
+    """Per-sample gradients ``[n, C_out, C_in, k*k]`` of the expanded filter (not chunked).
+
+    ``method="unfold"``: unfold + bmm, as opacus' Conv2d rule. ``method="conv"``: the weight gradient
+    of a grouped convolution with one group per sample (fast for large feature maps).
+    """
     n, c_in = x.shape[:2]
     c_out = grad_out.shape[1]
     k = layer.kernel_size
-    if method is None:
-        method = "conv" if grad_out.shape[2] * grad_out.shape[3] >= GROUPED_CONV_MIN_POSITIONS else "unfold"
     if method == "unfold":
-        cols = F.unfold(x, k, dilation=layer.dilation, padding=layer.padding, stride=layer.stride)
-        g = torch.bmm(grad_out.reshape(n, c_out, -1), cols.transpose(1, 2))
+        g = torch.bmm(grad_out.reshape(n, c_out, -1), unfold(x, layer).transpose(1, 2))
         return g.view(n, c_out, c_in, k * k)
     if method == "conv":
-        # Weight gradient of a grouped convolution with one group per sample = per-sample weight gradients.
-        weight = x.new_empty(1).expand(n * c_out, c_in, k, k)  # only its shape is read
+        weight = x.new_empty(n * c_out, c_in, k, k)  # only its shape is read (uninitialised, no fill)
         _, g, _ = torch.ops.aten.convolution_backward(
             grad_out.reshape(1, n * c_out, *grad_out.shape[2:]), x.reshape(1, n * c_in, *x.shape[2:]),
             weight, None, _pair(layer.stride), _pair(layer.padding), _pair(layer.dilation), False, [0, 0], n,
@@ -123,22 +178,105 @@ def filter_grad_sample(layer: EquivariantConv2d, x: torch.Tensor, grad_out: torc
     raise ValueError(f"unknown method {method!r}")
 
 
+def unfold(x: torch.Tensor, layer: EquivariantConv2d) -> torch.Tensor:
+    """``F.unfold`` for ``layer``'s geometry, ``[n, C_in*k*k, H'*W']``, as one strided copy (2-6x faster)."""
+    n, c, h, w = x.shape
+    k, (p, _), (s, _), (d, _) = layer.kernel_size, _pair(layer.padding), _pair(layer.stride), _pair(layer.dilation)
+    xp = F.pad(x, (p, p, p, p)) if p else x.contiguous()
+    hp, wp = h + 2 * p, w + 2 * p
+    ho, wo = (hp - d * (k - 1) - 1) // s + 1, (wp - d * (k - 1) - 1) // s + 1
+    windows = xp.as_strided((n, c, k, k, ho, wo), (c * hp * wp, hp * wp, d * wp, d, s * wp, s))
+    return windows.reshape(n, c * k * k, ho * wo)
+
+
 def _pair(v) -> List[int]:
     return list(v) if isinstance(v, (tuple, list)) else [v, v]
 
 
+def basis_first_grad_sample(layer: EquivariantConv2d, x: torch.Tensor, grad_out: torch.Tensor,
+                            out: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-sample coefficient gradients without forming the filter gradient (for small feature maps).
+
+    Reassociates ``sum_p dy_p^T B_d u_p``: first convolve every input field with the block's basis
+    filters (one batched convolution, fields as batch), then contract with the output gradient over
+    (output channel in field, position). Exact for any basis; cheaper than filter gradient +
+    projection when there are few output positions.
+    """
+    n, k = x.shape[0], layer.kernel_size
+    positions = grad_out.shape[2] * grad_out.shape[3]
+    if out is None:
+        out = grad_out.new_empty(n, layer.weights.shape[0])
+    for b in _blocks(layer):
+        basis = b.expansion.sampled_basis.to(x.dtype)  # [D, o, i, S]
+        D = basis.shape[0]
+        fields = _select(x, 1, b.in_channels).reshape(n * b.in_fields, b.in_size, *x.shape[2:])
+        z = F.conv2d(fields, basis.reshape(D * b.out_size, b.in_size, k, k), stride=layer.stride,
+                     padding=layer.padding, dilation=layer.dilation)  # [n*Fi, D*o, H', W']
+        dy = _select(grad_out.reshape(n, -1, positions), 1, b.out_channels)
+        dy = dy.reshape(n, b.out_fields, b.out_size * positions)
+        z = z.view(n, b.in_fields * D, b.out_size * positions).transpose(1, 2)
+        dest = out[:, b.coefficients]  # [n, Fo, Fi*D] is the layout of the coefficients
+        if dest.is_contiguous():
+            torch.bmm(dy, z, out=dest.view(n, b.out_fields, -1))
+        else:
+            dest.copy_(torch.bmm(dy, z).view(n, -1))
+    return out
+
+
+def choose_method(layer: EquivariantConv2d, positions: int) -> str:
+    """The contraction with the fewest multiply-adds (filter-gradient methods: ``conv`` for large maps)."""
+    S = layer.kernel_size ** 2
+    c_out, c_in = layer.out_type.size, layer.in_type.size
+    via_filter = c_out * c_in * S * positions
+    basis_first = 0
+    for b in _blocks(layer):
+        D = b.expansion.sampled_basis.shape[0]
+        via_filter += b.out_fields * b.in_fields * b.out_size * b.in_size * S * D
+        basis_first += b.in_fields * D * b.out_size * (b.in_size * S + b.out_fields) * positions
+    if basis_first < via_filter:
+        return "basis"
+    large = positions >= GROUPED_CONV_MIN_POSITIONS and c_in >= GROUPED_CONV_MIN_CHANNELS
+    return "conv" if large else "unfold"
+
+
+def _per_sample_elements(layer: EquivariantConv2d, method: str, positions: int) -> int:
+    """Elements of the largest per-sample intermediate of ``method`` (to size the chunks)."""
+    S = layer.kernel_size ** 2
+    if method == "basis":
+        return max(b.in_fields * b.expansion.sampled_basis.shape[0] * b.out_size for b in _blocks(layer)) * positions
+    filt = layer.out_type.size * layer.in_type.size * S
+    return filt + (layer.in_type.size * S * positions if method == "unfold" else 0)
+
+
 def coefficient_grad_sample(layer: EquivariantConv2d, x: torch.Tensor, grad_out: torch.Tensor,
                             *, method: str | None = None, chunk: int | None = None) -> torch.Tensor:
-    """Per-sample gradients ``[n, len(layer.weights)]`` of the basis coefficients, computed in chunks."""
+    """Per-sample gradients ``[n, len(layer.weights)]`` of the basis coefficients, computed in chunks.
+
+    Args:
+        layer: the layer.
+        x: its input ``[n, C_in, H, W]``.
+        grad_out: gradient of the loss with respect to its output ``[n, C_out, H', W']``.
+        method: "basis", "unfold" or "conv" (default: ``choose_method``). All are exact.
+        chunk: samples per chunk (default: as many as fit ``CHUNK_ELEMENTS``).
+    """
     n = x.shape[0]
-    if method is None:
-        method = "conv" if grad_out.shape[2] * grad_out.shape[3] >= GROUPED_CONV_MIN_POSITIONS else "unfold"
+    positions = grad_out.shape[2] * grad_out.shape[3]
+    method = method or choose_method(layer, positions)
     if chunk is None:
-        chunk = CHUNK_GROUPED_CONV if method == "conv" else CHUNK_UNFOLD
+        chunk = max(1, min(MAX_CHUNK, CHUNK_ELEMENTS // _per_sample_elements(layer, method, positions)))
     out = grad_out.new_empty(n, layer.weights.shape[0])
+    homogeneous = _homogeneous_block(layer) if method != "basis" else None
+    if homogeneous is not None:
+        grad_out = _field_major(grad_out, homogeneous)
     for s in range(0, n, chunk):
         e = min(n, s + chunk)
-        out[s:e] = basis_transpose(layer, filter_grad_sample(layer, x[s:e], grad_out[s:e], method=method))
+        if method == "basis":
+            basis_first_grad_sample(layer, x[s:e], grad_out[s:e], out=out[s:e])
+        elif homogeneous is not None:
+            _project_homogeneous(homogeneous, filter_grad_sample(layer, x[s:e], grad_out[s:e], method=method),
+                                 out[s:e])
+        else:
+            basis_transpose(layer, filter_grad_sample(layer, x[s:e], grad_out[s:e], method=method), out=out[s:e])
     return out
 
 

@@ -1,0 +1,224 @@
+"""Cost of exact per-sample gradients for an equivariant ResNet-9 (CPU): ratios measured in one run.
+
+Steps compared, all on the same model and batch (C4, widths 8-16-32 fields, 28x28x3 input):
+  (a) non-private step: loss.backward() + SGD
+  (b) the suite's DP step: OutputGradientEngine (one backward to the layer outputs + the exact
+      EquivariantConv2d rule) + opacus DPOptimizer (flat clipping over all parameters, noise)
+  (b') opacus hooks mode with the suite's rule (GradSampleModule) + DPOptimizer
+  (c) opacus hooks mode with its automatic functorch fallback for EquivariantConv2d (rule removed)
+  (d) whole-model torch.func vmap(grad) per-sample gradients + DPOptimizer
+Timing (wall clock and process CPU time): methods interleaved round-robin so that changing machine load hits all alike; in each round
+every method runs one untimed step and then one timed step (so each timed step finds the heap as
+its own previous step left it, as in training, not as the previous method left it); median of
+--steps timed steps after --warmup rounds. Peak memory: each of (a) and (b) in a fresh process,
+peak RSS during its steps (VmHWM reset after set-up) minus the RSS before them.
+
+Usage: python bench/bench_per_sample_grads.py [--batches 64 256] [--steps 10] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import multiprocessing as mp
+import statistics
+import time
+import warnings
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+warnings.filterwarnings("ignore")
+
+WIDTHS = (8, 16, 32)
+NUM_CLASSES = 9
+METHODS = ["nonprivate", "dp_engine", "dp_hooks", "functorch_fallback", "vmap_model"]
+
+
+def build_model() -> tuple[nn.Module, str]:
+    """The models engineer's C4 ResNet-9 if it builds, else a simple stand-in of the same layout."""
+    try:
+        from reproduce.models import build_model as build
+        return build(group="C4", widths=WIDTHS, in_channels=3, num_classes=NUM_CLASSES), \
+            "reproduce.models.build_model(group='C4', widths=(8, 16, 32))"
+    except Exception as e:  # noqa: BLE001 - the bench must run while the models are in progress
+        return _StandIn(), f"bench stand-in ResNet-9 (reproduce.models failed: {type(e).__name__}: {e})"
+
+
+class _StandIn(nn.Module):
+    def __init__(self):
+        super().__init__()
+        from escnn import gspaces
+        from escnn import nn as enn
+
+        from reproduce.models.escnn_conv import EquivariantConv2d
+        np.random.seed(0)
+        torch.manual_seed(0)
+        gs = gspaces.rot2dOnR2(4)
+        t = [enn.FieldType(gs, [gs.trivial_repr] * 3)] + [enn.FieldType(gs, [gs.regular_repr] * w) for w in WIDTHS]
+        conv = lambda a, b: EquivariantConv2d(a, b, 3, padding=1)  # noqa: E731
+        self.convs = nn.ModuleList([conv(t[0], t[1]), conv(t[1], t[2]), conv(t[2], t[2]), conv(t[2], t[2]),
+                                    conv(t[2], t[3]), conv(t[3], t[3]), conv(t[3], t[3]), conv(t[3], t[3])])
+        self.head = nn.Linear(WIDTHS[2], NUM_CLASSES)
+
+    def forward(self, x):
+        block = lambda i, x, pool=False: F.group_norm(  # noqa: E731
+            F.max_pool2d(F.mish(self.convs[i](x)), 2) if pool else F.mish(self.convs[i](x)), 8)
+        x = block(1, block(0, x), pool=True)
+        x = x + block(3, block(2, x))
+        x = block(5, block(4, x, pool=True), pool=True)
+        x = x + block(7, block(6, x))
+        x = x.view(x.shape[0], WIDTHS[2], 4, *x.shape[2:]).amax(2).mean((2, 3))
+        return self.head(x)
+
+
+def make_step(method: str, model: nn.Module, n: int):
+    """A closure running one full training step of ``method`` on a batch of size ``n``."""
+    from opacus import GradSampleModule
+    from opacus.optimizers import DPOptimizer
+
+    from reproduce.models.escnn_conv import EquivariantConv2d
+    from reproduce.privacy.fast_engine import OutputGradientEngine
+
+    model = copy.deepcopy(model)
+    sgd = torch.optim.SGD(model.parameters(), lr=1e-3)
+    if method == "nonprivate":
+        def step(x, y):
+            sgd.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            sgd.step()
+        return step
+    opt = DPOptimizer(sgd, noise_multiplier=1.0, max_grad_norm=1.0, expected_batch_size=n)
+    if method == "dp_engine":
+        engine = OutputGradientEngine(model)
+
+        def step(x, y):
+            engine.backward(F.cross_entropy(model(x), y))
+            opt.step()
+            opt.zero_grad()
+        return step
+    if method in ("dp_hooks", "functorch_fallback"):
+        registry = GradSampleModule.GRAD_SAMPLERS
+        rule = registry.pop(EquivariantConv2d) if method == "functorch_fallback" else None
+        try:
+            gsm = GradSampleModule(model)
+        finally:
+            if rule is not None:
+                registry[EquivariantConv2d] = rule
+
+        def step(x, y):
+            F.cross_entropy(gsm(x), y).backward()
+            opt.step()
+            opt.zero_grad()
+        return step
+    if method == "vmap_model":
+        from torch.func import functional_call, grad, vmap
+        names = [k for k, p in model.named_parameters()]
+
+        def sample_loss(params, x, y):
+            return F.cross_entropy(functional_call(model, params, (x[None],)), y[None])
+
+        per_sample = vmap(grad(sample_loss), in_dims=(None, 0, 0))
+
+        def step(x, y):
+            params = {k: p.detach() for k, p in model.named_parameters()}
+            grads = per_sample(params, x, y)
+            for k, p in model.named_parameters():
+                p.grad_sample = grads[k]
+            opt.step()
+            opt.zero_grad()
+        return step
+    raise ValueError(method)
+
+
+def batch(n: int):
+    g = torch.Generator().manual_seed(n)
+    return torch.randn(n, 3, 28, 28, generator=g), torch.randint(0, NUM_CLASSES, (n,), generator=g)
+
+
+def time_interleaved(model, n, methods, warmup, steps):
+    """Wall-clock and process-CPU seconds of every timed step, per method."""
+    x, y = batch(n)
+    fns = {m: make_step(m, model, n) for m in methods}
+    wall, cpu = {m: [] for m in methods}, {m: [] for m in methods}
+    for i in range(warmup + steps):
+        for m in methods:
+            fns[m](x, y)  # untimed: leaves the heap as this method's own previous step does
+            t, c = time.perf_counter(), time.process_time()
+            fns[m](x, y)
+            if i >= warmup:
+                wall[m].append(time.perf_counter() - t)
+                cpu[m].append(time.process_time() - c)
+    return wall, cpu
+
+
+def _status_mib(field: str) -> float:
+    with open("/proc/self/status") as f:
+        line = next(line for line in f if line.startswith(field + ":"))
+    return int(line.split()[1]) / 1024
+
+
+def _memory_child(method, n, threads, queue):
+    torch.set_num_threads(threads)
+    model, _ = build_model()
+    step = make_step(method, model, n)
+    x, y = batch(n)
+    before = _status_mib("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset the peak RSS (VmHWM) to the current RSS
+    for _ in range(3):
+        step(x, y)
+    peak = _status_mib("VmHWM")
+    queue.put((peak, peak - before))
+
+
+def peak_memory(method, n, threads):
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    p = ctx.Process(target=_memory_child, args=(method, n, threads, queue))
+    p.start()
+    result = queue.get()
+    p.join()
+    return result
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--batches", type=int, nargs="+", default=[64, 256])
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
+    ap.add_argument("--no-memory", action="store_true")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    model, origin = build_model()
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"model: {origin}; {n_params} parameters; torch {torch.__version__}, {args.threads} threads, "
+          f"median of {args.steps} interleaved steps after {args.warmup} warm-up")
+    for n in args.batches:
+        wall, cpu = time_interleaved(model, n, args.methods, args.warmup, args.steps)
+        med = statistics.median
+        print(f"\nbatch {n}: median step [ms] wall / process CPU: "
+              + ", ".join(f"{m} {1e3 * med(wall[m]):.0f} / {1e3 * med(cpu[m]):.0f}" for m in args.methods))
+        print("  ratios of medians (wall, CPU); in brackets the median over rounds of the ratio of the two "
+              "adjacent steps of a round (robust to load changes between rounds)")
+        ratios = [("(b)/(a) ", "suite DP step / non-private step", "dp_engine", "nonprivate"),
+                  ("(b')/(a)", "opacus hooks + suite rule / non-private", "dp_hooks", "nonprivate"),
+                  ("(c)/(b) ", "opacus functorch fallback / suite DP step", "functorch_fallback", "dp_engine"),
+                  ("(d)/(b) ", "whole-model vmap / suite DP step", "vmap_model", "dp_engine")]
+        for label, what, num, den in ratios:
+            if num in wall and den in wall:
+                paired = med([a / b for a, b in zip(wall[num], wall[den])])
+                print(f"  {label} {what:42s} = {med(wall[num]) / med(wall[den]):.2f} wall, "
+                      f"{med(cpu[num]) / med(cpu[den]):.2f} CPU [{paired:.2f}]")
+        if not args.no_memory:
+            for m in ("nonprivate", "dp_engine"):
+                peak, inc = peak_memory(m, n, args.threads)
+                print(f"  peak RSS during steps, {m:10s}: {peak:6.0f} MiB (+{inc:.0f} MiB over the RSS before them)")
+
+
+if __name__ == "__main__":
+    main()
