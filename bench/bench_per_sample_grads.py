@@ -101,15 +101,21 @@ def make_step(method: str, model: nn.Module, n: int):
         return step
     if method in ("dp_hooks", "functorch_fallback"):
         registry = GradSampleModule.GRAD_SAMPLERS
-        rule = registry.pop(EquivariantConv2d) if method == "functorch_fallback" else None
-        try:
-            gsm = GradSampleModule(model)
-        finally:
-            if rule is not None:
-                registry[EquivariantConv2d] = rule
+        # opacus looks the rule up when the hooks are added and again in every backward
+        hide_rule = method == "functorch_fallback"
+
+        def without_rule(f):
+            rule = registry.pop(EquivariantConv2d) if hide_rule else None
+            try:
+                return f()
+            finally:
+                if rule is not None:
+                    registry[EquivariantConv2d] = rule
+
+        gsm = without_rule(lambda: GradSampleModule(model))
 
         def step(x, y):
-            F.cross_entropy(gsm(x), y).backward()
+            without_rule(lambda: F.cross_entropy(gsm(x), y).backward())
             opt.step()
             opt.zero_grad()
         return step

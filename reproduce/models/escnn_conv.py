@@ -71,9 +71,12 @@ class EquivariantConv2d(nn.Module):
                         padding=self.padding, dilation=self.dilation, groups=self.groups)
 
     def _apply(self, fn, *args, **kwargs):
-        # The hidden escnn module's buffers (sampled basis) must follow .to(device) / .double().
+        # The hidden escnn module's buffers (sampled basis) must follow .to(device) / .double(), but
+        # not .to("meta"): torch.func users (opacus' functorch fallback) make a meta copy as a template
+        # for functional_call, whose forward still needs the real basis.
         super()._apply(fn, *args, **kwargs)
-        self.escnn_conv._apply(fn, *args, **kwargs)
+        if fn(torch.zeros(())).device.type != "meta":
+            self.escnn_conv._apply(fn, *args, **kwargs)
         return self
 
     def extra_repr(self) -> str:

@@ -233,3 +233,18 @@ def test_engine_refuses_in_place_changes_of_a_layer_output(nets):
     x, y = batch(torch.float32)
     with pytest.raises(ReproduceError, match="in place"):
         engine.backward(F.cross_entropy(model(x), y))
+
+
+@pytest.mark.parametrize("group", ["C4", "O2"])
+def test_rule_equals_opacus_functorch_fallback(nets, group):
+    """The wrapper also works under torch.func (opacus' fallback makes a meta copy of the layer)."""
+    from opacus.grad_sample.functorch import ft_compute_per_sample_gradient
+
+    layer = copy.deepcopy(nets[group].conv2).double()
+    x = torch.randn(4, layer.in_type.size, 6, 6, dtype=torch.float64)
+    grad_out = torch.randn_like(layer(x))
+    ours = GradSampleModule.GRAD_SAMPLERS[EquivariantConv2d](layer, [x], grad_out)
+    theirs = ft_compute_per_sample_gradient(layer, [x], grad_out)
+    assert layer.escnn_conv.basisexpansion.dimension() == layer.weights.numel()  # still usable
+    for p in ours:
+        assert rel_err(ours[p], theirs[p]) < 1e-12
