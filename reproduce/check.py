@@ -61,6 +61,8 @@ def compare(study: Study, baseline: dict[str, dict[str, float]], now: dict[str, 
             continue
         for metric, tol in tolerances.items():
             b, n = baseline[cell].get(metric), now[cell].get(metric)
+            if b is None and n is None:
+                continue   # not applicable to this cell (e.g. epsilon of a non-private cell)
             if b is None or n is None:
                 out.append(Verdict(cell, metric, b, n, None, False, "metric missing"))
                 continue

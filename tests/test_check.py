@@ -48,6 +48,13 @@ def test_tolerance_is_max_of_abs_and_seed_std_units():
     assert [v.metric for v in compare(study, _baseline(), now) if not v.ok] == ["epsilon"]
 
 
+def test_metric_absent_on_both_sides_is_not_applicable_but_one_sided_fails():
+    study = parse_study(STUDY)
+    base = {c: {"test_acc": m["test_acc"]} for c, m in _baseline().items()}   # e.g. non-private: no epsilon
+    assert all(v.ok for v in compare(study, base, base))
+    assert [v.reason for v in compare(study, base, _baseline()) if not v.ok] == ["metric missing"] * 2
+
+
 def test_missing_and_extra_cells_fail():
     study = parse_study(STUDY)
     now = _baseline()
