@@ -190,6 +190,93 @@ def peak_memory(method, n, threads):
     return result
 
 
+def where_time_goes(model, n, rounds):
+    """Median wall ms of the parts of (a) and (b), and of each layer's rule: suite vs functorch."""
+    from opacus import GradSampleModule
+    from opacus.grad_sample.functorch import ft_compute_per_sample_gradient
+    from opacus.optimizers import DPOptimizer
+
+    from reproduce.privacy.fast_engine import OutputGradientEngine
+
+    x, y = batch(n)
+    plain, private = copy.deepcopy(model), copy.deepcopy(model)
+    sgd = torch.optim.SGD(plain.parameters(), lr=1e-3)
+    engine = OutputGradientEngine(private)
+    opt = DPOptimizer(torch.optim.SGD(private.parameters(), lr=1e-3), noise_multiplier=1.0,
+                      max_grad_norm=1.0, expected_batch_size=n)
+    registry = GradSampleModule.GRAD_SAMPLERS
+    rules = dict(registry)
+    rule_time = {"t": 0.0}
+
+    def timed(f):
+        def rule(layer, a, b):
+            t = time.perf_counter()
+            r = f(layer, a, b)
+            rule_time["t"] += time.perf_counter() - t
+            return r
+        return rule
+
+    parts = {k: [] for k in ("(a) forward", "(a) backward", "(a) SGD step", "(b) forward",
+                             "(b) backward to the layer outputs", "(b) per-sample rules, all layers",
+                             "(b) DPOptimizer (norms, clip, noise, SGD)")}
+    registry.update({cls: timed(f) for cls, f in rules.items()})
+    try:
+        for i in range(rounds + 1):
+            for timed_round in (False, True):
+                t0 = time.perf_counter()
+                loss = F.cross_entropy(plain(x), y)
+                t1 = time.perf_counter()
+                loss.backward()
+                t2 = time.perf_counter()
+                sgd.step()
+                sgd.zero_grad()
+                t3 = time.perf_counter()
+                rule_time["t"] = 0.0
+                loss = F.cross_entropy(private(x), y)
+                t4 = time.perf_counter()
+                engine.backward(loss)
+                t5 = time.perf_counter()
+                opt.step()
+                opt.zero_grad()
+                t6 = time.perf_counter()
+                if timed_round and i > 0:
+                    for k, v in zip(parts, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4 - rule_time["t"],
+                                            rule_time["t"], t6 - t5)):
+                        parts[k].append(v)
+    finally:
+        registry.update(rules)
+    print(f"  where the time goes (median ms of {rounds} steps; backward to the outputs = engine.backward - rules):")
+    for k, v in parts.items():
+        print(f"    {k:45s} {1e3 * statistics.median(v):7.0f}")
+
+    # Each layer's per-sample gradients from the same captured inputs and output gradients.
+    loss = F.cross_entropy(private(x), y)
+    captured = engine._captured
+    engine._captured = []
+    grads = torch.autograd.grad(loss, [c[3] for c in captured])
+    print("  per-sample gradient rule per layer, median ms: suite rule vs opacus' functorch fallback")
+    total = {"suite": 0.0, "functorch": 0.0}
+    for (name, layer, a, _, _), g in zip(captured, grads):
+        g = g * n
+        fns = {"suite": lambda: rules[type(layer)](layer, [a], g),
+               "functorch": lambda: ft_compute_per_sample_gradient(layer, [a], g)}
+        times = {k: [] for k in fns}
+        for i in range(rounds + 1):
+            for k, f in fns.items():
+                t = time.perf_counter()
+                f()
+                if i > 0:
+                    times[k].append(time.perf_counter() - t)
+        med = {k: statistics.median(v) for k, v in times.items()}
+        for k in total:
+            total[k] += med[k]
+        print(f"    {name:14s} {type(layer).__name__:18s} out {str(tuple(g.shape[1:])):15s} "
+              f"suite {1e3 * med['suite']:6.1f}  functorch {1e3 * med['functorch']:6.1f}  "
+              f"ratio {med['functorch'] / med['suite']:5.1f}")
+    print(f"    {'all layers':72s} suite {1e3 * total['suite']:6.0f}  functorch {1e3 * total['functorch']:6.0f}"
+          f"  ratio {total['functorch'] / total['suite']:5.1f}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--batches", type=int, nargs="+", default=[64, 256])
@@ -198,6 +285,7 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
     ap.add_argument("--no-memory", action="store_true")
+    ap.add_argument("--profile-steps", type=int, default=5, help="steps for the time breakdown (0: skip)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     model, origin = build_model()
@@ -224,6 +312,8 @@ def main():
             for m in ("nonprivate", "dp_engine"):
                 peak, inc = peak_memory(m, n, args.threads)
                 print(f"  peak RSS during steps, {m:10s}: {peak:6.0f} MiB (+{inc:.0f} MiB over the RSS before them)")
+        if args.profile_steps:
+            where_time_goes(model, n, args.profile_steps)
 
 
 if __name__ == "__main__":

@@ -248,3 +248,20 @@ def test_rule_equals_opacus_functorch_fallback(nets, group):
     assert layer.escnn_conv.basisexpansion.dimension() == layer.weights.numel()  # still usable
     for p in ours:
         assert rel_err(ours[p], theirs[p]) < 1e-12
+
+
+@pytest.mark.parametrize("path", ["hooks", "engine"])
+def test_an_empty_poisson_batch_gives_a_noise_only_step(nets, path):
+    model = copy.deepcopy(nets["C4"])
+    optimizer = DPOptimizer(torch.optim.SGD(model.parameters(), lr=1.0), noise_multiplier=1.0,
+                            max_grad_norm=1.0, expected_batch_size=4)
+    x, y = batch(torch.float32, n=0)
+    if path == "hooks":
+        gsm = GradSampleModule(model, loss_reduction="mean")
+        F.cross_entropy(gsm(x), y).backward()
+    else:
+        OutputGradientEngine(model).backward(F.cross_entropy(model(x), y))
+    for p in model.parameters():
+        assert p.grad_sample.shape[1:] == p.shape and len(p.grad_sample) <= 1
+    optimizer.step()
+    assert all(torch.isfinite(p).all() for p in model.parameters())

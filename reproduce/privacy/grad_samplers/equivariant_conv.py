@@ -131,7 +131,7 @@ def _homogeneous_block(layer: EquivariantConv2d) -> _Block | None:
 def _field_major(grad_out: torch.Tensor, b: _Block) -> torch.Tensor:
     """Output channels reordered from (field, channel in field) to (channel in field, field)."""
     n, _, h, w = grad_out.shape
-    return grad_out.view(n, b.out_fields, b.out_size, h, w).transpose(1, 2).reshape(n, -1, h, w)
+    return grad_out.view(n, b.out_fields, b.out_size, h, w).transpose(1, 2).reshape(grad_out.shape)
 
 
 def _project_homogeneous(b: _Block, filter_grads: torch.Tensor, out: torch.Tensor) -> None:
@@ -260,6 +260,8 @@ def coefficient_grad_sample(layer: EquivariantConv2d, x: torch.Tensor, grad_out:
         chunk: samples per chunk (default: as many as fit ``CHUNK_ELEMENTS``).
     """
     n = x.shape[0]
+    if n == 0:  # an empty Poisson batch
+        return grad_out.new_zeros(0, layer.weights.shape[0])
     positions = grad_out.shape[2] * grad_out.shape[3]
     method = method or choose_method(layer, positions)
     if chunk is None:
