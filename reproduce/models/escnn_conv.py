@@ -8,10 +8,26 @@ Its per-sample gradient rule lives in ``reproduce.privacy.grad_samplers``.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 from escnn import nn as enn
 from torch import nn
+
+
+def _unshare_basis(expansion: nn.Module) -> None:
+    """Give this layer its own copy of each sampled basis block.
+
+    escnn caches the per-block basis modules and shares them between all layers with the same field
+    representations, so ``.double()`` or ``.to(device)`` on one layer would silently convert the
+    bases of the others (and break their forward).
+    """
+    for name, block in list(expansion.named_children()):
+        own = copy.copy(block)
+        own._buffers = {k: None if v is None else v.clone() for k, v in block._buffers.items()}
+        own._parameters, own._modules = dict(block._parameters), dict(block._modules)
+        setattr(expansion, name, own)
 
 
 class EquivariantConv2d(nn.Module):
@@ -44,6 +60,7 @@ class EquivariantConv2d(nn.Module):
         if conv.bias is not None:
             del conv.bias
         conv.weights, conv.bias = None, None
+        _unshare_basis(conv.basisexpansion)
         # object.__setattr__ keeps the escnn module (and its buffers) out of modules()/state_dict().
         object.__setattr__(self, "escnn_conv", conv)
 

@@ -265,3 +265,12 @@ def test_an_empty_poisson_batch_gives_a_noise_only_step(nets, path):
         assert p.grad_sample.shape[1:] == p.shape and len(p.grad_sample) <= 1
     optimizer.step()
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_converting_one_layer_leaves_layers_with_the_same_fields_alone():
+    """escnn shares sampled bases between layers; the wrapper keeps its own, so .double() is local."""
+    _, t_hidden, _ = field_types("C4")
+    first, second = EquivariantConv2d(t_hidden, t_hidden, 3), EquivariantConv2d(t_hidden, t_hidden, 3)
+    second.double()
+    assert first(torch.randn(1, t_hidden.size, 5, 5)).dtype == torch.float32
+    assert second(torch.randn(1, t_hidden.size, 5, 5, dtype=torch.float64)).dtype == torch.float64
