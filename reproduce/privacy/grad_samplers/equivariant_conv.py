@@ -2,11 +2,19 @@
 
 The layer's filter is linear in its coefficients, ``filter.flatten() = B @ weights``, so the
 per-sample coefficient gradient is ``B^T vec(G_i)`` with ``G_i`` the per-sample gradient of the
-expanded filter. ``G_i`` comes from the same contraction opacus uses for ``nn.Conv2d`` (unfold and
-batched matmul, or a grouped-convolution weight gradient with the samples as groups for large
-feature maps), in chunks of samples so the buffers stay in cache. ``B^T`` is applied block by block
-from escnn's own ``BlocksBasisExpansion`` (one sampled basis per pair of input/output field
-representations); the dense ``B`` is never built.
+expanded filter. ``B^T`` is applied block by block from escnn's own ``BlocksBasisExpansion`` (one
+sampled basis ``[D, o, i, k*k]`` per pair of input/output field representations); the dense ``B``
+is never built. Three exact contractions, chosen per layer by ``choose_method``:
+
+- ``conv``: ``G_i`` as the weight gradient of a grouped convolution with one group per sample
+  (oneDNN; for large feature maps), then ``B^T``;
+- ``unfold``: ``G_i`` by unfold + batched matmul as opacus' ``nn.Conv2d`` rule, then ``B^T``;
+- ``basis``: no ``G_i`` at all: convolve each input field with the basis filters, then contract with
+  the output gradient (fewest multiply-adds when there are few output positions).
+
+Samples are processed in chunks so that the intermediates stay in cache. For layers whose input and
+output fields each share one representation (regular fields), the output gradient's channels are
+reordered field-major so that ``B^T`` becomes a few large matrix products without copying ``G``.
 """
 
 from __future__ import annotations
