@@ -7,13 +7,19 @@ Steps compared, all on the same model and batch (C4, widths 8-16-32 fields, 28x2
   (b') opacus hooks mode with the suite's rule (GradSampleModule) + DPOptimizer
   (c) opacus hooks mode with its automatic functorch fallback for EquivariantConv2d (rule removed)
   (d) whole-model torch.func vmap(grad) per-sample gradients + DPOptimizer
-Timing (wall clock and process CPU time): methods interleaved round-robin so that changing machine load hits all alike; in each round
-every method runs one untimed step and then one timed step (so each timed step finds the heap as
-its own previous step left it, as in training, not as the previous method left it); median of
---steps timed steps after --warmup rounds. Peak memory: each of (a) and (b) in a fresh process,
-peak RSS during its steps (VmHWM reset after set-up) minus the RSS before them.
+Timing (wall clock and process CPU time): methods interleaved round-robin so that changing machine
+load hits all alike; in each round every method runs one untimed step and then one timed step (so
+each timed step finds the heap as its own previous step left it, as in training); median of --steps
+timed steps after --warmup rounds, plus the median over rounds of each round's paired ratio. Peak
+memory: (a) and (b) each in a fresh process, peak RSS during its steps (VmHWM reset after set-up).
+Then where the time goes: the parts of (a) and (b), and every layer's rule against opacus'
+functorch fallback on the same captured inputs and output gradients.
+
+On a shared machine the step times drift by up to 10x between quiet and busy periods; compare
+ratios from one run (and the paired ratios), never absolute times across runs.
 
 Usage: python bench/bench_per_sample_grads.py [--batches 64 256] [--steps 10] [--threads 2]
+       [--methods ...] [--no-memory] [--profile-steps 5]
 """
 
 from __future__ import annotations
