@@ -70,8 +70,9 @@ class OutputGradientEngine:
     def backward(self, loss: torch.Tensor) -> None:
         """Replace ``loss.backward()``: set ``p.grad_sample`` (per-sample gradients of the per-sample losses).
 
-        Like opacus, a second call before ``optimizer.step()`` (gradient accumulation) turns
-        ``p.grad_sample`` into a list with one tensor per call.
+        Uses every layer call captured since the last ``backward`` whose output the loss depends on
+        (calls that did not lead to this loss are dropped). Like opacus, a second call before
+        ``optimizer.step()`` (gradient accumulation) turns ``p.grad_sample`` into a list.
         """
         captured, self._captured = self._captured, []
         if not captured:
@@ -85,7 +86,7 @@ class OutputGradientEngine:
         per_sample: Dict[nn.Parameter, torch.Tensor] = {}
         for (name, module, x, out, _), g in zip(captured, grads):
             if g is None:
-                g = torch.zeros_like(out)
+                continue  # not on the loss's graph (e.g. an earlier forward without backward), as in opacus
             if self.loss_reduction == "mean":
                 g = g * x.shape[0]
             rule = GradSampleModule.GRAD_SAMPLERS[type(module)]

@@ -274,3 +274,14 @@ def test_converting_one_layer_leaves_layers_with_the_same_fields_alone():
     second.double()
     assert first(torch.randn(1, t_hidden.size, 5, 5)).dtype == torch.float32
     assert second(torch.randn(1, t_hidden.size, 5, 5, dtype=torch.float64)).dtype == torch.float64
+
+
+def test_engine_ignores_forward_passes_that_did_not_lead_to_the_loss(nets):
+    model = copy.deepcopy(nets["C4"]).double()
+    x, y = batch(torch.float64)
+    expected = brute_force_grads(model, x, y)
+    engine = OutputGradientEngine(model)
+    model(x[:2])  # e.g. a look at the training accuracy, never backpropagated
+    engine.backward(F.cross_entropy(model(x), y))
+    for name, p in model.named_parameters():
+        assert rel_err(p.grad_sample, expected[name]) < 1e-10, name
