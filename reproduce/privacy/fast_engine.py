@@ -15,6 +15,10 @@ Usage::
     loss = criterion(model(x), y)                 # reduction must match loss_reduction ("mean")
     engine.backward(loss)                         # instead of loss.backward()
     optimizer.step(); optimizer.zero_grad()
+
+With a ``DPOptimizer`` built directly (as ``reproduce.privacy.dp_sgd`` does), use the engine on the
+plain model in place of ``GradSampleModule``. Same clipped sum as hooks mode (tested); measured
+DP step / non-private step on CPU about 1.2 (hooks mode 1.45-1.9), see bench/bench_per_sample_grads.py.
 """
 
 from __future__ import annotations
