@@ -164,9 +164,11 @@ def run_cell(cell: Cell, *, data_root: Path, progress: bool = True, checkpoint: 
         views = augment_views(x, K, kind=kind, generator=aug_gen)
         targets = y.repeat_interleave(K, dim=0) if K > 1 else y
         loss = loss_fn(net(views), targets, task)
-        loss.backward()
         if cell.private:
+            dp.engine.backward(loss)               # per-sample gradients only, no batch gradient
             average_view_grad_samples(params, K)   # clip the view-average, per sample
+        else:
+            loss.backward()
         tracker.capture_targets(targets)
         return loss
 

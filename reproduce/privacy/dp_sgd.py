@@ -3,6 +3,12 @@
 ``PrivacyEngine.make_private`` derives q from ``1/len(loader)``, which differs from B/N whenever N
 is not a multiple of B. We assemble the same components (GradSampleModule, DPOptimizer, the Poisson
 DPDataLoader, an accountant hooked to every optimizer step) with one q = B/N throughout.
+
+Per-sample gradients come from ``OutputGradientEngine`` (one backward pass to the layer outputs,
+then opacus's registered rule per layer), not from ``GradSampleModule``'s hooks: the same rules and
+the same clipped sum (tested), without the batch weight gradients and escnn basis-expansion
+backward that hooks mode computes and throws away (bench/bench_per_sample_grads.py). Callers use
+``engine.backward(loss)`` in place of ``loss.backward()``.
 """
 
 from __future__ import annotations
@@ -10,18 +16,19 @@ from __future__ import annotations
 import dataclasses
 
 import torch
-from opacus import GradSampleModule
 from opacus.accountants import create_accountant
 from opacus.data_loader import DPDataLoader
 from opacus.optimizers import DPOptimizer
 from torch import nn
 
 from reproduce.privacy.accounting import calibrate_noise, poisson_steps_per_epoch
+from reproduce.privacy.fast_engine import OutputGradientEngine
 
 
 @dataclasses.dataclass
 class PrivateTraining:
-    model: GradSampleModule
+    model: nn.Module  # the caller's model, unwrapped; per-sample gradients through ``engine``
+    engine: OutputGradientEngine
     optimizer: DPOptimizer
     loader: DPDataLoader
     accountant: object
@@ -51,10 +58,10 @@ def make_private(model: nn.Module, optimizer: torch.optim.Optimizer, dataset, *,
     sampler_gen = torch.Generator().manual_seed(seed * 1_000_003 + 1)
     noise_gen = None if secure_mode else torch.Generator().manual_seed(seed * 1_000_003 + 2)
     loader = DPDataLoader(dataset, sample_rate=sample_rate, generator=sampler_gen)
-    gsm = GradSampleModule(model, batch_first=True, loss_reduction="mean")
+    engine = OutputGradientEngine(model, loss_reduction="mean")  # also refuses layers without exact rules
     dp_optimizer = DPOptimizer(optimizer, noise_multiplier=sigma, max_grad_norm=max_grad_norm,
                                expected_batch_size=batch_size, loss_reduction="mean",
                                generator=noise_gen, secure_mode=secure_mode)
     acc = create_accountant(accountant)
     dp_optimizer.attach_step_hook(acc.get_optimizer_hook_fn(sample_rate=sample_rate))
-    return PrivateTraining(gsm, dp_optimizer, loader, acc, sigma, sample_rate, steps)
+    return PrivateTraining(model, engine, dp_optimizer, loader, acc, sigma, sample_rate, steps)

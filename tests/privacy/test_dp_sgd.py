@@ -151,3 +151,28 @@ def test_layer_without_exact_rule_is_refused_never_trained_non_privately():
     with pytest.raises(ReproduceError, match="Scaled"):
         make_private(model, torch.optim.SGD(model.parameters(), lr=0.1), ds, batch_size=10, epochs=1,
                      target_epsilon=8.0, delta=1e-5, max_grad_norm=1.0, accountant="rdp", seed=0)
+
+
+def test_make_private_step_of_an_escnn_model_is_the_brute_force_clipped_mean():
+    """The trainer's DP step (make_private's engine + DPOptimizer), noise off, against one backward per sample."""
+    model = build_model(group="C4", widths=(2, 4, 4), in_channels=3, num_classes=8, seed=0).double()
+    x, y = _batch(n=6, seed=4)
+    x = x.double()
+    per_sample = _brute_force_grads(model, x, y)
+    model.zero_grad(set_to_none=True)
+    norms = torch.stack([torch.cat([g.flatten() for g in grads]).norm() for grads in per_sample])
+    C = norms.median().item()  # some samples clipped, some not
+    # opacus's clip factor is min(1, C / (norm + 1e-6)) (its guard against division by zero)
+    want = [sum(g[j] * min(1.0, C / (n.item() + 1e-6)) for g, n in zip(per_sample, norms)) / len(x)
+            for j in range(len(per_sample[0]))]
+    ds = TensorDataset(x, y)
+    dp = make_private(model, torch.optim.SGD(model.parameters(), lr=1.0), ds, batch_size=len(x), epochs=1,
+                      target_epsilon=8.0, delta=1e-5, max_grad_norm=C, accountant="rdp", seed=0)
+    assert dp.model is model
+    dp.optimizer.noise_multiplier = 0.0
+    before = [p.detach().clone() for p in model.parameters()]
+    dp.engine.backward(F.cross_entropy(model(x), y))
+    assert all(p.grad is None for p in model.parameters())  # no batch gradient is computed
+    dp.optimizer.step()
+    for b, p, w in zip(before, model.parameters(), want):
+        assert ((b - p.detach()) - w).norm() <= 1e-10 * w.norm().clamp_min(1e-30)

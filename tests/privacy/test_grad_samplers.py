@@ -285,3 +285,38 @@ def test_engine_ignores_forward_passes_that_did_not_lead_to_the_loss(nets):
     engine.backward(F.cross_entropy(model(x), y))
     for name, p in model.named_parameters():
         assert rel_err(p.grad_sample, expected[name]) < 1e-10, name
+
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                                reason="no CUDA device on this machine"))]
+
+
+@pytest.mark.parametrize("path", ["hooks", "engine"])
+@pytest.mark.parametrize("device", DEVICES)
+def test_dp_step_runs_on_the_device_the_model_was_moved_to(nets, device, path, monkeypatch):
+    """``.to(device)`` moves the hidden sampled bases too; the update matches the CPU brute force."""
+    # TF32 convolutions/matmuls on CUDA would round to ~1e-3; compare at full float32 precision
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    model = copy.deepcopy(nets["D4"])
+    x, y = batch(torch.float32, n=8, seed=5)
+    expected = brute_force_clipped_mean(brute_force_grads(model, x, y), max_grad_norm=0.1)
+    model.to(device)
+    for layer in (model.conv1, model.conv2):
+        for b in layer.escnn_conv.basisexpansion.buffers():
+            assert b.device.type == device
+    optimizer = DPOptimizer(torch.optim.SGD(model.parameters(), lr=1.0), noise_multiplier=0.0,
+                            max_grad_norm=0.1, expected_batch_size=len(x))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    x, y = x.to(device), y.to(device)
+    if path == "hooks":
+        gsm = GradSampleModule(model, loss_reduction="mean")
+        F.cross_entropy(gsm(x), y).backward()
+    else:
+        OutputGradientEngine(model).backward(F.cross_entropy(model(x), y))
+    optimizer.step()
+    for name, p in model.named_parameters():
+        assert p.device.type == device
+        assert rel_err((before[name] - p.detach()).cpu(), expected[name]) < 1e-4, name
+    if path == "hooks":
+        gsm._close()
