@@ -89,3 +89,15 @@ def repro_report(repo: Path, env: dict | None = None) -> tuple[list[str], list[s
     ran = sorted(line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage"))
     cached = sorted(line.split("'")[1] for line in out.splitlines() if "is cached - skipping run" in line)
     return ran, cached
+
+
+def assert_dvc_repro_only_restores(repo: Path, cells: list[str], env: dict | None = None) -> list[str]:
+    """The main workspace's plain ``dvc repro`` restores every cell from the shared cache and trains none.
+
+    Returns the stages that did run (the report)."""
+    ran, cached = repro_report(repo, env)
+    assert cached == sorted(f"train@{c}" for c in cells), (cached, ran)
+    assert not any(s.startswith("train@") for s in ran), ran
+    for cell in cells:
+        assert (repo / "results" / "default" / "cells" / cell / "result.json").exists(), cell
+    return ran

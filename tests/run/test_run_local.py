@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tests.run.run_helpers import (cells_of, embedded_data, env_for, make_repo_copy, record, repro_report, run,
+from tests.run.run_helpers import (assert_dvc_repro_only_restores, cells_of, embedded_data, env_for, make_repo_copy, record, run,
                                    tiny_study)
 
 SEEDS = (0,)
@@ -56,11 +56,7 @@ def test_run_local_survives_a_killed_submitter_and_dvc_repro_only_restores(repo)
     # Nothing pending any more: nothing is submitted.
     assert "nothing to run" in run(cmd, repo, env=env).stdout
     # The main workspace's plain `dvc repro` restores every cell from the cache and runs the rest only.
-    ran, cached = repro_report(repo, env)
-    assert cached == sorted(f"train@{c}" for c in CELLS)
-    assert ran and not any(s.startswith("train@") for s in ran), ran
-    for cell in CELLS:
-        assert (repo / "results" / "default" / "cells" / cell / "result.json").exists()
+    assert assert_dvc_repro_only_restores(repo, CELLS, env)  # and the report ran
 
 
 @pytest.mark.slow
@@ -87,8 +83,7 @@ def test_run_debug_reports_a_failed_cell_and_reruns_only_it(repo, monkeypatch, c
     assert rc == 0
     assert f"{len(CELLS)} cells, 1 already done, 1 to run" in out
     assert f"{victim}: running" in out and f"{other}: running" not in out
-    ran, cached = repro_report(repo, env_for(repo))
-    assert cached == sorted(f"train@{c}" for c in CELLS) and not any(s.startswith("train@") for s in ran)
+    assert_dvc_repro_only_restores(repo, CELLS, env_for(repo))
 
 
 def test_run_refuses_a_study_file_the_pipeline_does_not_read(tmp_path):

@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from tests.run.run_helpers import cells_of, embedded_data, env_for, make_repo_copy, record, repro_report, run, tiny_study
+from tests.run.run_helpers import (assert_dvc_repro_only_restores, cells_of, embedded_data, env_for, make_repo_copy, record,
+                                   run, tiny_study)
 from tests.run.slurm_cluster import ClusterUnavailable, SlurmCluster, ensure_installed
 
 SEEDS = (0, 1)
@@ -69,8 +70,4 @@ def test_run_slurm_job_array_cancel_and_rerun_only_the_cancelled_cell(tmp_path, 
     assert "nothing to run" in run(cmd, repo, env=env).stdout
 
     # Every cell's result arrived; the main workspace restores them all and runs nothing else but the report.
-    ran, cached = repro_report(repo, env)
-    assert cached == sorted(f"train@{c}" for c in CELLS)
-    assert ran and not any(s.startswith("train@") for s in ran), ran
-    for cell in CELLS:
-        assert (repo / "results" / "default" / "cells" / cell / "result.json").exists()
+    assert assert_dvc_repro_only_restores(repo, CELLS, env)  # and the report ran
