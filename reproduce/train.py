@@ -165,7 +165,7 @@ def run_cell(cell: Cell, *, data_root: Path, progress: bool = True, checkpoint: 
         targets = y.repeat_interleave(K, dim=0) if K > 1 else y
         loss = loss_fn(net(views), targets, task)
         if cell.private:
-            dp.engine.backward(loss)               # per-sample gradients only, no batch gradient
+            dp.backward(loss)                      # per-sample gradients only, no batch gradient
             average_view_grad_samples(params, K)   # clip the view-average, per sample
         else:
             loss.backward()

@@ -8,7 +8,8 @@ Per-sample gradients come from ``OutputGradientEngine`` (one backward pass to th
 then opacus's registered rule per layer), not from ``GradSampleModule``'s hooks: the same rules and
 the same clipped sum (tested), without the batch weight gradients and escnn basis-expansion
 backward that hooks mode computes and throws away (bench/bench_per_sample_grads.py). Callers use
-``engine.backward(loss)`` in place of ``loss.backward()``.
+``PrivateTraining.backward(loss)`` in place of ``loss.backward()``; ``per_sample_gradients="hooks"``
+gives opacus's own ``GradSampleModule`` instead (same rules, same update; for cross-checks).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 
 import torch
+from opacus import GradSampleModule
 from opacus.accountants import create_accountant
 from opacus.data_loader import DPDataLoader
 from opacus.optimizers import DPOptimizer
@@ -27,8 +29,8 @@ from reproduce.privacy.fast_engine import OutputGradientEngine
 
 @dataclasses.dataclass
 class PrivateTraining:
-    model: nn.Module  # the caller's model, unwrapped; per-sample gradients through ``engine``
-    engine: OutputGradientEngine
+    model: nn.Module  # what to call forward on: the caller's model, or opacus's GradSampleModule ("hooks")
+    engine: OutputGradientEngine | None  # None in "hooks" mode
     optimizer: DPOptimizer
     loader: DPDataLoader
     accountant: object
@@ -36,16 +38,31 @@ class PrivateTraining:
     sample_rate: float
     steps: int
 
+    def backward(self, loss: torch.Tensor) -> None:
+        """Per-sample gradients of the per-sample losses into ``p.grad_sample`` (what DPOptimizer clips)."""
+        if self.engine is not None:
+            self.engine.backward(loss)
+        else:
+            loss.backward()
+
+
+PER_SAMPLE_GRADIENTS = ("engine", "hooks")
+
 
 def make_private(model: nn.Module, optimizer: torch.optim.Optimizer, dataset, *, batch_size: int,
                  epochs: int | None = None, steps: int | None = None, target_epsilon: float, delta: float, max_grad_norm: float,
-                 accountant: str, seed: int, secure_mode: bool = False) -> PrivateTraining:
+                 accountant: str, seed: int, secure_mode: bool = False,
+                 per_sample_gradients: str = "engine") -> PrivateTraining:
     """Wrap model/optimizer for DP-SGD with Poisson sampling at q = batch_size / len(dataset).
 
     Noise is calibrated for exactly ``steps`` optimizer steps (default: ``epochs`` full epochs of
-    int(1/q) steps each); the caller must run exactly that many.
+    int(1/q) steps each); the caller must run exactly that many. ``per_sample_gradients``: "engine"
+    (``OutputGradientEngine``) or "hooks" (opacus's ``GradSampleModule``); both refuse, by name, any
+    layer without an exact rule and any batch norm, before anything else happens.
     """
     from reproduce.privacy.exactness import check_exact_per_sample_gradients
+    if per_sample_gradients not in PER_SAMPLE_GRADIENTS:
+        raise ValueError(f"per_sample_gradients must be one of {PER_SAMPLE_GRADIENTS}, got {per_sample_gradients!r}")
     check_exact_per_sample_gradients(model)
 
     n = len(dataset)
@@ -58,10 +75,13 @@ def make_private(model: nn.Module, optimizer: torch.optim.Optimizer, dataset, *,
     sampler_gen = torch.Generator().manual_seed(seed * 1_000_003 + 1)
     noise_gen = None if secure_mode else torch.Generator().manual_seed(seed * 1_000_003 + 2)
     loader = DPDataLoader(dataset, sample_rate=sample_rate, generator=sampler_gen)
-    engine = OutputGradientEngine(model, loss_reduction="mean")  # also refuses layers without exact rules
+    if per_sample_gradients == "engine":
+        engine, forward = OutputGradientEngine(model, loss_reduction="mean"), model
+    else:
+        engine, forward = None, GradSampleModule(model, batch_first=True, loss_reduction="mean")
     dp_optimizer = DPOptimizer(optimizer, noise_multiplier=sigma, max_grad_norm=max_grad_norm,
                                expected_batch_size=batch_size, loss_reduction="mean",
                                generator=noise_gen, secure_mode=secure_mode)
     acc = create_accountant(accountant)
     dp_optimizer.attach_step_hook(acc.get_optimizer_hook_fn(sample_rate=sample_rate))
-    return PrivateTraining(model, engine, dp_optimizer, loader, acc, sigma, sample_rate, steps)
+    return PrivateTraining(forward, engine, dp_optimizer, loader, acc, sigma, sample_rate, steps)

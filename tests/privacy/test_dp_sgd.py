@@ -137,7 +137,8 @@ def test_make_private_accounts_for_the_sample_rate_and_steps_that_run():
     assert abs(sum(sizes) / len(sizes) - B) < 4 * math.sqrt(B)
 
 
-def test_layer_without_exact_rule_is_refused_never_trained_non_privately():
+@pytest.mark.parametrize("mode", ["engine", "hooks"])
+def test_layer_without_exact_rule_is_refused_never_trained_non_privately(mode):
     class Scaled(torch.nn.Module):
         def __init__(self):
             super().__init__()
@@ -150,11 +151,13 @@ def test_layer_without_exact_rule_is_refused_never_trained_non_privately():
     ds = TensorDataset(torch.randn(100, 3, 28, 28), torch.randint(0, 8, (100,)))
     with pytest.raises(ReproduceError, match="Scaled"):
         make_private(model, torch.optim.SGD(model.parameters(), lr=0.1), ds, batch_size=10, epochs=1,
-                     target_epsilon=8.0, delta=1e-5, max_grad_norm=1.0, accountant="rdp", seed=0)
+                     target_epsilon=8.0, delta=1e-5, max_grad_norm=1.0, accountant="rdp", seed=0,
+                     per_sample_gradients=mode)
 
 
-def test_make_private_step_of_an_escnn_model_is_the_brute_force_clipped_mean():
-    """The trainer's DP step (make_private's engine + DPOptimizer), noise off, against one backward per sample."""
+@pytest.mark.parametrize("mode", ["engine", "hooks"])
+def test_make_private_step_of_an_escnn_model_is_the_brute_force_clipped_mean(mode):
+    """The trainer's DP step (make_private + DPOptimizer), noise off, against one backward per sample."""
     model = build_model(group="C4", widths=(2, 4, 4), in_channels=3, num_classes=8, seed=0).double()
     x, y = _batch(n=6, seed=4)
     x = x.double()
@@ -167,12 +170,14 @@ def test_make_private_step_of_an_escnn_model_is_the_brute_force_clipped_mean():
             for j in range(len(per_sample[0]))]
     ds = TensorDataset(x, y)
     dp = make_private(model, torch.optim.SGD(model.parameters(), lr=1.0), ds, batch_size=len(x), epochs=1,
-                      target_epsilon=8.0, delta=1e-5, max_grad_norm=C, accountant="rdp", seed=0)
-    assert dp.model is model
+                      target_epsilon=8.0, delta=1e-5, max_grad_norm=C, accountant="rdp", seed=0,
+                      per_sample_gradients=mode)
     dp.optimizer.noise_multiplier = 0.0
     before = [p.detach().clone() for p in model.parameters()]
-    dp.engine.backward(F.cross_entropy(model(x), y))
-    assert all(p.grad is None for p in model.parameters())  # no batch gradient is computed
+    dp.backward(F.cross_entropy(dp.model(x), y))
+    if mode == "engine":
+        assert dp.model is model
+        assert all(p.grad is None for p in model.parameters())  # no batch gradient is computed
     dp.optimizer.step()
     for b, p, w in zip(before, model.parameters(), want):
         assert ((b - p.detach()) - w).norm() <= 1e-10 * w.norm().clamp_min(1e-30)

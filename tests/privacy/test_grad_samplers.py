@@ -35,6 +35,11 @@ def field_types(group: str):
         bl = gs.fibergroup.bl_regular_representation(1)
         hidden = [bl, gs.irrep(1, 1), gs.trivial_repr]
         out = [bl, gs.irrep(1, 2), gs.irrep(1, 0), gs.trivial_repr]
+    elif group == "SO2":
+        gs = gspaces.rot2dOnR2(-1, maximum_frequency=2)
+        bl = gs.fibergroup.bl_regular_representation(2)
+        hidden = [bl, gs.irrep(1), gs.trivial_repr]
+        out = [bl, gs.irrep(2), gs.trivial_repr]
     else:
         gs = {"C1": gspaces.rot2dOnR2(1), "C4": gspaces.rot2dOnR2(4), "D4": gspaces.flipRot2dOnR2(4),
               "C16": gspaces.rot2dOnR2(16)}[group]
@@ -61,7 +66,7 @@ class SmallEquivariantNet(nn.Module):
         return self.head(x.mean(dim=(2, 3)))
 
 
-GROUPS = ["C1", "C4", "D4", "C16", "O2"]
+GROUPS = ["C1", "C4", "D4", "C16", "O2", "SO2"]
 
 
 @pytest.fixture(scope="module")
