@@ -1,6 +1,6 @@
 """Cost of one DP epoch per group of a paper study, and the projected cost of its full grid.
 
-Times a few DP-SGD steps (the suite's own path: opacus hooks + exact escnn rules, K augmented views
+Times a few DP-SGD steps (the trainer's own path: OutputGradientEngine + exact escnn rules, K augmented views
 per sample, view-averaged before clipping) on stand-in data of the dataset's shape, per group, then
 extrapolates: epoch = N_train x seconds per sample; full grid = sum over cells of training samples
 x seconds per sample (non-DP cells timed the same way without per-sample gradients).
@@ -41,13 +41,10 @@ def seconds_per_sample(study, group: str, *, private: bool, K: int, batch: int, 
                         fix_params=study.model.fix_params, basis=study.model.basis)
     params = count_parameters(model)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    net = model
     if private:
-        from opacus import GradSampleModule
         from opacus.optimizers import DPOptimizer
-        from reproduce.privacy.exactness import check_exact_per_sample_gradients
-        check_exact_per_sample_gradients(model)
-        net = GradSampleModule(model)
+        from reproduce.privacy.fast_engine import OutputGradientEngine
+        engine = OutputGradientEngine(model)  # refuses layers without exact rules
         opt = DPOptimizer(opt, noise_multiplier=1.0, max_grad_norm=1.0, expected_batch_size=batch)
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(batch, channels, side, side)
@@ -57,9 +54,12 @@ def seconds_per_sample(study, group: str, *, private: bool, K: int, batch: int, 
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
         views = augment_views(x, K, kind="cifar" if side == 32 else "medmnist", generator=gen)
-        F.cross_entropy(net(views), y.repeat_interleave(K) if K > 1 else y).backward()
+        loss = F.cross_entropy(model(views), y.repeat_interleave(K) if K > 1 else y)
         if private:
+            engine.backward(loss)
             average_view_grad_samples(model.parameters(), K)
+        else:
+            loss.backward()
         opt.step()
         if i:
             times.append(time.perf_counter() - t0)

@@ -13,26 +13,41 @@ and horizontal flip, as in De et al.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
 KINDS = ("medmnist", "cifar")
 
 
-def _random_crop(x: torch.Tensor, pad: int, gen: torch.Generator) -> torch.Tensor:
+def _draws(n: int, radices: list[int], gen: torch.Generator) -> list[torch.Tensor]:
+    """Independent uniform integers in ``range(r)`` for each radix, ONE generator draw per view.
+
+    Decoding one mixed-radix integer per view keeps each view's draws a function of its position in
+    the generator's stream (CPU ``randint`` is sequential), so splitting a batch into micro-batches
+    (``physical_batch_size``) gives every sample the same views as the whole batch would.
+    """
+    u = torch.randint(0, math.prod(radices), (n,), generator=gen)
+    out = []
+    for r in radices:
+        out.append(u % r)
+        u = u // r
+    return out
+
+
+def _crop(x: torch.Tensor, pad: int, dy: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
+    """Per-sample crops of the zero-padded images at offsets (dy, dx) in [0, 2*pad]."""
     n, _, h, w = x.shape
     padded = F.pad(x, (pad, pad, pad, pad))
-    dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
-    dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
     rows = (dy[:, None] + torch.arange(h)[None, :])            # [n, h]
     cols = (dx[:, None] + torch.arange(w)[None, :])            # [n, w]
     idx = torch.arange(n)[:, None, None]
     return padded.permute(0, 2, 3, 1)[idx, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
 
 
-def _random_d4(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    k = torch.randint(0, 4, (len(x),), generator=gen)
-    flip = torch.randint(0, 2, (len(x),), generator=gen).bool()
+def _d4(x: torch.Tensor, k: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
+    """Rotate sample i by k[i] quarter turns, then mirror it where flip[i]."""
     out = x.clone()
     for r in range(4):
         sel = k == r
@@ -51,12 +66,15 @@ def augment_views(x: torch.Tensor, multiplicity: int, *, kind: str, generator: t
         return x
     rep = x.repeat_interleave(multiplicity, dim=0)
     if kind == "medmnist":
-        return _random_crop(_random_d4(rep, generator), 2, generator)
+        pad = 2
+        k, flip, dy, dx = _draws(len(rep), [4, 2, 2 * pad + 1, 2 * pad + 1], generator)
+        return _crop(_d4(rep, k, flip.bool()), pad, dy, dx)
     if kind == "cifar":
-        flip = torch.randint(0, 2, (len(rep),), generator=generator).bool()
+        pad = 4
+        flip, dy, dx = _draws(len(rep), [2, 2 * pad + 1, 2 * pad + 1], generator)
         rep = rep.clone()
-        rep[flip] = rep[flip].flip(3)
-        return _random_crop(rep, 4, generator)
+        rep[flip.bool()] = rep[flip.bool()].flip(3)
+        return _crop(rep, pad, dy, dx)
     raise ValueError(f"unknown augmentation kind {kind!r}; allowed: {KINDS}")
 
 

@@ -173,10 +173,11 @@ def test_engine_per_sample_gradients_equal_brute_force(nets, group, dtype):
     engine.remove()
 
 
+@pytest.mark.parametrize("group", GROUPS)
 @pytest.mark.parametrize("path", ["hooks", "engine"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_dp_optimizer_update_equals_brute_force_clipped_mean(nets, path, dtype):
-    model = copy.deepcopy(nets["D4"]).to(dtype)
+def test_dp_optimizer_update_equals_brute_force_clipped_mean(nets, group, path, dtype):
+    model = copy.deepcopy(nets[group]).to(dtype)
     x, y = batch(dtype, n=8, seed=2)
     grads = brute_force_grads(model, x, y)
     norms = torch.stack([g.flatten(1).norm(dim=1) for g in grads.values()], dim=1).norm(dim=1)
