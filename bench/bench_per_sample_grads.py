@@ -196,8 +196,11 @@ def peak_memory(method, n, threads):
     return result
 
 
-def where_time_goes(model, n, rounds):
-    """Median wall ms of the parts of (a) and (b), and of each layer's rule: suite vs functorch."""
+def where_time_goes(model, n, rounds, fallback_step=None):
+    """Median wall ms of the parts of (a) and (b), and of each layer's rule: suite vs functorch.
+
+    ``fallback_step``: median wall seconds of (c), to print the bound on (c)/(b) that the shared
+    parts (forward, backward to the layer inputs, optimizer) set even if the rules cost nothing."""
     from opacus import GradSampleModule
     from opacus.grad_sample.functorch import ft_compute_per_sample_gradient
     from opacus.optimizers import DPOptimizer
@@ -252,8 +255,20 @@ def where_time_goes(model, n, rounds):
     finally:
         registry.update(rules)
     print(f"  where the time goes (median ms of {rounds} steps; backward to the outputs = engine.backward - rules):")
-    for k, v in parts.items():
-        print(f"    {k:45s} {1e3 * statistics.median(v):7.0f}")
+    med = {k: statistics.median(v) for k, v in parts.items()}
+    for k, v in med.items():
+        print(f"    {k:45s} {1e3 * v:7.0f}")
+    # (a)'s backward minus (b)'s backward to the outputs = the batch weight gradients and the basis-
+    # expansion backward, which (b) skips. The rules cannot beat it by much: a per-sample filter
+    # gradient has the same multiply-adds as the batch one (it only omits the sum over samples).
+    skipped = med["(a) backward"] - med["(b) backward to the layer outputs"]
+    rules_s = med["(b) per-sample rules, all layers"]
+    print(f"    batch weight gradients that (b) skips ~{1e3 * skipped:.0f} ms; (b)'s rules cost "
+          f"{rules_s / skipped:.1f}x that" if skipped > 0 else "    (b) skips no measurable batch-gradient time")
+    if fallback_step is not None:
+        shared = med["(b) forward"] + med["(b) backward to the layer outputs"] + med["(b) DPOptimizer (norms, clip, noise, SGD)"]
+        print(f"    bound on (c)/(b) if the suite's rules cost nothing: {fallback_step / shared:.2f}; "
+              f"if they cost just the skipped batch weight gradients: {fallback_step / (shared + max(skipped, 0)):.2f}")
 
     # Each layer's per-sample gradients from the same captured inputs and output gradients.
     loss = F.cross_entropy(private(x), y)
@@ -319,7 +334,8 @@ def main():
                 peak, inc = peak_memory(m, n, args.threads)
                 print(f"  peak RSS during steps, {m:10s}: {peak:6.0f} MiB (+{inc:.0f} MiB over the RSS before them)")
         if args.profile_steps:
-            where_time_goes(model, n, args.profile_steps)
+            fallback = med(wall["functorch_fallback"]) if "functorch_fallback" in wall else None
+            where_time_goes(model, n, args.profile_steps, fallback)
 
 
 if __name__ == "__main__":

@@ -38,7 +38,8 @@ def seconds_per_sample(study, group: str, *, private: bool, K: int, batch: int, 
                        channels: int, classes: int) -> tuple[float, int]:
     model = build_model(group=group, widths=study.model.widths_for(group), in_channels=channels,
                         num_classes=classes, restrict=study.model.restrict_for(group),
-                        fix_params=study.model.fix_params, basis=study.model.basis)
+                        fix_params=study.model.fix_params, basis=study.model.basis,
+                        weight_standardisation=study.model.weight_standardisation)
     params = count_parameters(model)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     if private:

@@ -93,7 +93,8 @@ def cmd_params(args) -> int:
     for group in study.grid.group:
         w = study.model.widths_for(group)
         m = build_model(group=group, widths=w, in_channels=3, num_classes=8, restrict=study.model.restrict_for(group),
-                        fix_params=study.model.fix_params, basis=study.model.basis)
+                        fix_params=study.model.fix_params, basis=study.model.basis,
+                        weight_standardisation=study.model.weight_standardisation)
         print(f"{group:6} {'-'.join(map(str, w)):>12} {count_parameters(m):>12,}")
     return 0
 

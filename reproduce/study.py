@@ -47,6 +47,9 @@ class ModelConfig(_Strict):
     # Steerable basis of C_N/D_N convolutions: "authors" (radial cutoff 3r, the authors' later code)
     # or "escnn" (escnn's default; it reproduces the MedMNIST paper's C4 counts with fix_params).
     basis: Literal["authors", "escnn"] = "authors"
+    # Standardise each equivariant convolution's basis coefficients, (w - mean) / (std + 1e-5) over
+    # the layer, before expanding the filter (the authors' code always does; no effect on "e").
+    weight_standardisation: bool = False
 
     @field_validator("restrict")
     @classmethod

@@ -135,7 +135,8 @@ def run_cell(cell: Cell, *, data_root: Path, progress: bool = True, checkpoint: 
     num_classes = info.num_classes
     model = build_model(group=cell.group, widths=cell.widths, in_channels=info.n_channels,
                         num_classes=num_classes, restrict=study.model.restrict_for(cell.group),
-                        fix_params=study.model.fix_params, basis=study.model.basis, seed=cell.seed)
+                        fix_params=study.model.fix_params, basis=study.model.basis,
+                        weight_standardisation=study.model.weight_standardisation, seed=cell.seed)
     n_params = count_parameters(model)
     optimizer = make_optimizer(model.parameters(), (tr.dp_optimizer or tr.optimizer) if cell.private else tr.optimizer)
 

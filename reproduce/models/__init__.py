@@ -13,7 +13,7 @@ from torch import nn
 
 def build_model(*, group: str, widths: tuple[int, int, int], in_channels: int, num_classes: int,
                 restrict: str = "none", fix_params: bool = False, basis: str = "authors",
-                seed: int = 0) -> nn.Module:
+                weight_standardisation: bool = False, seed: int = 0) -> nn.Module:
     """Build the ResNet-9 for ``group`` with deterministic initial weights for ``seed``.
 
     Seeds torch and numpy's global RNG first: escnn draws D_N/O(2) bases from the latter.
@@ -22,12 +22,13 @@ def build_model(*, group: str, widths: tuple[int, int, int], in_channels: int, n
     np.random.seed(seed)
     if group == "e":
         from reproduce.models.resnet9 import ResNet9
-        # The conventional model has no group to restrict, rescale against or expand in a basis.
+        # The conventional model has no group to restrict, rescale against or expand in a basis
+        # (and Klause et al.'s ResNet-9 has no weight standardisation).
         return ResNet9(widths=tuple(widths), in_channels=in_channels, num_classes=num_classes)
     from reproduce.models.equivariant import build_equivariant_resnet9
     return build_equivariant_resnet9(group=group, widths=tuple(widths), in_channels=in_channels,
                                      num_classes=num_classes, restrict=restrict, fix_params=fix_params,
-                                     basis=basis)
+                                     basis=basis, weight_standardisation=weight_standardisation)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -7,12 +7,15 @@ non-linearity -> FieldGroupNorm -> optional SymmetricPool2d.
 
 Deviations from the authors' code, all for exact invariance or exact DP per-sample gradients:
 global average pooling to 1x1 except for the trivial group (theirs: always a 2x2 grid, which
-rotations permute), 3-wide pooling windows on odd sizes (7 -> 3), no weight standardisation
-(the conv's coefficients enter the filter linearly, as its per-sample gradient rule assumes)
-and no gate bias.
+rotations permute), 3-wide pooling windows on odd sizes (7 -> 3) and no gate bias. Weight
+standardisation of the coefficients (theirs: always on) is the study's choice
+(``model.weight_standardisation``); its per-sample gradients stay exact, see
+``reproduce.privacy.grad_samplers.equivariant_conv.standardisation_vjp``.
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 from escnn import nn as enn
@@ -108,12 +111,13 @@ class EquivariantBlock(nn.Module):
         fields: number of output fields.
         family: group family (field types, non-linearity, pooling mode).
         pool: whether to halve the resolution.
+        standardise: weight standardisation of the convolution's coefficients.
     """
 
-    def __init__(self, in_type, fields: int, family, *, pool: bool = False):
+    def __init__(self, in_type, fields: int, family, *, pool: bool = False, standardise: bool = False):
         super().__init__()
         conv_type, act, self.out_type = family.layer(fields)
-        self.conv = EquivariantConv2d(in_type, conv_type, 3, padding=1, **family.conv_kwargs)
+        self.conv = EquivariantConv2d(in_type, conv_type, 3, padding=1, standardise=standardise, **family.conv_kwargs)
         self.act = act
         self.norm = FieldGroupNorm(self.out_type)
         self.pool = SymmetricPool2d(family.pool_mode) if pool else nn.Identity()
@@ -132,11 +136,14 @@ class EquivariantResNet9(nn.Module):
         num_classes: number of logits.
         restrict: "none" or "halved" (C_N -> C_{N/2}, D_N -> D_{N/2} before conv4).
         basis: key of ``BASES``.
+        weight_standardisation: standardise every convolution's coefficients (authors' code).
     """
 
     def __init__(self, spec: GroupSpec, fields: tuple[int, int, int], in_channels: int,
-                 num_classes: int, restrict: str = "none", basis: str = "authors"):
+                 num_classes: int, restrict: str = "none", basis: str = "authors",
+                 weight_standardisation: bool = False):
         super().__init__()
+        block = functools.partial(EquivariantBlock, standardise=weight_standardisation)
         self.group, self.fields, self.restrict = spec.name, tuple(fields), restrict
         l1, l2, l3 = fields
         gspace = make_gspace(spec)
@@ -144,12 +151,12 @@ class EquivariantResNet9(nn.Module):
         self.in_type = enn.FieldType(gspace, [gspace.trivial_repr] * in_channels)
         self.mask = DiscMask() if not spec.finite else nn.Identity()
 
-        self.conv1 = EquivariantBlock(self.in_type, l1, family)
-        self.conv2 = EquivariantBlock(self.conv1.out_type, l2, family, pool=True)
-        self.res1 = nn.Sequential(EquivariantBlock(self.conv2.out_type, l2, family),
-                                  EquivariantBlock(self.conv2.out_type, l2, family))
+        self.conv1 = block(self.in_type, l1, family)
+        self.conv2 = block(self.conv1.out_type, l2, family, pool=True)
+        self.res1 = nn.Sequential(block(self.conv2.out_type, l2, family),
+                                  block(self.conv2.out_type, l2, family))
         self.scale_norm1 = FieldGroupNorm(self.conv2.out_type)
-        self.conv3 = EquivariantBlock(self.conv2.out_type, l3, family, pool=True)
+        self.conv3 = block(self.conv2.out_type, l3, family, pool=True)
 
         # Restriction only re-labels the fields (the data is unchanged): conv4 sees the conv3
         # fields as fields of the subgroup, and everything after is built on the subgroup.
@@ -158,9 +165,9 @@ class EquivariantResNet9(nn.Module):
             subgroup_id, sub_spec = spec.halved()
             in4 = in4.restrict(subgroup_id)
             family = _family(in4.gspace, sub_spec, basis)
-        self.conv4 = EquivariantBlock(in4, l3, family, pool=True)
-        self.res2 = nn.Sequential(EquivariantBlock(self.conv4.out_type, l3, family),
-                                  EquivariantBlock(self.conv4.out_type, l3, family))
+        self.conv4 = block(in4, l3, family, pool=True)
+        self.res2 = nn.Sequential(block(self.conv4.out_type, l3, family),
+                                  block(self.conv4.out_type, l3, family))
         self.scale_norm2 = FieldGroupNorm(self.conv4.out_type)
         self.invariant = family.invariant(self.conv4.out_type)
         # The authors average to a 2x2 grid, which rotations permute: pool to 1x1 instead. Not for
@@ -196,7 +203,7 @@ def field_counts(spec: GroupSpec, widths: tuple[int, int, int], *, restrict: str
 
 def build_equivariant_resnet9(*, group: str, widths: tuple[int, int, int], in_channels: int,
                               num_classes: int, restrict: str = "none", fix_params: bool = False,
-                              basis: str = "authors") -> nn.Module:
+                              basis: str = "authors", weight_standardisation: bool = False) -> nn.Module:
     """Builds the equivariant ResNet-9 of one symmetry group.
 
     Seeding: escnn's basis construction runs under numpy's global RNG seeded with the constant
@@ -213,6 +220,7 @@ def build_equivariant_resnet9(*, group: str, widths: tuple[int, int, int], in_ch
         restrict: "none" or "halved" (C_N/D_N with even N >= 2 only).
         fix_params: scale field counts per group as the authors' ``fix_params``.
         basis: R2Conv basis settings of C_N / D_N, a key of ``BASES``.
+        weight_standardisation: standardise each convolution's basis coefficients (authors' code).
 
     Returns:
         The model: [B, in_channels, H, W] float tensor -> [B, num_classes] logits.
@@ -231,4 +239,4 @@ def build_equivariant_resnet9(*, group: str, widths: tuple[int, int, int], in_ch
         raise ValueError(f"widths must be three positive field counts, got {widths!r}")
     fields = field_counts(spec, widths, restrict=restrict, fix_params=fix_params)
     with deterministic_escnn():
-        return EquivariantResNet9(spec, fields, in_channels, num_classes, restrict, basis)
+        return EquivariantResNet9(spec, fields, in_channels, num_classes, restrict, basis, weight_standardisation)

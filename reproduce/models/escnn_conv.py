@@ -39,11 +39,17 @@ class EquivariantConv2d(nn.Module):
         kernel_size: square kernel size.
         padding: zero padding on each side.
         bias: whether to learn an (invariant) bias.
+        standardise: expand the filter from the standardised coefficients
+            ``(w - mean(w)) / (std(w) + 1e-5)`` (mean and population std over all of the layer's
+            coefficients), the authors' weight standardisation (hlzl/equivariant).
         **r2conv_kwargs: passed to ``escnn.nn.R2Conv`` (e.g. ``frequencies_cutoff``).
     """
 
+    #: added to the standard deviation, as in the authors' code
+    STANDARDISE_EPS = 1e-5
+
     def __init__(self, in_type: enn.FieldType, out_type: enn.FieldType, kernel_size: int, *,
-                 padding: int = 0, bias: bool = True, **r2conv_kwargs):
+                 padding: int = 0, bias: bool = True, standardise: bool = False, **r2conv_kwargs):
         super().__init__()
         conv = enn.R2Conv(in_type, out_type, kernel_size, padding=padding, bias=bias, **r2conv_kwargs)
         if conv.padding_mode != "zeros":
@@ -51,7 +57,7 @@ class EquivariantConv2d(nn.Module):
         if conv.groups != 1:
             raise ValueError("EquivariantConv2d supports groups=1 only (as does its per-sample gradient rule)")
         self.in_type, self.out_type = in_type, out_type
-        self.kernel_size, self.padding = kernel_size, padding
+        self.kernel_size, self.padding, self.standardise = kernel_size, padding, standardise
         self.stride, self.dilation, self.groups = conv.stride, conv.dilation, conv.groups
         # The coefficients become ours; escnn's copies are dropped so nothing is trained twice.
         self.weights = nn.Parameter(conv.weights.detach().clone())
@@ -74,10 +80,17 @@ class EquivariantConv2d(nn.Module):
         """Matrix mapping the invariant bias coefficients to the per-channel bias."""
         return self.escnn_conv.bias_expansion if self.bias is not None else None
 
+    def effective_weights(self, weights: torch.Tensor | None = None) -> torch.Tensor:
+        """The coefficients the filter is expanded from: standardised if ``standardise``."""
+        w = self.weights if weights is None else weights
+        if not self.standardise:
+            return w
+        std, mean = torch.std_mean(w, dim=0, unbiased=False, keepdim=True)
+        return (w - mean) / (std + self.STANDARDISE_EPS)
+
     def expand_filter(self, weights: torch.Tensor | None = None) -> torch.Tensor:
         """Dense filter [C_out, C_in, k, k] for the given (default: current) coefficients."""
-        w = self.weights if weights is None else weights
-        filt = self.basisexpansion(w)
+        filt = self.basisexpansion(self.effective_weights(weights))
         return filt.reshape(filt.shape[0], filt.shape[1], self.kernel_size, self.kernel_size)
 
     def expand_bias(self) -> torch.Tensor | None:
@@ -97,4 +110,4 @@ class EquivariantConv2d(nn.Module):
         return self
 
     def extra_repr(self) -> str:
-        return f"{self.in_type.size}->{self.out_type.size} channels, k={self.kernel_size}, padding={self.padding}, coefficients={self.weights.numel()}"
+        return f"{self.in_type.size}->{self.out_type.size} channels, k={self.kernel_size}, padding={self.padding}, coefficients={self.weights.numel()}{', standardised' if self.standardise else ''}"

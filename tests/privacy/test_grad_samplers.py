@@ -18,7 +18,7 @@ from torch import nn
 
 from reproduce.models.escnn_conv import EquivariantConv2d
 from reproduce.privacy.fast_engine import OutputGradientEngine
-from reproduce.privacy.grad_samplers import basis_transpose, coefficient_grad_sample, unfold
+from reproduce.privacy.grad_samplers import basis_transpose, coefficient_grad_sample, standardisation_vjp, unfold
 
 # opacus' hooks warn that the first layer's input needs no gradient; expected here.
 pytestmark = [pytest.mark.filterwarnings("ignore:Full backward hook is firing"),
@@ -48,14 +48,14 @@ def field_types(group: str):
 
 
 class SmallEquivariantNet(nn.Module):
-    """conv (12x12: grouped-conv rule) -> pool -> conv (6x6: unfold rule) -> linear head."""
+    """conv (12x12: grouped-conv rule; weight standardisation) -> pool -> conv (6x6: unfold rule) -> linear head."""
 
     def __init__(self, group: str, n_classes: int = 3):
         super().__init__()
         np.random.seed(0)  # escnn's D_N and O(2) bases draw from numpy's global RNG
         torch.manual_seed(0)
         t_in, t_hidden, t_out = field_types(group)
-        self.conv1 = EquivariantConv2d(t_in, t_hidden, 3, padding=1)
+        self.conv1 = EquivariantConv2d(t_in, t_hidden, 3, padding=1, standardise=True)
         self.conv2 = EquivariantConv2d(t_hidden, t_out, 3, padding=1)
         self.head = nn.Linear(t_out.size, n_classes)
 
@@ -326,3 +326,15 @@ def test_dp_step_runs_on_the_device_the_model_was_moved_to(nets, device, path, m
         assert rel_err((before[name] - p.detach()).cpu(), expected[name]) < 1e-4, name
     if path == "hooks":
         gsm._close()
+
+
+@pytest.mark.parametrize("group", ["C4", "O2"])
+def test_standardisation_vjp_is_the_jacobian_transpose_of_weight_standardisation(nets, group):
+    layer = copy.deepcopy(nets[group].conv1).double()
+    assert layer.standardise
+    w = layer.weights.detach().clone().requires_grad_()
+    s = layer.effective_weights(w)
+    assert abs(s.mean().item()) < 1e-12 and abs(s.std(unbiased=False).item() - 1) < 1e-4
+    G = torch.randn(4, w.numel(), dtype=torch.float64)
+    expected = torch.stack([torch.autograd.grad(s, w, G[i], retain_graph=True)[0] for i in range(4)])
+    assert rel_err(standardisation_vjp(layer, G), expected) < 1e-12

@@ -8,8 +8,9 @@ from reproduce.privacy.grad_samplers.equivariant_conv import (
     coefficient_grad_sample,
     compute_equivariant_conv_grad_sample,
     filter_grad_sample,
+    standardisation_vjp,
     unfold,
 )
 
 __all__ = ["basis_transpose", "coefficient_grad_sample", "compute_equivariant_conv_grad_sample",
-           "filter_grad_sample", "unfold"]
+           "filter_grad_sample", "standardisation_vjp", "unfold"]

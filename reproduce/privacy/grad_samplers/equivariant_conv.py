@@ -290,6 +290,23 @@ def coefficient_grad_sample(layer: EquivariantConv2d, x: torch.Tensor, grad_out:
     return out
 
 
+def standardisation_vjp(layer: EquivariantConv2d, grads: torch.Tensor) -> torch.Tensor:
+    """Per-sample gradients w.r.t. the raw coefficients from those w.r.t. the standardised ones.
+
+    ``s(w) = (w - mean) / (std + eps)`` depends on the weights only, never on a sample, so each
+    sample's gradient maps through the same Jacobian transpose (exact, not an approximation):
+    ``J^T g = (g - mean(g)) / (std + eps) - z * <g, z> * std / (m * (std + eps)^2)`` with
+    ``z = (w - mean) / std`` and ``m`` coefficients. ``grads``: ``[n, m]``.
+    """
+    w = layer.weights.detach().to(grads.dtype)
+    std, mean = torch.std_mean(w, unbiased=False)
+    denom = std + layer.STANDARDISE_EPS
+    centred = w - mean
+    m = w.numel()
+    out = (grads - grads.mean(dim=1, keepdim=True)) / denom
+    return out - (grads @ centred)[:, None] * centred[None, :] / (m * std * denom ** 2)
+
+
 @register_grad_sampler(EquivariantConv2d)
 def compute_equivariant_conv_grad_sample(layer: EquivariantConv2d, activations: List[torch.Tensor],
                                          backprops: torch.Tensor) -> Dict[nn.Parameter, torch.Tensor]:
@@ -297,7 +314,8 @@ def compute_equivariant_conv_grad_sample(layer: EquivariantConv2d, activations: 
     x = activations[0].to(backprops.dtype)
     ret = {}
     if layer.weights.requires_grad:
-        ret[layer.weights] = coefficient_grad_sample(layer, x, backprops)
+        grads = coefficient_grad_sample(layer, x, backprops)  # w.r.t. the coefficients expanded
+        ret[layer.weights] = standardisation_vjp(layer, grads) if layer.standardise else grads
     if layer.bias is not None and layer.bias.requires_grad:
         # expanded bias gradient = output gradient summed over positions; then the transposed expansion
         ret[layer.bias] = backprops.sum(dim=(2, 3)) @ layer.bias_expansion.to(backprops.dtype)
