@@ -122,6 +122,22 @@ def test_exact_invariance(group, transforms, size):
         assert _gap(model, t, size) < TOL
 
 
+@pytest.mark.parametrize("group,transforms", [("D4", [rot(1), hflip]), ("O2", [rot(1), hflip])])
+def test_weight_standardisation_keeps_exact_invariance_and_changes_the_filters(group, transforms):
+    torch.manual_seed(0)
+    model = build_equivariant_resnet9(group=group, widths=(2, 2, 2), in_channels=3, num_classes=5,
+                                      weight_standardisation=True).eval()
+    for t in transforms:
+        assert _gap(model, t) < TOL
+    plain = _model(group)
+    conv, plain_conv = model.conv2.conv, plain.conv2.conv
+    assert conv.standardise and not plain_conv.standardise
+    assert torch.equal(conv.weights, plain_conv.weights)  # same init: only the expansion differs
+    w = conv.weights.detach()
+    expected = plain_conv.expand_filter((w - w.mean()) / (w.std(unbiased=False) + 1e-5))
+    assert torch.allclose(conv.expand_filter(), expected, atol=1e-6)
+
+
 def test_halved_c4_keeps_only_180_degrees():
     model = _model("C4", "halved")
     assert _gap(model, rot(2)) < TOL
