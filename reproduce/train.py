@@ -68,11 +68,14 @@ def predict_proba(model: torch.nn.Module, x: torch.Tensor, *, task: str, batch_s
 
 
 class StepTracker:
-    """Per-step series for Figure 1 (right) and alignment: every ``every`` optimizer steps.
+    """Per-step series for Figure 1 (right) and gradient-weight alignment.
 
-    l0_update: share of entries with |g| < 1e-5 of the gradient the optimizer applied (private:
-    clipped + noised; non-private: plain). l0_clipped (DP only): the clipped sum before noise.
-    Gradient-weight alignment from the final Linear layer's closed-form per-sample gradients.
+    Every ``every`` optimizer steps: l0_update, the share of entries with |g| < 1e-5 of the gradient
+    the optimizer applied (private: clipped + noised; non-private: plain), and l0_clipped (DP only),
+    the clipped sum before noise. Gradient-weight alignment (``reproduce.metrics.alignment``): the
+    cosine between each sample's final-layer update direction and the weights, taken in every
+    training forward pass (every micro-batch, at the weights the gradient is taken at), summarised
+    per logged step (``gwa``, ``gwa_mean``) and per epoch (``end_epoch``, as the authors do).
     """
 
     def __init__(self, model: torch.nn.Module, *, task: str, every: int):
@@ -80,32 +83,50 @@ class StepTracker:
         self.fc = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
         self.params = [p for p in model.parameters() if p.requires_grad]
         self._io = None
-        self._targets = None
+        self._step_cosines: list = []
+        self._epoch_cosines: list = []
         self.fc.register_forward_hook(self._hook)
 
     def _hook(self, module, inputs, output):
         if module.training:
             self._io = (inputs[0].detach(), output.detach())
 
-    def capture_targets(self, y):
-        self._targets = y
+    def record_batch(self, targets: torch.Tensor) -> None:
+        """Alignment cosines of the (micro-)batch whose forward pass just ran, with its targets."""
+        if self._io is None or self.task.startswith("multi-label"):
+            return
+        from reproduce.metrics.alignment import final_layer_cosines
+        h, z = self._io
+        self._io = None
+        cosines = final_layer_cosines(h, z, targets.reshape(-1), self.fc.weight)
+        self._step_cosines.append(cosines)
+        self._epoch_cosines.append(cosines)
 
     def after_step(self, step: int, epoch: int, loss, dp_optimizer) -> None:
+        cosines, self._step_cosines = self._step_cosines, []
         if step % self.every and step != 1:
             return
-        from reproduce.metrics.alignment import alignment_summary, linear_ce_per_sample_grads, per_sample_cosine
+        from reproduce.metrics.alignment import alignment_summary
         from reproduce.metrics.sparsity import l0_eps
         row = {"step": step, "epoch": epoch, "loss": float(loss.item()),
                "l0_update": l0_eps([p.grad for p in self.params if p.grad is not None])}
         if dp_optimizer is not None:
             B = dp_optimizer.expected_batch_size
             row["l0_clipped"] = l0_eps([p.summed_grad / B for p in self.params if getattr(p, "summed_grad", None) is not None])
-        if self._io is not None and not self.task.startswith("multi-label"):
-            h, z = self._io
-            gw, gb = linear_ce_per_sample_grads(h, z, self._targets[: len(z)].reshape(-1))
-            summary = alignment_summary(per_sample_cosine([gw, gb], [self.fc.weight, self.fc.bias]))
-            row["gwa_mean"], row["gwa_kurtosis_corrected"] = summary.mean, summary.kurtosis_corrected_mean
+        if cosines:
+            summary = alignment_summary(np.concatenate(cosines))
+            row["gwa"], row["gwa_mean"] = summary.kurtosis_corrected_mean, summary.mean
         self.rows.append(row)
+
+    def end_epoch(self) -> dict:
+        """Gradient-weight alignment over every training sample (view) of the epoch; {} if not tracked."""
+        cosines, self._epoch_cosines = self._epoch_cosines, []
+        if not cosines:
+            return {}
+        from reproduce.metrics.alignment import alignment_summary
+        summary = alignment_summary(np.concatenate(cosines))
+        return {"gwa": summary.kurtosis_corrected_mean, "gwa_mean": summary.mean,
+                "gwa_excess_kurtosis": summary.excess_kurtosis}
 
 
 def checkpoint_key(cell: Cell) -> str:
@@ -170,7 +191,7 @@ def run_cell(cell: Cell, *, data_root: Path, progress: bool = True, checkpoint: 
             average_view_grad_samples(params, K)   # clip the view-average, per sample
         else:
             loss.backward()
-        tracker.capture_targets(targets)
+        tracker.record_batch(targets)
         return loss
 
     # Everything that evolves during training, so a resumed run continues bit-identically.
@@ -239,7 +260,7 @@ def run_cell(cell: Cell, *, data_root: Path, progress: bool = True, checkpoint: 
                 tracker.after_step(step, epoch, loss, opt if cell.private else None)
                 bar.update(1)
                 bar.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}")
-        log.append({"epoch": epoch, "loss": float(loss.item())})
+        log.append({"epoch": epoch, "loss": float(loss.item()), **tracker.end_epoch()})
         if checkpoint:
             save_checkpoint(checkpoint, snapshot(epoch + 1, step, seen, log))
     bar.close()
@@ -271,6 +292,8 @@ def run_cell(cell: Cell, *, data_root: Path, progress: bool = True, checkpoint: 
         model.train()
     metrics.update(parameters=n_params, train_seconds=round(train_time, 3),
                    samples_per_second=round(seen / train_time, 1), train_loss_last=log[-1]["loss"], steps=step)
+    if log[-1].get("gwa") is not None:
+        metrics["train_gwa_last_epoch"] = log[-1]["gwa"]  # gradient-weight alignment, last epoch
 
     if cell.private:
         p = study.privacy

@@ -52,6 +52,7 @@ from . import alignment, calibration, classification, invariance, sparsity  # no
 from .alignment import (  # noqa: E402
     AlignmentSummary,
     alignment_summary,
+    final_layer_cosines,
     gradient_weight_alignment,
     linear_ce_per_sample_grads,
     per_sample_cosine,
@@ -136,6 +137,7 @@ __all__ = [
     "l0_eps",
     "AlignmentSummary",
     "alignment_summary",
+    "final_layer_cosines",
     "gradient_weight_alignment",
     "linear_ce_per_sample_grads",
     "per_sample_cosine",

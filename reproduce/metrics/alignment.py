@@ -1,38 +1,26 @@
-"""Gradient-weight alignment (after Hoelzl, Rueckert, Kaissis, NeurIPS 2025, arXiv 2510.25480).
+"""Gradient-weight alignment (GWA; Hoelzl, Rueckert, Kaissis, NeurIPS 2025, arXiv 2510.25480).
 
-What the project's notes say about the paper: per-sample cosine similarity between a sample's
-gradient and the current weights, computed online from the final layer; the per-sample
-distribution is summarised by a "kurtosis-corrected mean". The paper itself could not be read
-while writing this module, so **the summary below is our reading and must be checked against the
-paper** before numbers are compared with it.
+Definitions as in the authors' public reference implementation (github.com/hlzl/gwa,
+``gwa_torch.py``; the paper itself could not be read here):
 
-Definitions used here
----------------------
-Per-sample cosine. For sample i with final-layer per-sample gradient ``g_i`` (all final-layer
-parameters, e.g. weight and bias, flattened and concatenated in the given order) and the final
-layer's current parameters ``w`` (flattened the same way)::
+Per-sample cosine. For sample i, the final linear layer's per-sample weight gradient
+``G_i = delta_i h_i^T`` (cross-entropy: ``delta_i = softmax(z_i) - onehot(y_i)``, ``h_i`` the layer's
+input) and its current weight matrix ``W`` (the bias is not used)::
 
-    c_i = <g_i, w> / (||g_i||_2 * ||w||_2)
+    c_i = <-G_i, W> / (||G_i|| * ||W||)
 
-``g_i`` is used as given, i.e. the gradient of the sample's loss (ascent direction), not its
-negative. If the paper uses the update direction ``-g_i``, every cosine and both means flip sign
-(the kurtosis does not). ``c_i`` is undefined (NaN here, counted in ``n_undefined``) when
-``||g_i|| = 0`` or ``||w|| = 0``. Cosines are invariant to positive rescaling of ``g_i``, so
-Opacus' ``grad_sample`` (scaled by the loss reduction) can be passed directly; it must be the
-*unclipped* per-sample gradient if the pre-clipping alignment is wanted.
+i.e. the cosine between the sample's update direction (the negative gradient) and the weights
+(``final_layer_cosines``). ``per_sample_cosine`` is the general cosine ``<g_i, w> / (||g_i|| ||w||)``
+of given gradients (any parameters, flattened and concatenated); pass ``-g`` for the update
+direction. Undefined cosines (zero gradient or zero weights) are NaN and left out of summaries.
 
-Summary per logged step, over the n defined cosines::
+Summary over a set of cosines (the authors: all samples of an epoch)::
 
-    m   = (1/n) sum_i c_i                                   (mean)
-    m_r = (1/n) sum_i (c_i - m)^r                           (central moments, r = 2, 4)
-    k   = m_4 / m_2^2 - 3                                   (excess kurtosis; Fisher, biased
-                                                             estimator = scipy.stats.kurtosis(c))
-          k := 0 when all c_i are equal (incl. n = 1)
-    kurtosis_corrected_mean = m / sqrt(1 + max(k, 0))
+    m = mean(c),  k = m_4 / m_2^2 - 3     (biased excess kurtosis = scipy.stats.kurtosis(c))
+    GWA = m / (k + 1.2)                    (``kurtosis_corrected_mean``)
 
-i.e. the mean is shrunk towards 0 when the cosine distribution is heavier-tailed than a normal
-(a few outlying samples dominate it) and left unchanged otherwise. The exact correction of the
-paper may differ (OUR ASSUMPTION, TO BE CHECKED).
+undefined (None) when all cosines are equal (k does not exist) or when k + 1.2 <= 0 (flatter than
+a uniform distribution, whose k is -1.2: the formula's pole).
 """
 
 from __future__ import annotations
@@ -110,12 +98,16 @@ def linear_ce_per_sample_grads(
     return delta[:, :, None] * h[:, None, :], delta
 
 
+#: the authors' offset in GWA = mean / (excess kurtosis + 1.2)
+KURTOSIS_OFFSET = 1.2
+
+
 @dataclass(frozen=True)
 class AlignmentSummary:
-    """Summary of one step's per-sample cosines (see the module docstring for the formulas).
+    """Summary of a set of per-sample cosines (see the module docstring for the formulas).
 
-    ``mean``, ``kurtosis_corrected_mean``, ``excess_kurtosis``, ``std`` (population, sqrt(m_2)):
-    ``None`` when no cosine is defined. ``n``: number of defined cosines; ``n_undefined``: samples
+    ``mean``, ``kurtosis_corrected_mean`` (GWA), ``excess_kurtosis``, ``std`` (population, sqrt(m_2)):
+    ``None`` when no cosine is defined (GWA and kurtosis also when undefined, see the module docstring). ``n``: number of defined cosines; ``n_undefined``: samples
     whose cosine was undefined (zero gradient or zero weights) and were left out.
     """
 
@@ -128,9 +120,8 @@ class AlignmentSummary:
 
 
 def alignment_summary(cosines: Any) -> AlignmentSummary:
-    """Mean and kurtosis-corrected mean ``m / sqrt(1 + max(k, 0))`` of the defined (finite)
-    cosines, k the biased excess kurtosis ``m_4 / m_2^2 - 3`` (0 when all values are equal).
-    OUR READING of the paper's summary, to be checked against arXiv 2510.25480."""
+    """Mean and GWA ``m / (k + 1.2)`` of the defined (finite) cosines, k the biased excess kurtosis
+    ``m_4 / m_2^2 - 3`` (see the module docstring; None where undefined)."""
     c = _to_f64(cosines).ravel()
     finite = np.isfinite(c)
     c_def = c[finite]
@@ -140,15 +131,20 @@ def alignment_summary(cosines: Any) -> AlignmentSummary:
         return AlignmentSummary(None, None, None, None, 0, n_undef)
     m = float(c_def.mean())
     if np.ptp(c_def) == 0:
-        k = 0.0
-        m2 = 0.0
-    else:
-        d = c_def - m
-        m2 = float(np.mean(d**2))
-        m4 = float(np.mean(d**4))
-        k = m4 / m2**2 - 3.0
-    corrected = m / math.sqrt(1.0 + max(k, 0.0))
+        return AlignmentSummary(m, None, None, 0.0, n, n_undef)  # no spread: kurtosis undefined
+    d = c_def - m
+    m2 = float(np.mean(d**2))
+    k = float(np.mean(d**4)) / m2**2 - 3.0
+    corrected = m / (k + KURTOSIS_OFFSET) if k + KURTOSIS_OFFSET > 0 else None
     return AlignmentSummary(m, corrected, k, math.sqrt(m2), n, n_undef)
+
+
+def final_layer_cosines(features: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor,
+                        weight: torch.Tensor) -> np.ndarray:
+    """Per-sample cosines between the update direction ``-G_i`` of a final linear layer's weight
+    (cross-entropy, closed form, no autograd) and the weight ``W`` ``[C, d]``; ``[B]``, NaN where undefined."""
+    grad_w, _ = linear_ce_per_sample_grads(features, logits, labels)
+    return per_sample_cosine(-grad_w, weight)
 
 
 @register_metric("gw_alignment")

@@ -52,7 +52,7 @@ def fake_result(cell, *, reliability: bool = True, steps: bool = True) -> dict:
     if steps:
         for step in (1, 5, 10):
             row = {"step": step, "epoch": 0, "loss": 1.0 / step, "l0_update": 0.1 * cell.seed + step / 100,
-                   "gwa_mean": 0.1, "gwa_kurtosis_corrected": 0.1}
+                   "gwa_mean": 0.1, "gwa": 0.1}
             if cell.private:
                 row["l0_clipped"] = 0.5 + step / 100
             rows.append(row)
