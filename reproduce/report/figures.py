@@ -7,6 +7,9 @@ Per DP setting (dataset, epsilon, augmentation multiplicity):
   points, each point labelled with its layout. Right: l0 gradient sparsity (share of gradient entries
   with |g| < 1e-5) over optimizer steps, one colour per group; solid = the private update (clipped +
   noised), dashed = the clipped sum before noise; mean over seeds at each logged step.
+- Gradient-weight alignment (GWA, as in the authors' reference code) per epoch, one colour per
+  group; solid = the DP cells of the setting, dashed = the group's non-private cells (same
+  multiplicity) when the grid has them; mean over seeds, from ``epochs[*].gwa``.
 - A reliability diagram, conventional (e) vs C4 when the grid has both (otherwise every group), on
   the test split: bins pooled over all seeds, count-weighted (= binning every seed's test predictions
   together with the same equal-width bins), from ``metrics_detail.reliability_test``.
@@ -32,7 +35,7 @@ DPI = 100
 @dataclasses.dataclass(frozen=True)
 class FigureFile:
     path: Path
-    kind: str              # "figure1" | "reliability"
+    kind: str              # "figure1" | "alignment" | "reliability"
     title: str
     caption: str
     dataset: str
@@ -94,6 +97,20 @@ def mean_series(records: list[dict], key: str) -> tuple[list[int], list[float]]:
         return [], []
     steps = sorted(set.intersection(*(set(s) for s in per_seed)))
     return steps, [statistics.fmean(s[t] for s in per_seed) for t in steps]
+
+
+def mean_epoch_series(records: list[dict], key: str = "gwa") -> tuple[list[int], list[float]]:
+    """Mean over seeds of ``epochs[*][key]`` at each epoch recorded (with a finite value) by every seed."""
+    per_seed = []
+    for r in records:
+        rows = {row["epoch"]: float(row[key]) for row in r.get("epochs") or []
+                if row.get(key) is not None and math.isfinite(float(row[key]))}
+        if rows:
+            per_seed.append(rows)
+    if not per_seed:
+        return [], []
+    epochs = sorted(set.intersection(*(set(s) for s in per_seed)))
+    return epochs, [statistics.fmean(s[e] for s in per_seed) for e in epochs]
 
 
 def pooled_reliability(records: list[dict], *, key: str = "reliability_test") -> list[dict] | None:
@@ -221,6 +238,49 @@ def draw_figure1(study: Study, results: dict, dataset: str, epsilon, multiplicit
                  "the clipped sum before noise."))
 
 
+def draw_alignment(study: Study, results: dict, dataset: str, epsilon, multiplicity: int, path: Path) -> FigureFile | None:
+    """GWA per epoch, DP (solid) and non-private (dashed) per group; None if no cell recorded it."""
+    groups = list(study.grid.group)
+    series = []
+    for group in groups:
+        for eps, style in ((epsilon, "-"), (NON_PRIVATE, "--")):
+            if eps == NON_PRIVATE and NON_PRIVATE not in study.grid.epsilon:
+                continue
+            epochs, values = mean_epoch_series(_records(study, results, dataset, group, eps, multiplicity))
+            if epochs:
+                series.append((group, style, epochs, values))
+    if not series:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 3.6))
+    for group, style, epochs, values in series:
+        ax.plot([e + 1 for e in epochs], values, linestyle=style, marker="o", markersize=3,
+                color=group_colour(group, groups), linewidth=1.4)
+    ax.axhline(0.0, color="#bbbbbb", linewidth=0.8)
+    from matplotlib.lines import Line2D
+    shown = list(dict.fromkeys(g for g, *_ in series))
+    handles = [Line2D([], [], color=group_colour(g, groups), linewidth=2, label=group_name(g)) for g in shown]
+    handles.append(Line2D([], [], color="#555555", linestyle="-", label=f"DP {_setting(epsilon, multiplicity)}"))
+    if any(style == "--" for _, style, *_ in series):
+        handles.append(Line2D([], [], color="#555555", linestyle="--", label="non-private"))
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0, fontsize=8)
+    from matplotlib.ticker import MaxNLocator
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("GWA = mean cos / (kurtosis + 1.2)")
+    ax.set_title(f"{dataset}: gradient-weight alignment during training", fontsize=10)
+    fig.subplots_adjust(left=0.11, right=0.74, bottom=0.14, top=0.9)
+    _save(fig, path)
+    plt.close(fig)
+    seeds = ", ".join(map(str, study.grid.seed))
+    return FigureFile(
+        path=path, kind="alignment", dataset=dataset, epsilon=epsilon, multiplicity=multiplicity,
+        title=f"Gradient-weight alignment — {dataset}, {_setting(epsilon, multiplicity)}",
+        caption=("Per epoch, the cosine between each training sample's final-layer update direction and the final "
+                 "layer's weights, summarised as mean / (excess kurtosis + 1.2) (the authors' reference code, "
+                 f"hlzl/gwa); mean over seeds {seeds}. Solid: DP cells; dashed: non-private cells of the same group."))
+
+
 def reliability_groups(study: Study) -> list[str]:
     groups = list(study.grid.group)
     return ["e", "C4"] if {"e", "C4"} <= set(groups) else groups
@@ -279,11 +339,14 @@ def draw_reliability(study: Study, results: dict, dataset: str, epsilon, multipl
 
 
 def write_figures(study: Study, results: dict, out_dir: Path) -> list[FigureFile]:
-    """Figure 1 and a reliability diagram per DP setting; returns what was written."""
+    """Figure 1, GWA curves and a reliability diagram per DP setting; returns what was written."""
     out_dir = Path(out_dir)
     figures = []
     for dataset, eps, k in dp_settings(study):
         figures.append(draw_figure1(study, results, dataset, eps, k, out_dir / f"{_stem('figure1', dataset, eps, k)}.png"))
+        gwa = draw_alignment(study, results, dataset, eps, k, out_dir / f"{_stem('alignment', dataset, eps, k)}.png")
+        if gwa is not None:
+            figures.append(gwa)
         rel = draw_reliability(study, results, dataset, eps, k, out_dir / f"{_stem('reliability', dataset, eps, k)}.png")
         if rel is not None:
             figures.append(rel)

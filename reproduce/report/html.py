@@ -208,12 +208,14 @@ def render_page(study: Study, results: dict, tables: list[dict], figures: list[F
                      "<span class=\"mono\">val_acc</span>; test accuracy is shown separately.</p>")
     figs = []
     for kind, title in (("figure1", "Figure 1: accuracy vs model size, gradient sparsity (DP)"),
+                        ("alignment", "Gradient-weight alignment during training"),
                         ("reliability", "Reliability diagrams (DP, test split)")):
         items = [f for f in figures if f.kind == kind]
         figs.append(f"<h2>{_e(title)}</h2>")
         if not items:
             why = ("the study has no DP cells" if not any(e != NON_PRIVATE for e in g.epsilon) else
                    "no cell recorded reliability bins (metrics_detail.reliability_test)" if kind == "reliability" else
+                   "no cell recorded per-epoch alignment (epochs[*].gwa)" if kind == "alignment" else
                    "no DP results")
             figs.append(f'<p class="caption">None: {_e(why)}.</p>')
         for f in items:

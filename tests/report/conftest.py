@@ -64,6 +64,7 @@ def fake_result(cell, *, reliability: bool = True, steps: bool = True) -> dict:
         privacy = {"private": False, "statement": "Trained WITHOUT differential privacy (non-private baseline): no privacy guarantee."}
     out = {
         "cell": cell.id, "config": cell.config(), "metrics": metrics, "steps": rows, "privacy": privacy,
+        "epochs": [{"epoch": e, "loss": 1.0, **({"gwa": 0.05 * (e + 1) + 0.01 * cell.seed} if steps else {})} for e in range(3)],
         "provenance": {"study": cell.study.name, "study_sha256": "ab" * 32, "cell": cell.id, "seed": cell.seed,
                        "commit": "0123456789abcdef0123456789abcdef01234567", "dirty": False,
                        "data": {"name": cell.dataset, "sha256": "cd" * 32, "source": "fake"},

@@ -42,7 +42,7 @@ def test_report_page_renders_in_headless_chromium(fake_report, tmp_path):
     check = selfcheck_from_dom(dom)
     assert check is not None, "the page's self-check script did not run:\n" + dom[-1500:]
     n_png = sum(p.suffix == ".png" for p in paths)
-    assert check["images"] == n_png == 8 and check["images_decoded"] == n_png, check
+    assert check["images"] == n_png == 12 and check["images_decoded"] == n_png, check
     assert all(w > 0 for w in check["image_widths"])
     assert check["external_resources"] == 0 and check["status"] == "ok"
     # Table 1: 2 datasets x 2 groups rows; dataset, group, params + 4 accuracy columns + 2 DP-gap columns
@@ -81,5 +81,5 @@ def test_report_self_check_detects_a_broken_image_and_csp_blocks_fetches(fake_re
         server.shutdown()
         server.server_close()
     assert check is not None and check["status"] == "failed"
-    assert check["images"] == 9 and check["images_decoded"] == 7
+    assert check["images"] == 13 and check["images_decoded"] == 11
     assert requests == []

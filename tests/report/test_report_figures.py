@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from reproduce.report.figures import accuracy_by_size, mean_series, pooled_reliability, write_figures
+from reproduce.report.figures import accuracy_by_size, mean_epoch_series, mean_series, pooled_reliability, write_figures
 from reproduce.report.stage import read_results
 from reproduce.study import parse_study
 
@@ -37,11 +37,19 @@ def test_report_mean_series_and_accuracy_by_size():
     assert points[1]["mean"] == pytest.approx(0.85) and points[1]["n"] == 2 and points[0]["std"] == 0.0
 
 
+def test_report_mean_epoch_series_keeps_epochs_every_seed_has():
+    recs = [{"epochs": [{"epoch": 0, "gwa": 0.1}, {"epoch": 1, "gwa": 0.3}, {"epoch": 2, "gwa": None}]},
+            {"epochs": [{"epoch": 0, "gwa": 0.2}, {"epoch": 1, "gwa": 0.5}, {"epoch": 2, "gwa": 0.4}]},
+            {"epochs": [{"epoch": 0, "loss": 1.0}]}]                  # never recorded: left out
+    assert mean_epoch_series(recs) == ([0, 1], [pytest.approx(0.15), pytest.approx(0.4)])
+    assert mean_epoch_series([{"epochs": []}]) == ([], [])
+
+
 def test_report_figures_are_valid_pngs(fake_report):
     _, _, paths = fake_report
     pngs = sorted(p.name for p in paths if p.suffix == ".png")
-    # one Figure 1 and one reliability diagram per DP setting (2 datasets x 1 epsilon x 2 multiplicities)
-    assert pngs == sorted(f"{k}-{d}-eps7.42-k{m}.png" for k in ("figure1", "reliability")
+    # one Figure 1, GWA plot and reliability diagram per DP setting (2 datasets x 1 epsilon x 2 multiplicities)
+    assert pngs == sorted(f"{k}-{d}-eps7.42-k{m}.png" for k in ("figure1", "alignment", "reliability")
                           for d in ("bloodmnist", "embedded") for m in (1, 4))
     for path in paths:
         if path.suffix == ".png":

@@ -47,7 +47,7 @@ def test_report_html_is_self_contained_and_complete(fake_report):
     assert "default-src 'none'" in p.csp and "img-src data:;" in p.csp and "connect-src" not in p.csp
     # every figure embedded as a decodable PNG
     pngs = [f for f in paths if f.suffix == ".png"]
-    assert len(p.imgs) == len(pngs) == 8
+    assert len(p.imgs) == len(pngs) == 12  # figure 1, GWA, reliability x 4 DP settings
     for src in p.imgs:
         assert src.startswith("data:image/png;base64,")
         with Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))) as im:
@@ -76,4 +76,4 @@ def test_report_html_notes_missing_reliability_and_cli(fake_study, fake_study_te
     write_fake_results(fake_study, reliability=False)
     assert main([str(study_file), "--results", str(results_dir), "--out", str(out)]) == 0
     page = (out / "index.html").read_text(encoding="utf-8")
-    assert "no cell recorded reliability bins" in page and page.count("<img ") == 4
+    assert "no cell recorded reliability bins" in page and page.count("<img ") == 8  # figure 1 + GWA x 4
