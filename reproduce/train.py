@@ -67,6 +67,12 @@ def predict_proba(model: torch.nn.Module, x: torch.Tensor, *, task: str, batch_s
     return torch.cat(out).numpy().astype(np.float64)
 
 
+def _finite(loss: torch.Tensor) -> float | None:
+    """The loss as a float, None for the NaN mean loss of an empty Poisson batch (JSON has no NaN)."""
+    value = float(loss.item())
+    return value if math.isfinite(value) else None
+
+
 class StepTracker:
     """Per-step series for Figure 1 (right) and gradient-weight alignment.
 
@@ -93,7 +99,8 @@ class StepTracker:
 
     def record_batch(self, targets: torch.Tensor) -> None:
         """Alignment cosines of the (micro-)batch whose forward pass just ran, with its targets."""
-        if self._io is None or self.task.startswith("multi-label"):
+        if self._io is None or self.task.startswith("multi-label") or len(targets) == 0:
+            self._io = None
             return
         from reproduce.metrics.alignment import final_layer_cosines
         h, z = self._io
@@ -108,7 +115,7 @@ class StepTracker:
             return
         from reproduce.metrics.alignment import alignment_summary
         from reproduce.metrics.sparsity import l0_eps
-        row = {"step": step, "epoch": epoch, "loss": float(loss.item()),
+        row = {"step": step, "epoch": epoch, "loss": _finite(loss),
                "l0_update": l0_eps([p.grad for p in self.params if p.grad is not None])}
         if dp_optimizer is not None:
             B = dp_optimizer.expected_batch_size
@@ -183,6 +190,12 @@ def run_cell(cell: Cell, *, data_root: Path, progress: bool = True, checkpoint: 
     ema = [p.detach().clone() for p in params] if tr.ema_decay else None
 
     def forward_backward(x, y):
+        if cell.private and len(x) == 0:
+            # An empty Poisson batch: a noise-only DP step with zero per-sample gradients, in either
+            # per-sample-gradient mode (opacus's own nn.Conv2d rule mis-shapes a batch of zero).
+            for p in params:
+                p.grad_sample = p.new_zeros((0, *p.shape))
+            return torch.tensor(float("nan")), y
         views = augment_views(x, K, kind=kind, generator=aug_gen)
         targets = y.repeat_interleave(K, dim=0) if K > 1 else y
         loss = loss_fn(net(views), targets, task)
@@ -191,8 +204,7 @@ def run_cell(cell: Cell, *, data_root: Path, progress: bool = True, checkpoint: 
             average_view_grad_samples(params, K)   # clip the view-average, per sample
         else:
             loss.backward()
-        tracker.record_batch(targets)
-        return loss
+        return loss, targets
 
     # Everything that evolves during training, so a resumed run continues bit-identically.
     sampler_gen = dp.loader.batch_sampler.generator if cell.private else gen
@@ -245,10 +257,12 @@ def run_cell(cell: Cell, *, data_root: Path, progress: bool = True, checkpoint: 
                 if step == steps_total:
                     break
                 opt.zero_grad(set_to_none=True)
-                loss = forward_backward(x, y)
-                if not torch.isfinite(loss):
+                loss, targets = forward_backward(x, y)
+                # An empty Poisson batch has a NaN mean loss but is a valid noise-only DP step.
+                if len(x) and not torch.isfinite(loss):
                     raise ReproduceError(f"cell {cell.id}: training diverged (loss {loss.item()}) at step {step + 1}, "
                                          f"epoch {epoch}; lower the learning rate in the study's training.optimizer")
+                tracker.record_batch(targets)
                 opt.step()
                 seen += len(x)
                 if cell.private and opt._is_last_step_skipped:
@@ -260,7 +274,7 @@ def run_cell(cell: Cell, *, data_root: Path, progress: bool = True, checkpoint: 
                 tracker.after_step(step, epoch, loss, opt if cell.private else None)
                 bar.update(1)
                 bar.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}")
-        log.append({"epoch": epoch, "loss": float(loss.item()), **tracker.end_epoch()})
+        log.append({"epoch": epoch, "loss": _finite(loss), **tracker.end_epoch()})
         if checkpoint:
             save_checkpoint(checkpoint, snapshot(epoch + 1, step, seen, log))
     bar.close()

@@ -25,8 +25,9 @@ def _draws(n: int, radices: list[int], gen: torch.Generator) -> list[torch.Tenso
     """Independent uniform integers in ``range(r)`` for each radix, ONE generator draw per view.
 
     Decoding one mixed-radix integer per view keeps each view's draws a function of its position in
-    the generator's stream (CPU ``randint`` is sequential), so splitting a batch into micro-batches
-    (``physical_batch_size``) gives every sample the same views as the whole batch would.
+    the generator's stream (CPU ``randint`` draws one number per element, in order), so splitting a
+    batch into micro-batches (``physical_batch_size``) gives every sample the same views as the whole
+    batch would. This holds for a CPU generator (the trainer's); CUDA generators draw differently.
     """
     u = torch.randint(0, math.prod(radices), (n,), generator=gen)
     out = []
@@ -87,5 +88,8 @@ def average_view_grad_samples(params, multiplicity: int) -> None:
         return
     for p in params:
         gs = getattr(p, "grad_sample", None)
+        if isinstance(gs, list):
+            raise ValueError("average_view_grad_samples needs one backward pass per optimizer step "
+                             "(grad_sample is a list: gradients were accumulated over several backward calls)")
         if gs is not None:
             p.grad_sample = gs.reshape(-1, multiplicity, *gs.shape[1:]).mean(1)

@@ -21,6 +21,10 @@ Summary over a set of cosines (the authors: all samples of an epoch)::
 
 undefined (None) when all cosines are equal (k does not exist) or when k + 1.2 <= 0 (flatter than
 a uniform distribution, whose k is -1.2: the formula's pole).
+
+Two deliberate differences from the reference code: the trainer takes the cosine at the weights the
+gradient was computed at (the reference reads W after the optimizer step), and a sample with a zero
+gradient is left out (the reference's ``+ 1e-12`` counts it as cosine 0).
 """
 
 from __future__ import annotations

@@ -69,4 +69,7 @@ class PrivacyStatement:
                 f"to {self.max_grad_norm:g}, Gaussian noise multiplier {self.noise_multiplier:.4f} "
                 f"(std {self.noise_multiplier * self.max_grad_norm:.4g}); {self.accountant.upper()} accountant "
                 f"(target epsilon {self.target_epsilon:g}); "
-                f"{'secure' if self.secure_mode else 'seeded, reproducible (not cryptographically secure)'} noise.")
+                f"{'secure' if self.secure_mode else 'seeded, reproducible (not cryptographically secure)'} noise. "
+                "Covers the trained weights and what is computed from them on other data; not the training "
+                "diagnostics (loss, sparsity of the clipped sum, gradient-weight alignment), which read the "
+                "training data without noise.")

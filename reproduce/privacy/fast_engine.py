@@ -93,10 +93,15 @@ class OutputGradientEngine:
         for (name, module, x, out, _), g in zip(captured, grads):
             if g is None:
                 continue  # not on the loss's graph (e.g. an earlier forward without backward), as in opacus
-            if self.loss_reduction == "mean":
-                g = g * x.shape[0]
-            rule = GradSampleModule.GRAD_SAMPLERS[type(module)]
-            for p, gs in rule(module, [x], g.detach()).items():
+            if x.shape[0] == 0:
+                # An empty Poisson batch: no samples, so no per-sample gradients (some opacus rules,
+                # e.g. nn.Conv2d's, return one sample for zero); DPOptimizer then adds noise only.
+                result = {p: p.new_zeros((0, *p.shape)) for p in module.parameters(recurse=False) if p.requires_grad}
+            else:
+                if self.loss_reduction == "mean":
+                    g = g * x.shape[0]
+                result = GradSampleModule.GRAD_SAMPLERS[type(module)](module, [x], g.detach())
+            for p, gs in result.items():
                 # a layer that ran twice (shared weights) contributes the sum of its uses, as in opacus
                 per_sample[p] = per_sample[p] + gs if p in per_sample else gs
         for p, gs in per_sample.items():

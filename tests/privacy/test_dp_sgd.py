@@ -181,3 +181,19 @@ def test_make_private_step_of_an_escnn_model_is_the_brute_force_clipped_mean(mod
     dp.optimizer.step()
     for b, p, w in zip(before, model.parameters(), want):
         assert ((b - p.detach()) - w).norm() <= 1e-10 * w.norm().clamp_min(1e-30)
+
+
+def test_engine_gives_an_empty_batch_zero_per_sample_gradients_for_conventional_layers():
+    """opacus's own nn.Conv2d rule returns one sample for an empty batch; the engine must not pass that on."""
+    from reproduce.privacy.fast_engine import OutputGradientEngine
+    model = build_model(group="e", widths=(4, 4, 8), in_channels=3, num_classes=8, seed=0)
+    engine = OutputGradientEngine(model)
+    opt = DPOptimizer(torch.optim.SGD(model.parameters(), lr=1.0), noise_multiplier=1.0, max_grad_norm=1.0,
+                      expected_batch_size=4, generator=torch.Generator().manual_seed(0))
+    before = [p.detach().clone() for p in model.parameters()]
+    engine.backward(F.cross_entropy(model(torch.zeros(0, 3, 28, 28)), torch.zeros(0, dtype=torch.long)))
+    for p in model.parameters():
+        assert p.grad_sample.shape == (0, *p.shape)
+    opt.step()   # noise only: std sigma * C / B per coordinate
+    step = torch.cat([(b - p.detach()).flatten() for b, p in zip(before, model.parameters())])
+    assert torch.isfinite(step).all() and abs(step.std().item() - 1.0 / 4) < 0.05

@@ -28,6 +28,7 @@ from escnn.nn.modules.basismanager import retrieve_indices
 from opacus.grad_sample.utils import register_grad_sampler
 from torch import nn
 
+from reproduce.errors import ReproduceError
 from reproduce.models.escnn_conv import EquivariantConv2d
 
 # Feature maps with at least this many output positions get the filter gradient from a grouped
@@ -300,6 +301,11 @@ def standardisation_vjp(layer: EquivariantConv2d, grads: torch.Tensor) -> torch.
     """
     w = layer.weights.detach().to(grads.dtype)
     std, mean = torch.std_mean(w, unbiased=False)
+    if std == 0:
+        # the standardisation is not differentiable at constant coefficients (std has no gradient
+        # there); refuse rather than let a NaN into the clipped, noised update
+        raise ReproduceError(f"weight-standardised {type(layer).__name__} with {w.numel()} coefficient(s), all equal: "
+                             "its per-sample gradient is undefined; use standardise=False for this layer")
     denom = std + layer.STANDARDISE_EPS
     centred = w - mean
     m = w.numel()
