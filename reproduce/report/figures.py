@@ -85,32 +85,28 @@ def accuracy_by_size(records: list[dict], *, metric: str = "test_acc") -> list[d
     return sorted(points, key=lambda p: p["parameters"])
 
 
-def mean_series(records: list[dict], key: str) -> tuple[list[int], list[float]]:
-    """Mean over seeds of ``steps[*][key]`` at each step logged by every seed that has the key."""
+def _mean_over_seeds(records: list[dict], rows: str, index: str, key: str) -> tuple[list[int], list[float]]:
+    """Mean over seeds of ``r[rows][*][key]`` at each ``index`` value that every seed with the key recorded."""
     per_seed = []
     for r in records:
-        rows = {row["step"]: row[key] for row in r.get("steps") or []
-                if row.get(key) is not None and not math.isnan(float(row[key]))}
-        if rows:
-            per_seed.append(rows)
+        values = {row[index]: float(row[key]) for row in r.get(rows) or []
+                  if row.get(key) is not None and math.isfinite(float(row[key]))}
+        if values:
+            per_seed.append(values)
     if not per_seed:
         return [], []
-    steps = sorted(set.intersection(*(set(s) for s in per_seed)))
-    return steps, [statistics.fmean(s[t] for s in per_seed) for t in steps]
+    at = sorted(set.intersection(*(set(s) for s in per_seed)))
+    return at, [statistics.fmean(s[i] for s in per_seed) for i in at]
+
+
+def mean_series(records: list[dict], key: str) -> tuple[list[int], list[float]]:
+    """Mean over seeds of ``steps[*][key]`` at each step logged by every seed that has the key."""
+    return _mean_over_seeds(records, "steps", "step", key)
 
 
 def mean_epoch_series(records: list[dict], key: str = "gwa") -> tuple[list[int], list[float]]:
     """Mean over seeds of ``epochs[*][key]`` at each epoch recorded (with a finite value) by every seed."""
-    per_seed = []
-    for r in records:
-        rows = {row["epoch"]: float(row[key]) for row in r.get("epochs") or []
-                if row.get(key) is not None and math.isfinite(float(row[key]))}
-        if rows:
-            per_seed.append(rows)
-    if not per_seed:
-        return [], []
-    epochs = sorted(set.intersection(*(set(s) for s in per_seed)))
-    return epochs, [statistics.fmean(s[e] for s in per_seed) for e in epochs]
+    return _mean_over_seeds(records, "epochs", "epoch", key)
 
 
 def pooled_reliability(records: list[dict], *, key: str = "reliability_test") -> list[dict] | None:
