@@ -18,9 +18,9 @@ Usage::
 
 With a ``DPOptimizer`` built directly (as ``reproduce.privacy.dp_sgd`` does for the trainer), use
 the engine on the plain model in place of ``GradSampleModule``. Same clipped sum as hooks mode
-(tested). Measured (C4 ResNet-9 8-16-32, 2 CPU threads, bench/bench_per_sample_grads.py): DP step /
-non-private step 1.15 at batch 64 and 1.08 at batch 256 on a quiet machine (1.24-1.32 on a busier
-one); opacus hooks mode with the same rule 1.42 (1.28-1.64).
+(tested). Measured (C4 ResNet-9 8-16-32, 2 CPU threads, bench/bench_per_sample_grads.py, three
+runs): DP step / non-private step 1.15-1.41 at batch 64 and 1.08-1.24 at batch 256; opacus hooks
+mode with the same rule 1.37-1.64 and 1.28-1.41.
 """
 
 from __future__ import annotations
