@@ -24,6 +24,7 @@ import math
 import statistics
 from pathlib import Path
 
+from reproduce.atomic import write_atomic
 from reproduce.study import NON_PRIVATE, Study
 
 GROUP_COLOURS = {"e": "#222222", "C1": "#8c564b", "C4": "#1f77b4", "C8": "#2ca02c", "C16": "#9467bd",
@@ -153,10 +154,9 @@ def _pyplot():
 
 
 def _save(fig, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png", dpi=DPI, metadata={"Software": None})
-    tmp.replace(path)
+    """Write ``fig`` as a PNG atomically and release it (pyplot keeps every open figure alive)."""
+    write_atomic(path, lambda fh: fig.savefig(fh, format="png", dpi=DPI, metadata={"Software": None}))
+    _pyplot().close(fig)
 
 
 def _setting(epsilon, multiplicity: int) -> str:
@@ -223,7 +223,6 @@ def draw_figure1(study: Study, results: dict, dataset: str, epsilon, multiplicit
         right.text(0.5, 0.5, "no per-step records", ha="center", va="center", transform=right.transAxes)
     fig.subplots_adjust(left=0.06, right=0.79, bottom=0.14, top=0.9, wspace=0.22)
     _save(fig, path)
-    plt.close(fig)
     seeds = ", ".join(map(str, study.grid.seed))
     return FigureFile(
         path=path, kind="figure1", dataset=dataset, epsilon=epsilon, multiplicity=multiplicity,
@@ -267,7 +266,6 @@ def draw_alignment(study: Study, results: dict, dataset: str, epsilon, multiplic
     ax.set_title(f"{dataset}: gradient-weight alignment during training", fontsize=10)
     fig.subplots_adjust(left=0.11, right=0.74, bottom=0.14, top=0.9)
     _save(fig, path)
-    plt.close(fig)
     seeds = ", ".join(map(str, study.grid.seed))
     return FigureFile(
         path=path, kind="alignment", dataset=dataset, epsilon=epsilon, multiplicity=multiplicity,
@@ -324,7 +322,6 @@ def draw_reliability(study: Study, results: dict, dataset: str, epsilon, multipl
     fig.subplots_adjust(left=0.1 if len(panels) > 1 else 0.17, right=0.98, bottom=0.11, top=0.86,
                         wspace=0.3, hspace=0.08)
     _save(fig, path)
-    plt.close(fig)
     return FigureFile(
         path=path, kind="reliability", dataset=dataset, epsilon=epsilon, multiplicity=multiplicity,
         title=f"Reliability — {dataset}, DP {_setting(epsilon, multiplicity)}",
