@@ -23,7 +23,30 @@ def cmd_validate(args) -> int:
         cells = study.cells()
         print(f"{path}: valid study {study.name!r}, {len(cells)} cells "
               f"({' x '.join(f'{len(getattr(study.grid, a))} {a}' for a in ('dataset', 'group', 'epsilon', 'multiplicity', 'seed'))})")
+    if not failed and any(Path(p).resolve().parent == Path("studies").resolve() for p in args.studies):
+        _warn_stale_pipelines()
     return StudyError.exit_code if failed else 0
+
+
+def _warn_stale_pipelines() -> None:
+    """Say which generated pipelines no longer match studies/ (validating never writes them)."""
+    from reproduce.pipeline import stale_pipelines
+    try:
+        stale = stale_pipelines()
+    except ReproduceError as e:   # another study in studies/ is invalid, or two disagree on a dataset
+        print(f"warning: cannot check the pipelines against studies/: {e}", file=sys.stderr)
+        return
+    if stale:
+        print("warning: the DVC pipelines are out of date with studies/:\n  " + "\n  ".join(stale) +
+              "\n`reproduce repro studies/<study>.yaml` regenerates them before it runs; "
+              "`reproduce pipeline` only regenerates", file=sys.stderr)
+
+
+def _regenerate_pipelines() -> None:
+    """Rewrite every generated pipeline from studies/ and say what changed (nothing when current)."""
+    from reproduce.pipeline import write_pipelines
+    for change in write_pipelines():
+        print(f"pipeline: {change}")
 
 
 def cmd_cells(args) -> int:
@@ -36,13 +59,16 @@ def cmd_cells(args) -> int:
 def cmd_fetch(args) -> int:
     from reproduce.data import prepare_dataset
     from reproduce.study import load_study
-    study = load_study(args.study) if args.study else None
-    options = study.data if study else None
-    names = args.datasets or (study.grid.dataset if study else [])
-    wanted = [(name, options) for name in names]
-    for name, options in wanted or [("embedded", None)]:
-        path = prepare_dataset(name, root=Path(args.root), options=options)
-        print(f"{name}: {path}")
+    studies = [load_study(p) for p in args.study or []]
+    names = args.datasets or list(dict.fromkeys(d for s in studies for d in s.grid.dataset)) or ["embedded"]
+    for name in names:
+        # Each study naming the dataset reads it with its own data options (MedMNIST size, source);
+        # the same options twice are fetched once.
+        options = [s.data for s in studies if name in s.grid.dataset] or [s.data for s in studies[:1]] or [None]
+        distinct = {json.dumps(o.model_dump(mode="json") if o else None, sort_keys=True): o for o in options}
+        for opts in distinct.values():
+            path = prepare_dataset(name, root=Path(args.root), options=opts)
+            print(f"{name}: {path}")
     return 0
 
 
@@ -100,12 +126,25 @@ def cmd_params(args) -> int:
 
 
 def cmd_pipeline(args) -> int:
-    from reproduce.pipeline import write_pipeline
+    from reproduce.pipeline import require_in_studies, write_pipelines
     from reproduce.study import load_study
-    studies = [load_study(p) for p in (args.studies or sorted(Path("studies").glob("*.yaml")))]
-    for study in studies:
-        print(write_pipeline(study))
+    for path in args.studies:   # the named ones are checked first; every study in studies/ is written
+        require_in_studies(path, load_study(path))
+    changes = write_pipelines()
+    print("\n".join(changes) if changes else "pipelines are up to date with studies/")
     return 0
+
+
+def cmd_repro(args) -> int:
+    import subprocess
+    from reproduce.pipeline import pipeline_path, require_in_studies
+    from reproduce.study import load_study
+    study = load_study(args.study)   # the whole study must be valid before anything runs
+    require_in_studies(args.study, study)
+    _regenerate_pipelines()
+    cmd = [sys.executable, "-m", "dvc", "repro", pipeline_path(study).as_posix(), *args.dvc_args]
+    print(f"$ dvc repro {' '.join(cmd[4:])}", flush=True)
+    return subprocess.run(cmd).returncode
 
 
 def cmd_run(args) -> int:
@@ -114,7 +153,10 @@ def cmd_run(args) -> int:
     if args.smoke:
         from reproduce.smoke import run_smoke
         return run_smoke(study, data_root=Path(args.data_root), max_cells=args.max_cells)
+    from reproduce.pipeline import require_in_studies
     from reproduce.run import run_study
+    require_in_studies(args.study, study)
+    _regenerate_pipelines()
     return run_study(study, study_path=Path(args.study), executor=args.executor, jobs=args.jobs,
                      slurm={"partition": args.slurm_partition, "gpus_per_task": args.gpus_per_task,
                             "time": args.time, "mem": args.mem})
@@ -151,8 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_cells)
     s = sub.add_parser("fetch", help="prepare and verify datasets (default: the embedded set)")
     s.add_argument("datasets", nargs="*")
-    s.add_argument("--study", help="use this study's data options (mirror, size, local files); "
-                   "without DATASETS, fetch all its datasets")
+    s.add_argument("--study", nargs="+", action="extend", metavar="STUDY",
+                   help="use these studies' data options (size, mirror, local files), each for the datasets "
+                   "it names; without DATASETS, fetch all their datasets")
     s.add_argument("--root", default="data")
     s.set_defaults(func=cmd_fetch)
     s = sub.add_parser("train", help="train one cell (the DVC stage command)")
@@ -185,9 +228,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("study")
     s.add_argument("--results")
     s.set_defaults(func=cmd_table)
-    s = sub.add_parser("pipeline", help="(re)write the DVC pipeline of studies (default: all in studies/)")
-    s.add_argument("studies", nargs="*")
+    s = sub.add_parser("pipeline", help="(re)write every study's DVC pipeline and the shared data stages "
+                       "from studies/, and remove those of deleted studies")
+    s.add_argument("studies", nargs="*", help="check these first (they must be in studies/)")
     s.set_defaults(func=cmd_pipeline)
+    s = sub.add_parser("repro", help="regenerate the pipelines if studies/ changed, then `dvc repro` one study")
+    s.add_argument("study")
+    s.add_argument("dvc_args", nargs=argparse.REMAINDER, help="passed on to dvc repro (e.g. --dry, --force)")
+    s.set_defaults(func=cmd_repro)
     s = sub.add_parser("report", help="tables, figures and the HTML page of a study, from its results")
     s.add_argument("study")
     s.add_argument("--results")

@@ -130,6 +130,9 @@ class DataConfig(_Strict):
     mirror: str | None = Field(None, description="base URL replacing the official host (also REPRODUCE_*_MIRROR)")
     # Local archives with the checksum the user states, e.g. {cifar10: {path: ..., sha256: ...}}.
     local_files: dict[str, "LocalFile"] = {}
+    # What the mirror serves when it is not the official file (a rebuild, a subset), e.g.
+    # {cifar10: <sha256>}: checked instead of the official MD5.
+    mirror_sha256: dict[Literal[DATASETS], Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]] = {}  # type: ignore[valid-type]
 
 
 class LocalFile(_Strict):

@@ -17,13 +17,15 @@ DEFAULT_ROOT = Path("data")
 def prepare_dataset(name: str, *, root: Path = DEFAULT_ROOT, options: DataConfig | None = None) -> Path:
     """Make the dataset's file present and verified in ``root/<name>/``; return its path.
 
-    One directory per dataset, so each is one DVC output (``data.dvc`` or a ``fetch`` stage).
-    ``options`` (the study's ``data`` section) gives the MedMNIST size, a mirror and local files.
+    One directory per dataset, so each is one DVC output (``data.dvc``, or its ``fetch`` stage in
+    ``pipelines/dvc.yaml``, shared by every study).
+    ``options`` (the study's ``data`` section) gives the MedMNIST size, a mirror (with the sha256 of
+    what it serves, when that is not the official file) and local files.
     """
     opts = options or DataConfig()
     local = opts.local_files.get(name)
     src = {"mirror": opts.mirror, "local_file": Path(local.path) if local else None,
-           "sha256": local.sha256 if local else None}
+           "sha256": local.sha256 if local else opts.mirror_sha256.get(name)}
     if name == "embedded":
         from reproduce.data import embedded
         return embedded.prepare(Path(root) / "embedded")

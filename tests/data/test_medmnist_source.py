@@ -129,6 +129,20 @@ def test_mirror_file_checked_against_official_md5(file_server, tmp_path):
     assert files(tmp_path / "d") == []
 
 
+def test_study_states_the_sha256_of_what_its_mirror_serves(file_server, tmp_path):
+    from reproduce.data import prepare_dataset
+    from reproduce.study import DataConfig
+    data = tiny_npz("bloodmnist")
+    file_server.add("bloodmnist.npz", data)
+    options = DataConfig(mirror=file_server.base_url, mirror_sha256={"bloodmnist": sha(data)})
+    assert prepare_dataset("bloodmnist", root=tmp_path, options=options).read_bytes() == data
+    wrong = DataConfig(mirror=file_server.base_url, mirror_sha256={"bloodmnist": "0" * 64})
+    with pytest.raises(ReproduceError, match="expected checksum"):
+        prepare_dataset("bloodmnist", root=tmp_path / "other", options=wrong)
+    with pytest.raises(ValueError, match="mirror_sha256"):
+        DataConfig(mirror_sha256={"nosuchmnist": sha(data)})
+
+
 def test_mirror_404(file_server, tmp_path):
     with pytest.raises(ReproduceError) as err:
         mm.prepare("dermamnist", root=tmp_path / "d", size=128, mirror=file_server.base_url)
