@@ -2,53 +2,30 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
-import os
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 
+import numpy as np
 import pytest
 
-from tests.conftest import REPO, TINY_STUDY
-
-BIN = Path(sys.executable).parent
-
-
-def _run(args, cwd, check=True):
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(cwd)}
-    proc = subprocess.run(args, cwd=cwd, capture_output=True, text=True, env=env)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{args} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-    return proc
-
+from tests.conftest import TINY_STUDY
+from tests.http_server import serve
+from tests.run.run_helpers import embedded_data, env_for, make_repo_copy, run
 
 @pytest.fixture
-def repo_copy(tmp_path):
-    """Tracked files of this repository in a fresh git repo, with the tiny study as the default."""
-    files = _run(["git", "ls-files", "-z"], REPO).stdout.split("\0")
-    dst = tmp_path / "repo"
-    for f in filter(None, files):
-        src = REPO / f
-        if src.is_file():
-            (dst / f).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dst / f)
-    (dst / "studies" / "default.yaml").write_text(TINY_STUDY.format(name="default"))
-    # Share the generated dataset when the main checkout has it (saves regenerating it).
-    if (REPO / "data" / "embedded").is_dir():
-        shutil.copytree(REPO / "data" / "embedded", dst / "data" / "embedded")
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
-                ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "copy"]):
-        _run(cmd, dst)
-    return dst
+def repo_copy(tmp_path, tmp_path_factory):
+    """This repository's working tree (tracked and untracked-not-ignored files, as `reproduce run`'s
+    workspaces see it) in a fresh git repo, the tiny study as the default, the embedded set linked in."""
+    return make_repo_copy(tmp_path / "repo", TINY_STUDY.format(name="default"),
+                          embedded_data(tmp_path_factory.getbasetemp()))
 
 
 @pytest.mark.slow
 def test_dvc_repro_runs_the_study_caches_and_reruns_only_edited_cells(repo_copy):
     r = repo_copy
-    _run(["reproduce", "fetch"], r)
-    out = _run(["dvc", "repro"], r).stdout
+    run(["reproduce", "fetch"], r)
+    out = run(["dvc", "repro"], r).stdout
     assert out.count("Running stage 'train@") == 2
     table = (r / "results/default/table.md").read_text()
     assert "| embedded | e |" in table and "DP eps=8" in table and "non-DP" in table
@@ -56,19 +33,90 @@ def test_dvc_repro_runs_the_study_caches_and_reruns_only_edited_cells(repo_copy)
     assert result["privacy"]["private"] and result["privacy"]["epsilon_spent"] <= 8.0
     assert result["privacy"]["steps"] == 4   # 1 epoch at q = 64/256
     assert result["provenance"]["data"]["sha256"]
-    metrics = _run(["dvc", "metrics", "show", "--json"], r).stdout
+    metrics = run(["dvc", "metrics", "show", "--json"], r).stdout
     assert "summary.json" in metrics
     assert (r / "reports/default/index.html").stat().st_size > 1000
 
     # Nothing changed: nothing reruns.
-    assert "Running stage" not in _run(["dvc", "repro"], r).stdout
+    assert "Running stage" not in run(["dvc", "repro"], r).stdout
 
     # Edit one seed: dvc status names exactly the new cells, repro runs only them and the table.
     study = r / "studies/default.yaml"
     study.write_text(study.read_text().replace("seed: [0]", "seed: [0, 1]"))
-    status = _run(["dvc", "status", "dvc.yaml"], r).stdout
+    status = run(["dvc", "status", "dvc.yaml"], r).stdout
     changed = sorted(line.rstrip(":") for line in status.splitlines() if line and not line[0].isspace())
     assert changed == ["report", "train@embedded-e-8-1-1", "train@embedded-e-non-private-1-1"]
-    out = _run(["dvc", "repro"], r).stdout
+    out = run(["dvc", "repro"], r).stdout
     ran = sorted(line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage"))
     assert ran == ["report", "train@embedded-e-8-1-1", "train@embedded-e-non-private-1-1"]
+
+
+def tiny_retinamnist(n_train: int = 256, n_eval: int = 64) -> bytes:
+    """An npz in MedMNIST's retinamnist layout (28x28 RGB, 5 grades, every grade in every split).
+
+    No committed study names retinamnist, so the throwaway studies are its only users."""
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split, n in (("train", n_train), ("val", n_eval), ("test", n_eval)):
+        arrays[f"{split}_images"] = rng.integers(0, 256, (n, 28, 28, 3), dtype=np.uint8)
+        arrays[f"{split}_labels"] = rng.permutation(np.arange(n) % 5).astype(np.uint8)[:, None]
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    return buf.getvalue()
+
+
+def stages_run(out: str) -> list[str]:
+    return sorted(line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage"))
+
+
+@pytest.mark.slow
+def test_studies_sharing_a_downloaded_dataset_fetch_it_once_and_outlive_each_other(repo_copy, tmp_path):
+    """Two new studies on one downloaded dataset and one on the embedded set, each added as a user
+    would (one YAML file), through `reproduce pipeline` + `dvc repro` and `reproduce repro`."""
+    repo = repo_copy
+    npz = tiny_retinamnist()
+    env = env_for(repo, {"no_proxy": "127.0.0.1,localhost", "NO_PROXY": "127.0.0.1,localhost"})
+    env.pop("REPRODUCE_MEDMNIST_MIRROR", None)
+    with serve(tmp_path / "served") as server:
+        server.add("retinamnist.npz", npz)
+        data = (f"data: {{mirror: '{server.base_url}/', "
+                f"mirror_sha256: {{retinamnist: {hashlib.sha256(npz).hexdigest()}}}}}\n")
+        for name, dataset, epsilon in (("pair_a", "retinamnist", "non-private"), ("pair_b", "retinamnist", "8"),
+                                       ("solo", "embedded", "non-private")):
+            text = (TINY_STUDY.format(name=name).replace("dataset: [embedded]", f"dataset: [{dataset}]")
+                    .replace("epsilon: [non-private, 8]", f"epsilon: [{epsilon}]"))
+            (repo / "studies" / f"{name}.yaml").write_text(text + (data if dataset != "embedded" else ""))
+
+        out = run(["reproduce", "pipeline"], repo, env=env).stdout
+        assert {"wrote pipelines/pair_a/dvc.yaml", "wrote pipelines/pair_b/dvc.yaml", "wrote pipelines/solo/dvc.yaml",
+                "rewrote pipelines/dvc.yaml"} == set(out.split("\n")) - {""}
+        # DVC itself runs the shared fetch stage upstream of the study's cells.
+        out = run(["dvc", "repro", "pipelines/pair_a/dvc.yaml"], repo, env=env).stdout
+        assert stages_run(out) == ["pipelines/dvc.yaml:fetch_retinamnist", "pipelines/pair_a/dvc.yaml:report",
+                                   "pipelines/pair_a/dvc.yaml:train@retinamnist-e-non-private-1-0"]
+        # The second study on the dataset finds it fetched; the embedded one fetches nothing.
+        out = run(["reproduce", "repro", "studies/pair_b.yaml"], repo, env=env).stdout
+        assert stages_run(out) == ["pipelines/pair_b/dvc.yaml:report",
+                                   "pipelines/pair_b/dvc.yaml:train@retinamnist-e-8-1-0"]
+        out = run(["reproduce", "repro", "studies/solo.yaml"], repo, env=env).stdout
+        assert stages_run(out) == ["pipelines/solo/dvc.yaml:report",
+                                   "pipelines/solo/dvc.yaml:train@embedded-e-non-private-1-0"]
+        assert server.requests == [("/retinamnist.npz", None)]   # one download for both studies
+        assert sorted(p.name for p in (repo / "data/retinamnist").iterdir()) == ["retinamnist.npz"]
+        for name, dataset in (("pair_a", "retinamnist"), ("pair_b", "retinamnist"), ("solo", "embedded")):
+            assert f"| {dataset} | e |" in (repo / f"results/{name}/table.md").read_text(), name
+        assert "DP eps=8" in (repo / "results/pair_b/table.md").read_text()
+
+        # Deleting a study: its pipeline goes with it; the other keeps its finished cells and still renders.
+        (repo / "studies/pair_a.yaml").unlink()
+        out = run(["reproduce", "repro", "studies/pair_b.yaml"], repo, env=env).stdout
+        assert "pipeline: removed pipelines/pair_a/dvc.yaml (its study is gone)" in out
+        assert not (repo / "pipelines/pair_a").exists()
+        assert stages_run(out) == ["pipelines/dvc.yaml:fetch_retinamnist"]   # fewer studies use it: re-checked
+        assert server.requests == [("/retinamnist.npz", None)]
+        status = run(["dvc", "status", "--with-deps", "pipelines/pair_b/dvc.yaml"], repo, env=env).stdout
+        assert "up to date" in status, status
+        (repo / "results/pair_b/table.md").unlink()
+        assert stages_run(run(["reproduce", "repro", "studies/pair_b.yaml"], repo, env=env).stdout) == \
+            ["pipelines/pair_b/dvc.yaml:report"]
+        assert "| retinamnist | e |" in (repo / "results/pair_b/table.md").read_text()
