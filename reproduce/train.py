@@ -206,7 +206,8 @@ def run_cell(cell: Cell, *, data_root: Path, progress: bool = True, checkpoint: 
             loss.backward()
         return loss, targets
 
-    # Everything that evolves during training, so a resumed run continues bit-identically.
+    # Everything that evolves during training, so a resumed run continues bit-identically. In secure
+    # mode the sampler and the noise read the OS and have no state: a resumed run draws fresh bytes.
     sampler_gen = dp.loader.batch_sampler.generator if cell.private else gen
     noise_gen = opt.generator if cell.private else None
 
@@ -216,7 +217,8 @@ def run_cell(cell: Cell, *, data_root: Path, progress: bool = True, checkpoint: 
                 "tracker_rows": tracker.rows, "model": model.state_dict(),
                 "optimizer": (opt.original_optimizer if cell.private else opt).state_dict(),
                 "ema": ema, "accountant_history": list(dp.accountant.history) if cell.private else None,
-                "sampler_gen": sampler_gen.get_state(), "aug_gen": aug_gen.get_state(),
+                "sampler_gen": sampler_gen.get_state() if sampler_gen is not None else None,
+                "aug_gen": aug_gen.get_state(),
                 "noise_gen": noise_gen.get_state() if noise_gen is not None else None,
                 "torch_rng": torch.get_rng_state(), "numpy_rng": np.random.get_state()}
 
@@ -229,7 +231,8 @@ def run_cell(cell: Cell, *, data_root: Path, progress: bool = True, checkpoint: 
             ema = state["ema"]
         if cell.private:
             dp.accountant.history = list(state["accountant_history"])
-        sampler_gen.set_state(state["sampler_gen"])
+        if sampler_gen is not None:
+            sampler_gen.set_state(state["sampler_gen"])
         aug_gen.set_state(state["aug_gen"])
         if noise_gen is not None:
             noise_gen.set_state(state["noise_gen"])

@@ -22,9 +22,11 @@ from opacus.accountants import create_accountant
 from opacus.data_loader import DPDataLoader
 from opacus.optimizers import DPOptimizer
 from torch import nn
+from torch.utils.data import DataLoader
 
 from reproduce.privacy.accounting import calibrate_noise, poisson_steps_per_epoch
 from reproduce.privacy.fast_engine import OutputGradientEngine
+from reproduce.privacy.secure_rng import SecureDPOptimizer, secure_poisson_loader
 
 
 @dataclasses.dataclass
@@ -32,7 +34,7 @@ class PrivateTraining:
     model: nn.Module  # what to call forward on: the caller's model, or opacus's GradSampleModule ("hooks")
     engine: OutputGradientEngine | None  # None in "hooks" mode
     optimizer: DPOptimizer
-    loader: DPDataLoader
+    loader: DataLoader  # opacus's seeded DPDataLoader, or secure_poisson_loader's in secure mode
     accountant: object
     noise_multiplier: float
     sample_rate: float
@@ -58,7 +60,9 @@ def make_private(model: nn.Module, optimizer: torch.optim.Optimizer, dataset, *,
     Noise is calibrated for exactly ``steps`` optimizer steps (default: ``epochs`` full epochs of
     int(1/q) steps each); the caller must run exactly that many. ``per_sample_gradients``: "engine"
     (``OutputGradientEngine``) or "hooks" (opacus's ``GradSampleModule``); both refuse, by name, any
-    layer without an exact rule and any batch norm, before anything else happens.
+    layer without an exact rule and any batch norm, before anything else happens. ``secure_mode``
+    draws the Poisson sample and the noise from the OS (``reproduce.privacy.secure_rng``), never
+    from generators seeded with ``seed``.
     """
     from reproduce.privacy.exactness import check_exact_per_sample_gradients
     if per_sample_gradients not in PER_SAMPLE_GRADIENTS:
@@ -71,17 +75,22 @@ def make_private(model: nn.Module, optimizer: torch.optim.Optimizer, dataset, *,
         steps = epochs * poisson_steps_per_epoch(sample_rate)
     sigma = calibrate_noise(target_epsilon=target_epsilon, delta=delta, sample_rate=sample_rate,
                             steps=steps, accountant=accountant)
-    # Separate generators: data order and noise each reproducible on their own.
-    sampler_gen = torch.Generator().manual_seed(seed * 1_000_003 + 1)
-    noise_gen = None if secure_mode else torch.Generator().manual_seed(seed * 1_000_003 + 2)
-    loader = DPDataLoader(dataset, sample_rate=sample_rate, generator=sampler_gen)
+    if secure_mode:
+        # Poisson sample and noise from the OS CSPRNG: nothing derived from the seed.
+        loader = secure_poisson_loader(DPDataLoader(dataset, sample_rate=sample_rate), sample_rate=sample_rate)
+        noise_gen = None
+    else:
+        # Separate generators: data order and noise each reproducible on their own.
+        sampler_gen = torch.Generator().manual_seed(seed * 1_000_003 + 1)
+        noise_gen = torch.Generator().manual_seed(seed * 1_000_003 + 2)
+        loader = DPDataLoader(dataset, sample_rate=sample_rate, generator=sampler_gen)
     if per_sample_gradients == "engine":
         engine, forward = OutputGradientEngine(model, loss_reduction="mean"), model
     else:
         engine, forward = None, GradSampleModule(model, batch_first=True, loss_reduction="mean")
-    dp_optimizer = DPOptimizer(optimizer, noise_multiplier=sigma, max_grad_norm=max_grad_norm,
-                               expected_batch_size=batch_size, loss_reduction="mean",
-                               generator=noise_gen, secure_mode=secure_mode)
+    dp_class = SecureDPOptimizer if secure_mode else DPOptimizer
+    dp_optimizer = dp_class(optimizer, noise_multiplier=sigma, max_grad_norm=max_grad_norm,
+                            expected_batch_size=batch_size, loss_reduction="mean", generator=noise_gen)
     acc = create_accountant(accountant)
     dp_optimizer.attach_step_hook(acc.get_optimizer_hook_fn(sample_rate=sample_rate))
     return PrivateTraining(forward, engine, dp_optimizer, loader, acc, sigma, sample_rate, steps)
