@@ -95,8 +95,12 @@ class PrivacyConfig(_Strict):
     delta: float = Field(1e-5, gt=0, lt=1)
     max_grad_norm: float = Field(1.0, gt=0)
     accountant: Literal["rdp", "prv"] = "rdp"
-    # Cryptographically secure noise for final runs: not reproducible by design.
+    # Poisson sample and noise from the OS CSPRNG (reproduce.privacy.secure_rng) for runs whose
+    # results are released; not reproducible by design. Off: both come from seeded generators.
     secure_mode: bool = False
+    # How the hyperparameters were chosen, quoted by every private cell's privacy statement (the
+    # guarantee covers one run; tuning on the private data is not accounted for).
+    hyperparameter_selection: str | None = Field(None, min_length=1)
 
 
 class OptimizerConfig(_Strict):

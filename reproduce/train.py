@@ -29,6 +29,7 @@ from reproduce.checkpoint import load_checkpoint, save_checkpoint
 from reproduce.errors import ReproduceError
 from reproduce.models import build_model, count_parameters
 from reproduce.privacy.accounting import PrivacyStatement
+from reproduce.privacy.released import unnoised_releases
 from reproduce.provenance import provenance
 from reproduce.study import Cell
 
@@ -312,23 +313,25 @@ def run_cell(cell: Cell, *, data_root: Path, progress: bool = True, checkpoint: 
     if log[-1].get("gwa") is not None:
         metrics["train_gwa_last_epoch"] = log[-1]["gwa"]  # gradient-weight alignment, last epoch
 
+    record = {"cell": cell.id, "config": cell.config(), "metrics": metrics, "epochs": log, "steps": tracker.rows,
+              "metrics_detail": detail, "privacy": None, "provenance": provenance(cell=cell, data=info)}
     if cell.private:
         p = study.privacy
         eps = float(dp.accountant.get_epsilon(p.delta))
+        metrics["epsilon"] = eps
         statement = PrivacyStatement(
             private=True, accountant=p.accountant, target_epsilon=float(cell.epsilon), epsilon_spent=eps,
             delta=p.delta, noise_multiplier=dp.noise_multiplier, sample_rate=dp.sample_rate,
             steps=sum(s for _, _, s in dp.accountant.history), max_grad_norm=p.max_grad_norm,
-            sampling="Poisson", secure_mode=p.secure_mode)
+            sampling="Poisson", secure_mode=p.secure_mode, training_set_size=len(train_set), seed=cell.seed,
+            hyperparameter_selection=p.hyperparameter_selection,
+            unnoised_releases=tuple(unnoised_releases({k: v for k, v in record.items() if k != "privacy"})))
         if statement.steps != dp.steps:
             raise ReproduceError(f"cell {cell.id}: ran {statement.steps} private steps but calibrated for {dp.steps}")
-        metrics["epsilon"] = eps
     else:
         statement = PrivacyStatement(private=False)
-    return {"cell": cell.id, "config": cell.config(), "metrics": metrics, "epochs": log, "steps": tracker.rows,
-            "metrics_detail": detail,
-            "privacy": {**statement.__dict__, "statement": statement.sentence()},
-            "provenance": provenance(cell=cell, data=info)}
+    record["privacy"] = {**statement.__dict__, "statement": statement.sentence()}
+    return record
 
 
 def _json_default(o):

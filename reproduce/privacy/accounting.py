@@ -46,7 +46,11 @@ def epsilon_for(*, noise_multiplier: float, delta: float, sample_rate: float, st
 
 @dataclasses.dataclass(frozen=True)
 class PrivacyStatement:
-    """What a DP guarantee of a run rests on; written next to every private result."""
+    """What a DP guarantee of a run rests on, and what it does not cover; written next to every private result.
+
+    ``unnoised_releases`` are the result's fields that read the training data without noise
+    (``reproduce.privacy.released.unnoised_releases`` of the record the statement goes with).
+    """
 
     private: bool
     accountant: str | None = None
@@ -59,17 +63,46 @@ class PrivacyStatement:
     max_grad_norm: float | None = None
     sampling: str | None = None
     secure_mode: bool | None = None
+    training_set_size: int | None = None
+    seed: int | None = None
+    hyperparameter_selection: str | None = None
+    unnoised_releases: tuple[str, ...] = ()
     unit: str = "sample-level (add/remove one training image)"
 
     def sentence(self) -> str:
+        """The statement in words: guarantee, its assumptions, its randomness, what it does not cover."""
         if not self.private:
             return "Trained WITHOUT differential privacy (non-private baseline): no privacy guarantee."
+        return " ".join([self._guarantee(), self._assumptions(), self._randomness(), self._coverage()])
+
+    def _guarantee(self) -> str:
         return (f"({self.epsilon_spent:.3f}, {self.delta:g})-DP at {self.unit} by DP-SGD: "
                 f"{self.sampling} sampling q={self.sample_rate:.6g}, {self.steps} steps, per-sample clipping "
                 f"to {self.max_grad_norm:g}, Gaussian noise multiplier {self.noise_multiplier:.4f} "
                 f"(std {self.noise_multiplier * self.max_grad_norm:.4g}); {self.accountant.upper()} accountant "
-                f"(target epsilon {self.target_epsilon:g}); "
-                f"{'secure' if self.secure_mode else 'seeded, reproducible (not cryptographically secure)'} noise. "
-                "Covers the trained weights and what is computed from them on other data; not the training "
-                "diagnostics (loss, sparsity of the clipped sum, gradient-weight alignment), which read the "
-                "training data without noise.")
+                f"(target epsilon {self.target_epsilon:g}).")
+
+    def _assumptions(self) -> str:
+        if self.hyperparameter_selection:
+            chosen = f'How they were chosen, as the study states: "{self.hyperparameter_selection.strip()}"'
+        else:
+            chosen = ("The study does not say how they were chosen: the guarantee assumes they were not chosen "
+                      "on the private training data.")
+        return (f"The training set size N={self.training_set_size} is treated as public (q = B/N). "
+                "The guarantee is for this one run with hyperparameters fixed in advance; it does not account "
+                f"for choosing them. {chosen}")
+
+    def _randomness(self) -> str:
+        if self.secure_mode:
+            return ("Secure mode: the Poisson sample and the noise come from the operating system's CSPRNG "
+                    "(os.urandom), each noise entry the sum of 4 Gaussian draws divided by 2 against "
+                    "floating-point attacks; not reproducible.")
+        return (f"NOT secure: the Poisson sample and the noise come from generators seeded with the seed "
+                f"recorded in this result ({self.seed}), so anyone who has it can regenerate the noise and the "
+                "guarantee does not hold against them: for research reproduction, not for release.")
+
+    def _coverage(self) -> str:
+        unnoised = ", ".join(self.unnoised_releases) or "none"
+        return ("Covers the trained weights and what is computed from them on other data. Released without "
+                f"noise, reading the training data, and not covered: {unnoised} (a null loss marks an empty "
+                "Poisson batch; the timings depend on the sampled batch sizes).")

@@ -1,0 +1,80 @@
+"""The privacy statement says what the guarantee assumes (hyperparameters, public N, randomness) and what it does not cover."""
+
+from __future__ import annotations
+
+from reproduce.privacy.accounting import PrivacyStatement
+from reproduce.privacy.released import UNNOISED
+from reproduce.smoke import stand_in
+from reproduce.study import load_study, parse_study
+from reproduce.train import run_cell
+from tests.conftest import REPO
+
+BASE = dict(private=True, accountant="rdp", target_epsilon=8.0, epsilon_spent=7.99, delta=1e-5,
+            noise_multiplier=1.1, sample_rate=0.0625, steps=32, max_grad_norm=1.0, sampling="Poisson",
+            secure_mode=False, training_set_size=1024, seed=3,
+            unnoised_releases=("metrics.train_loss_last", "metrics.train_seconds", "steps[].loss"))
+
+
+def _sentence(**changes) -> str:
+    return PrivacyStatement(**{**BASE, **changes}).sentence()
+
+
+def test_statement_quotes_how_the_hyperparameters_were_chosen():
+    text = _sentence(hyperparameter_selection="Learning rate tuned on the embedded training set.")
+    assert 'as the study states: "Learning rate tuned on the embedded training set."' in text
+    assert "does not account for choosing them" in text
+
+
+def test_statement_without_a_selection_assumes_hyperparameters_not_chosen_on_the_private_data():
+    text = _sentence(hyperparameter_selection=None)
+    assert "the guarantee assumes they were not chosen on the private training data" in text
+
+
+def test_statement_lists_the_unnoised_releases_and_treats_N_as_public():
+    text = _sentence()
+    assert "not covered: metrics.train_loss_last, metrics.train_seconds, steps[].loss" in text
+    assert "a null loss marks an empty Poisson batch" in text
+    assert "N=1024 is treated as public" in text
+
+
+def test_seeded_statement_says_the_noise_is_reproducible_from_the_recorded_seed():
+    text = _sentence(secure_mode=False)
+    assert "seeded with the seed recorded in this result (3)" in text
+    assert "for research reproduction, not for release" in text
+    secure = _sentence(secure_mode=True)
+    assert "operating system's CSPRNG" in secure and "seed recorded" not in secure
+
+
+def test_trained_cell_quotes_its_study_and_lists_every_unnoised_field_it_writes():
+    study = parse_study("""\
+name: statement
+model:
+  widths: [4, 4, 8]
+privacy:
+  hyperparameter_selection: chosen by a fair coin
+training:
+  batch_size: 16
+  physical_batch_size: 16
+  steps: 3
+grid:
+  dataset: [bloodmnist]
+  group: [e]
+  epsilon: [8]
+  multiplicity: [1]
+  seed: [0]
+""")
+    (cell,) = study.cells()
+    result = run_cell(cell, data_root=None, progress=False, splits=stand_in(cell.dataset, size=28, seed=0))
+    privacy = result["privacy"]
+    assert '"chosen by a fair coin"' in privacy["statement"]
+    assert privacy["training_set_size"] == 64 and "N=64" in privacy["statement"]
+    # every field UNNOISED names is written by a multi-class private cell: no stale entries
+    assert list(privacy["unnoised_releases"]) == list(UNNOISED)
+    assert ", ".join(UNNOISED) in privacy["statement"]
+
+
+def test_repository_studies_state_how_their_hyperparameters_were_chosen():
+    for path in sorted((REPO / "studies").glob("*.yaml")):
+        assert load_study(path).privacy.hyperparameter_selection, path.name
+    for name in ("default", "ci"):   # tuned by this suite on the embedded data, and they say so
+        assert "tuned by this suite" in load_study(REPO / f"studies/{name}.yaml").privacy.hyperparameter_selection.lower()
