@@ -1,12 +1,17 @@
-"""Cost of exact per-sample gradients for an equivariant ResNet-9 (CPU): ratios measured in one run.
+"""Cost of exact per-sample gradients for the suite's ResNet-9s (CPU): ratios measured in one run.
 
-Steps compared, all on the same model and batch (C4, widths 8-16-32 fields, 28x28x3 input):
+Rows: the C4 ResNet-9 (8-16-32 fields) and the conventional one (8-16-32 channels), 28x28x3 input,
+at each batch size with K = 1 and, at the first batch size, with K = 4 augmented views per sample
+(the trainer's ``training_views``; DP steps average a sample's view gradients before clipping).
+Steps compared, all on the same model and batch:
   (a) non-private step: loss.backward() + SGD
   (b) the suite's DP step: OutputGradientEngine (one backward to the layer outputs + the exact
       EquivariantConv2d rule) + opacus DPOptimizer (flat clipping over all parameters, noise)
   (b') opacus hooks mode with the suite's rule (GradSampleModule) + DPOptimizer
   (c) opacus hooks mode with its automatic functorch fallback for EquivariantConv2d (rule removed)
   (d) whole-model torch.func vmap(grad) per-sample gradients + DPOptimizer
+  (e) conventional model only: (b) with opacus's own nn.Conv2d rule (made layout-safe) instead of the suite's
+(c) and (d) run for C4 at K = 1 only; memory and the time breakdown for the C4 K = 1 rows.
 Timing (wall clock and process CPU time): methods interleaved round-robin so that changing machine
 load hits all alike; in each round every method runs one untimed step and then one timed step (so
 each timed step finds the heap as its own previous step left it, as in training); median of --steps
@@ -19,7 +24,7 @@ On a shared machine the step times drift by up to 10x between quiet and busy per
 ratios from one run (and the paired ratios), never absolute times across runs.
 
 Usage: python bench/bench_per_sample_grads.py [--batches 64 256] [--steps 10] [--threads 2]
-       [--methods ...] [--no-memory] [--profile-steps 5]
+       [--models C4 e] [--multiplicities 1 4] [--methods ...] [--no-memory] [--profile-steps 5]
 """
 
 from __future__ import annotations
@@ -40,16 +45,22 @@ warnings.filterwarnings("ignore")
 
 WIDTHS = (8, 16, 32)
 NUM_CLASSES = 9
-METHODS = ["nonprivate", "dp_engine", "dp_hooks", "functorch_fallback", "vmap_model"]
+METHODS = ["nonprivate", "dp_engine", "dp_hooks", "functorch_fallback", "vmap_model", "dp_engine_opacus_conv"]
+#: methods that make sense for the conventional model (no EquivariantConv2d rule to hide) and for K > 1
+CONVENTIONAL_METHODS = ["nonprivate", "dp_engine", "dp_hooks", "dp_engine_opacus_conv"]
+VIEW_METHODS = ["nonprivate", "dp_engine", "dp_hooks"]
 
 
-def build_model() -> tuple[nn.Module, str]:
-    """The models engineer's C4 ResNet-9 if it builds, else a simple stand-in of the same layout."""
+def build_model(group: str = "C4") -> tuple[nn.Module, str]:
+    """The suite's ResNet-9 for ``group`` ("C4" or the conventional "e"), widths 8-16-32; for C4 a
+    simple stand-in of the same layout if the models do not build."""
     try:
         from reproduce.models import build_model as build
-        return build(group="C4", widths=WIDTHS, in_channels=3, num_classes=NUM_CLASSES), \
-            "reproduce.models.build_model(group='C4', widths=(8, 16, 32))"
+        return build(group=group, widths=WIDTHS, in_channels=3, num_classes=NUM_CLASSES), \
+            f"reproduce.models.build_model(group={group!r}, widths=(8, 16, 32))"
     except Exception as e:  # noqa: BLE001 - the bench must run while the models are in progress
+        if group != "C4":
+            raise
         return _StandIn(), f"bench stand-in ResNet-9 (reproduce.models failed: {type(e).__name__}: {e})"
 
 
@@ -80,28 +91,56 @@ class _StandIn(nn.Module):
         return self.head(x)
 
 
-def make_step(method: str, model: nn.Module, n: int):
-    """A closure running one full training step of ``method`` on a batch of size ``n``."""
+def make_step(method: str, model: nn.Module, n: int, multiplicity: int = 1):
+    """A closure running one full training step of ``method`` on a batch of size ``n``.
+
+    With ``multiplicity`` K > 1 the step takes K augmented views per sample (the trainer's
+    ``training_views``), and the DP steps average each sample's view gradients before clipping.
+    """
     from opacus import GradSampleModule
     from opacus.optimizers import DPOptimizer
 
+    from reproduce.data.augment import average_view_grad_samples, training_views
     from reproduce.models.escnn_conv import EquivariantConv2d
     from reproduce.privacy.fast_engine import OutputGradientEngine
 
     model = copy.deepcopy(model)
+    params = [p for p in model.parameters() if p.requires_grad]
     sgd = torch.optim.SGD(model.parameters(), lr=1e-3)
+    gen = torch.Generator().manual_seed(0)
+
+    def views(x, y):
+        return training_views(x, y, multiplicity, kind="medmnist", generator=gen)
+
     if method == "nonprivate":
         def step(x, y):
             sgd.zero_grad()
-            F.cross_entropy(model(x), y).backward()
+            v, t = views(x, y)
+            F.cross_entropy(model(v), t).backward()
             sgd.step()
         return step
     opt = DPOptimizer(sgd, noise_multiplier=1.0, max_grad_norm=1.0, expected_batch_size=n)
-    if method == "dp_engine":
+    if method in ("dp_engine", "dp_engine_opacus_conv"):
         engine = OutputGradientEngine(model)
+        registry = GradSampleModule.GRAD_SAMPLERS
+        if method == "dp_engine_opacus_conv":  # opacus's own nn.Conv2d rule, on contiguous tensors
+            from opacus.grad_sample.conv import compute_conv_grad_sample
+
+            from reproduce.privacy.grad_samplers.layout import layout_safe
+            swap = {nn.Conv2d: layout_safe(compute_conv_grad_sample)}
+        else:
+            swap = {}
 
         def step(x, y):
-            engine.backward(F.cross_entropy(model(x), y))
+            v, t = views(x, y)
+            loss = F.cross_entropy(model(v), t)
+            saved = {k: registry[k] for k in swap}
+            registry.update(swap)
+            try:
+                engine.backward(loss)
+            finally:
+                registry.update(saved)
+            average_view_grad_samples(params, multiplicity)
             opt.step()
             opt.zero_grad()
         return step
@@ -121,7 +160,9 @@ def make_step(method: str, model: nn.Module, n: int):
         gsm = without_rule(lambda: GradSampleModule(model))
 
         def step(x, y):
-            without_rule(lambda: F.cross_entropy(gsm(x), y).backward())
+            v, t = views(x, y)
+            without_rule(lambda: F.cross_entropy(gsm(v), t).backward())
+            average_view_grad_samples(params, multiplicity)
             opt.step()
             opt.zero_grad()
         return step
@@ -150,10 +191,10 @@ def batch(n: int):
     return torch.randn(n, 3, 28, 28, generator=g), torch.randint(0, NUM_CLASSES, (n,), generator=g)
 
 
-def time_interleaved(model, n, methods, warmup, steps):
+def time_interleaved(model, n, methods, warmup, steps, multiplicity=1):
     """Wall-clock and process-CPU seconds of every timed step, per method."""
     x, y = batch(n)
-    fns = {m: make_step(m, model, n) for m in methods}
+    fns = {m: make_step(m, model, n, multiplicity) for m in methods}
     wall, cpu = {m: [] for m in methods}, {m: [] for m in methods}
     for i in range(warmup + steps):
         for m in methods:
@@ -274,10 +315,10 @@ def where_time_goes(model, n, rounds, fallback_step=None):
     loss = F.cross_entropy(private(x), y)
     captured = engine._captured
     engine._captured = []
-    grads = torch.autograd.grad(loss, [c[3] for c in captured])
+    grads = torch.autograd.grad(loss, [c.output for c in captured])
     print("  per-sample gradient rule per layer, median ms: suite rule vs opacus' functorch fallback")
     total = {"suite": 0.0, "functorch": 0.0}
-    for (name, layer, a, _, _), g in zip(captured, grads):
+    for (name, layer, a, *_), g in zip(captured, grads):
         g = g * n
         fns = {"suite": lambda: rules[type(layer)](layer, [a], g),
                "functorch": lambda: ft_compute_per_sample_gradient(layer, [a], g)}
@@ -307,35 +348,44 @@ def main():
     ap.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
     ap.add_argument("--no-memory", action="store_true")
     ap.add_argument("--profile-steps", type=int, default=5, help="steps for the time breakdown (0: skip)")
+    ap.add_argument("--models", nargs="+", default=["C4", "e"], choices=["C4", "e"])
+    ap.add_argument("--multiplicities", type=int, nargs="+", default=[1, 4],
+                    help="K views per sample; K > 1 rows run at the first batch size only")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    model, origin = build_model()
-    n_params = sum(p.numel() for p in model.parameters())
-    print(f"model: {origin}; {n_params} parameters; torch {torch.__version__}, {args.threads} threads, "
-          f"median of {args.steps} interleaved steps after {args.warmup} warm-up")
-    for n in args.batches:
-        wall, cpu = time_interleaved(model, n, args.methods, args.warmup, args.steps)
+    print(f"torch {torch.__version__}, {args.threads} threads, median of {args.steps} interleaved steps after "
+          f"{args.warmup} warm-up")
+    rows = [(g, k, n) for g in args.models for k in args.multiplicities for n in (args.batches if k == 1 else args.batches[:1])]
+    for group, k, n in rows:
+        model, origin = build_model(group)
+        n_params = sum(p.numel() for p in model.parameters())
+        allowed = (VIEW_METHODS if k > 1 else CONVENTIONAL_METHODS if group == "e" else METHODS)
+        methods = [m for m in args.methods if m in allowed and (group == "e" or m != "dp_engine_opacus_conv")]
+        wall, cpu = time_interleaved(model, n, methods, args.warmup, args.steps, k)
         med = statistics.median
-        print(f"\nbatch {n}: median step [ms] wall / process CPU: "
-              + ", ".join(f"{m} {1e3 * med(wall[m]):.0f} / {1e3 * med(cpu[m]):.0f}" for m in args.methods))
+        print(f"\n{group} ResNet-9 ({origin}; {n_params} parameters), batch {n}, K = {k} "
+              f"({n * k} views): median step [ms] wall / process CPU: "
+              + ", ".join(f"{m} {1e3 * med(wall[m]):.0f} / {1e3 * med(cpu[m]):.0f}" for m in methods))
         print("  ratios of medians (wall, CPU); in brackets the median over rounds of the ratio of the two "
               "adjacent steps of a round (robust to load changes between rounds)")
         ratios = [("(b)/(a) ", "suite DP step / non-private step", "dp_engine", "nonprivate"),
                   ("(b')/(a)", "opacus hooks + suite rule / non-private", "dp_hooks", "nonprivate"),
                   ("(c)/(b) ", "opacus functorch fallback / suite DP step", "functorch_fallback", "dp_engine"),
-                  ("(d)/(b) ", "whole-model vmap / suite DP step", "vmap_model", "dp_engine")]
+                  ("(d)/(b) ", "whole-model vmap / suite DP step", "vmap_model", "dp_engine"),
+                  ("(e)/(b) ", "engine + opacus's Conv2d rule / suite", "dp_engine_opacus_conv", "dp_engine")]
         for label, what, num, den in ratios:
             if num in wall and den in wall:
                 paired = med([a / b for a, b in zip(wall[num], wall[den])])
                 print(f"  {label} {what:42s} = {med(wall[num]) / med(wall[den]):.2f} wall, "
                       f"{med(cpu[num]) / med(cpu[den]):.2f} CPU [{paired:.2f}]")
-        if not args.no_memory:
-            for m in ("nonprivate", "dp_engine"):
-                peak, inc = peak_memory(m, n, args.threads)
-                print(f"  peak RSS during steps, {m:10s}: {peak:6.0f} MiB (+{inc:.0f} MiB over the RSS before them)")
-        if args.profile_steps:
-            fallback = med(wall["functorch_fallback"]) if "functorch_fallback" in wall else None
-            where_time_goes(model, n, args.profile_steps, fallback)
+        if group == "C4" and k == 1:  # memory and the time breakdown for the reference rows
+            if not args.no_memory:
+                for m in ("nonprivate", "dp_engine"):
+                    peak, inc = peak_memory(m, n, args.threads)
+                    print(f"  peak RSS during steps, {m:10s}: {peak:6.0f} MiB (+{inc:.0f} MiB over the RSS before them)")
+            if args.profile_steps:
+                fallback = med(wall["functorch_fallback"]) if "functorch_fallback" in wall else None
+                where_time_goes(model, n, args.profile_steps, fallback)
 
 
 if __name__ == "__main__":

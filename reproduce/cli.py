@@ -162,6 +162,23 @@ def cmd_run(args) -> int:
                             "time": args.time, "mem": args.mem})
 
 
+def cmd_verify(args) -> int:
+    import torch
+
+    from reproduce.study import load_study
+    from reproduce.verify import format_report, verify_study
+    studies = [load_study(path) for path in args.studies]   # every study valid before anything runs
+    ok = True
+    for study in studies:
+        report = verify_study(study, batch_size=args.batch_size, physical_batch_size=args.physical_batch_size,
+                              layouts=tuple(args.layouts), modes=tuple(args.paths), device=args.device,
+                              dtype={"float32": torch.float32, "float64": torch.float64}[args.dtype],
+                              groups=tuple(args.groups) if args.groups else None)
+        print(format_report(report, per_layer=args.per_layer), flush=True)
+        ok &= report.ok
+    return 0 if ok else 1
+
+
 def cmd_check(args) -> int:
     from reproduce.check import baseline_path, compare, current_metrics, render, update_baseline
     from reproduce.study import load_study
@@ -219,6 +236,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-cells", type=int, default=None, help="smoke: stop after this many cells")
     s.add_argument("--data-root", default="data")
     s.set_defaults(func=cmd_run)
+    s = sub.add_parser("verify", help="per-sample gradients and the clipped DP update of every group and multiplicity "
+                       "against per-sample autograd, on the trainer's batches (exit 1 on any mismatch or refusal)")
+    s.add_argument("studies", nargs="+")
+    s.add_argument("--groups", nargs="+", help="only these groups (default: every group with DP cells)")
+    s.add_argument("--layouts", nargs="+", choices=["trainer", "channels_last", "strided"],
+                   default=["trainer", "channels_last", "strided"], help="input layouts to check")
+    s.add_argument("--paths", nargs="+", choices=["engine", "hooks"], default=["engine", "hooks"],
+                   help="per-sample gradient paths: the trainer's engine, opacus's hooks mode")
+    s.add_argument("--batch-size", type=int, default=6, help="expected Poisson batch size of the checked step")
+    s.add_argument("--physical-batch-size", type=int, default=4, help="micro-batch bound (below the batch size)")
+    s.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    s.add_argument("--device", default="cpu")
+    s.add_argument("--per-layer", action="store_true", help="print every layer's error, not only the worst")
+    s.set_defaults(func=cmd_verify)
     s = sub.add_parser("check", help="compare a study's results with its committed baseline (tolerances from the study)")
     s.add_argument("study", nargs="?", default="studies/default.yaml")
     s.add_argument("--update", action="store_true", help="rewrite the baseline deliberately and say what changed")

@@ -23,11 +23,11 @@ from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
 from reproduce.data import load_dataset
-from reproduce.data.augment import augment_views, average_view_grad_samples
+from reproduce.data.augment import augmentation_kind, average_view_grad_samples, training_views
 from reproduce.atomic import write_json_atomic
 from reproduce.checkpoint import load_checkpoint, save_checkpoint
 from reproduce.errors import ReproduceError
-from reproduce.models import build_model, count_parameters
+from reproduce.models import build_cell_model, count_parameters
 from reproduce.privacy.accounting import PrivacyStatement
 from reproduce.privacy.released import unnoised_releases
 from reproduce.provenance import provenance
@@ -39,7 +39,8 @@ def to_tensor(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
 
 
-def _targets(labels: np.ndarray, task: str) -> torch.Tensor:
+def to_targets(labels: np.ndarray, task: str) -> torch.Tensor:
+    """Labels [N, L] -> class indices [N] (multi-class) or float targets [N, L] (multi-label)."""
     if task.startswith("multi-label"):
         return torch.from_numpy(labels).float()
     return torch.from_numpy(labels[:, 0]).long()
@@ -160,12 +161,9 @@ def run_cell(cell: Cell, *, data_root: Path, progress: bool = True, checkpoint: 
     x_train, y_train = splits.images("train"), splits.labels("train")
     if tr.max_train_samples:
         x_train, y_train = x_train[:tr.max_train_samples], y_train[:tr.max_train_samples]
-    train_set = TensorDataset(to_tensor(x_train), _targets(y_train, task))
+    train_set = TensorDataset(to_tensor(x_train), to_targets(y_train, task))
     num_classes = info.num_classes
-    model = build_model(group=cell.group, widths=cell.widths, in_channels=info.n_channels,
-                        num_classes=num_classes, restrict=study.model.restrict_for(cell.group),
-                        fix_params=study.model.fix_params, basis=study.model.basis,
-                        weight_standardisation=study.model.weight_standardisation, seed=cell.seed)
+    model = build_cell_model(cell, in_channels=info.n_channels, num_classes=num_classes)
     n_params = count_parameters(model)
     optimizer = make_optimizer(model.parameters(), (tr.dp_optimizer or tr.optimizer) if cell.private else tr.optimizer)
 
@@ -183,7 +181,7 @@ def run_cell(cell: Cell, *, data_root: Path, progress: bool = True, checkpoint: 
         net, opt, steps_total = model, optimizer, tr.steps or tr.epochs * len(loader)
         steps_per_epoch = len(loader)
 
-    kind = "cifar" if cell.dataset == "cifar10" else "medmnist"
+    kind = augmentation_kind(cell.dataset)
     aug_gen = torch.Generator().manual_seed(cell.seed * 1_000_003 + 3)
     K = cell.multiplicity
     tracker = StepTracker(model, task=task, every=tr.log_every)
@@ -197,8 +195,7 @@ def run_cell(cell: Cell, *, data_root: Path, progress: bool = True, checkpoint: 
             for p in params:
                 p.grad_sample = p.new_zeros((0, *p.shape))
             return torch.tensor(float("nan")), y
-        views = augment_views(x, K, kind=kind, generator=aug_gen)
-        targets = y.repeat_interleave(K, dim=0) if K > 1 else y
+        views, targets = training_views(x, y, K, kind=kind, generator=aug_gen)
         loss = loss_fn(net(views), targets, task)
         if cell.private:
             dp.backward(loss)                      # per-sample gradients only, no batch gradient

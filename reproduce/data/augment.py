@@ -44,7 +44,10 @@ def _crop(x: torch.Tensor, pad: int, dy: torch.Tensor, dx: torch.Tensor) -> torc
     rows = (dy[:, None] + torch.arange(h)[None, :])            # [n, h]
     cols = (dx[:, None] + torch.arange(w)[None, :])            # [n, w]
     idx = torch.arange(n)[:, None, None]
-    return padded.permute(0, 2, 3, 1)[idx, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+    crops = padded.permute(0, 2, 3, 1)[idx, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+    # The gather above is channels-last; hand the model NCHW like K = 1 batches, so the whole network
+    # runs in one layout (the per-sample rules are exact for any layout, and verified to be).
+    return crops.contiguous()
 
 
 def _d4(x: torch.Tensor, k: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
@@ -77,6 +80,21 @@ def augment_views(x: torch.Tensor, multiplicity: int, *, kind: str, generator: t
         rep[flip.bool()] = rep[flip.bool()].flip(3)
         return _crop(rep, pad, dy, dx)
     raise ValueError(f"unknown augmentation kind {kind!r}; allowed: {KINDS}")
+
+
+def augmentation_kind(dataset: str) -> str:
+    """The view family of ``dataset``: CIFAR-10's crops and flips, or the D4 views of medical images."""
+    return "cifar" if dataset == "cifar10" else "medmnist"
+
+
+def training_views(x: torch.Tensor, y: torch.Tensor, multiplicity: int, *, kind: str,
+                   generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (views, targets) one training step feeds the model: K views per sample, targets repeated.
+
+    The trainer and ``reproduce verify`` both call this, so what is verified is what trains.
+    """
+    views = augment_views(x, multiplicity, kind=kind, generator=generator)
+    return views, (y.repeat_interleave(multiplicity, dim=0) if multiplicity > 1 else y)
 
 
 def average_view_grad_samples(params, multiplicity: int) -> None:

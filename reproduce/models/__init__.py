@@ -31,5 +31,16 @@ def build_model(*, group: str, widths: tuple[int, int, int], in_channels: int, n
                                      basis=basis, weight_standardisation=weight_standardisation)
 
 
+def build_cell_model(cell, *, in_channels: int, num_classes: int) -> nn.Module:
+    """The model of a grid cell (``reproduce.study.Cell``) exactly as its study configures it.
+
+    The trainer and ``reproduce verify`` both build through this, so they build the same model.
+    """
+    m = cell.study.model
+    return build_model(group=cell.group, widths=cell.widths, in_channels=in_channels, num_classes=num_classes,
+                       restrict=m.restrict_for(cell.group), fix_params=m.fix_params, basis=m.basis,
+                       weight_standardisation=m.weight_standardisation, seed=cell.seed)
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)

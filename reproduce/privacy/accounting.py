@@ -8,6 +8,7 @@ loader from the same q (``reproduce.privacy.dp_sgd``) so the two cannot drift ap
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 from opacus.accountants import create_accountant
 from opacus.accountants.utils import get_noise_multiplier
@@ -23,6 +24,9 @@ def poisson_steps_per_epoch(sample_rate: float) -> int:
     return int(1 / sample_rate)
 
 
+# Pure in its arguments and seconds per call (a bisection over the accountant); `reproduce verify`
+# and the tests build many DP steps with the same (epsilon, delta, q, steps).
+@functools.lru_cache(maxsize=256)
 def calibrate_noise(*, target_epsilon: float, delta: float, sample_rate: float, steps: int,
                     accountant: str) -> float:
     """Smallest noise multiplier whose epsilon after ``steps`` Poisson steps at ``sample_rate`` is <= target."""

@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader
 from reproduce.privacy.accounting import calibrate_noise, poisson_steps_per_epoch
 from reproduce.privacy.fast_engine import OutputGradientEngine
 from reproduce.privacy.secure_rng import SecureDPOptimizer, secure_poisson_loader
+from reproduce.privacy.grad_samplers import make_registry_layout_safe
 
 
 @dataclasses.dataclass
@@ -87,6 +88,7 @@ def make_private(model: nn.Module, optimizer: torch.optim.Optimizer, dataset, *,
     if per_sample_gradients == "engine":
         engine, forward = OutputGradientEngine(model, loss_reduction="mean"), model
     else:
+        make_registry_layout_safe()  # rules registered after import see contiguous tensors too
         engine, forward = None, GradSampleModule(model, batch_first=True, loss_reduction="mean")
     dp_class = SecureDPOptimizer if secure_mode else DPOptimizer
     dp_optimizer = dp_class(optimizer, noise_multiplier=sigma, max_grad_norm=max_grad_norm,

@@ -25,14 +25,25 @@ mode with the same rule 1.37-1.64 and 1.28-1.41.
 
 from __future__ import annotations
 
-from typing import Dict, List, Tuple
+from typing import Dict, List, NamedTuple, Tuple
 
 import torch
-from opacus import GradSampleModule
 from torch import nn
 
 from reproduce.errors import ReproduceError
 from reproduce.privacy.exactness import check_exact_per_sample_gradients
+from reproduce.privacy.grad_samplers import rule_for
+
+
+class Capture(NamedTuple):
+    """One training-mode call of a trainable layer, with the tensor versions it saw."""
+
+    name: str
+    module: nn.Module
+    input: torch.Tensor  # detached; shares the version counter with the layer's real input
+    output: torch.Tensor
+    input_version: int
+    output_version: int
 
 
 class OutputGradientEngine:
@@ -53,7 +64,7 @@ class OutputGradientEngine:
         self.layers: List[Tuple[str, nn.Module]] = [
             (name, m) for name, m in model.named_modules()
             if any(p.requires_grad for p in m.parameters(recurse=False))]
-        self._captured: List[Tuple[str, nn.Module, torch.Tensor, torch.Tensor, int]] = []
+        self._captured: List[Capture] = []
         self._handles = [m.register_forward_hook(self._capture(name)) for name, m in self.layers]
 
     def _capture(self, name: str):
@@ -64,7 +75,8 @@ class OutputGradientEngine:
                 raise ReproduceError(f"layer '{name}' returns {type(output).__name__}, not a tensor; "
                                      "the output-gradient engine supports single-tensor layers only")
             if output.requires_grad:
-                self._captured.append((name, module, inputs[0].detach(), output, output._version))
+                x = inputs[0]
+                self._captured.append(Capture(name, module, x.detach(), output, x._version, output._version))
         return hook
 
     def remove(self) -> None:
@@ -84,13 +96,17 @@ class OutputGradientEngine:
         if not captured:
             raise ReproduceError("no trainable layer ran in training mode with gradients enabled "
                                  "since the last backward; call model.train() and run the forward first")
-        for name, _, _, out, version in captured:
-            if out._version != version:
-                raise ReproduceError(f"the output of layer '{name}' was modified in place after the layer "
-                                     "ran (e.g. ReLU(inplace=True)); use the out-of-place operation")
-        grads = torch.autograd.grad(loss, [c[3] for c in captured], allow_unused=True)
+        for name, _, x, out, x_version, out_version in captured:
+            # The rules read the captured tensors after the whole forward: an in-place change since the
+            # layer ran would give silently wrong (e.g. all-zero) per-sample gradients. detach() shares
+            # the version counter, so both are checked (autograd would not: no weight gradient is taken).
+            for what, t, version in (("input", x, x_version), ("output", out, out_version)):
+                if t._version != version:
+                    raise ReproduceError(f"the {what} of layer '{name}' was modified in place after the layer "
+                                         "ran (e.g. ReLU(inplace=True) or x.add_()); use the out-of-place operation")
+        grads = torch.autograd.grad(loss, [c.output for c in captured], allow_unused=True)
         per_sample: Dict[nn.Parameter, torch.Tensor] = {}
-        for (name, module, x, out, _), g in zip(captured, grads):
+        for (name, module, x, *_), g in zip(captured, grads):
             if g is None:
                 continue  # not on the loss's graph (e.g. an earlier forward without backward), as in opacus
             if x.shape[0] == 0:
@@ -100,7 +116,8 @@ class OutputGradientEngine:
             else:
                 if self.loss_reduction == "mean":
                     g = g * x.shape[0]
-                result = GradSampleModule.GRAD_SAMPLERS[type(module)](module, [x], g.detach())
+                # layout-safe: the rule sees NCHW-contiguous tensors (no copy when they already are)
+                result = rule_for(type(module))(module, [x], g.detach())
             for p, gs in result.items():
                 # a layer that ran twice (shared weights) contributes the sum of its uses, as in opacus
                 per_sample[p] = per_sample[p] + gs if p in per_sample else gs

@@ -241,6 +241,34 @@ def test_engine_refuses_in_place_changes_of_a_layer_output(nets):
         engine.backward(F.cross_entropy(model(x), y))
 
 
+def test_engine_refuses_in_place_changes_of_a_layer_input():
+    """A layer's input changed in place after the layer ran: the rule would read the changed tensor
+    (here: all-zero per-sample gradients instead of the true ones), and autograd does not notice
+    because no weight gradient is taken. Refused, in the engine; hooks mode's ordinary backward
+    refuses it in autograd (opacus's backward hooks forbid the in-place change)."""
+    from reproduce.errors import ReproduceError
+
+    class ZeroesItsInput(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(3, 4), nn.Linear(4, 1)
+
+        def forward(self, x):
+            h = torch.tanh(self.a(x))
+            out = self.b(h)
+            h.mul_(0)  # after b ran: b's captured input is now zeros
+            return out
+
+    torch.manual_seed(0)
+    model, x = ZeroesItsInput(), torch.randn(5, 3)
+    engine = OutputGradientEngine(model)
+    with pytest.raises(ReproduceError, match="input of layer 'b' was modified in place"):
+        engine.backward(model(x).pow(2).mean())
+    gsm = GradSampleModule(ZeroesItsInput())
+    with pytest.raises(RuntimeError, match="modified inplace|modified by an inplace operation"):
+        gsm(x).pow(2).mean().backward()
+
+
 @pytest.mark.parametrize("group", ["C4", "O2"])
 def test_rule_equals_opacus_functorch_fallback(nets, group):
     """The wrapper also works under torch.func (opacus' fallback makes a meta copy of the layer)."""

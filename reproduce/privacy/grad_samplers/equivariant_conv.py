@@ -8,7 +8,8 @@ is never built. Three exact contractions, chosen per layer by ``choose_method``:
 
 - ``conv``: ``G_i`` as the weight gradient of a grouped convolution with one group per sample
   (oneDNN; for large feature maps), then ``B^T``;
-- ``unfold``: ``G_i`` by unfold + batched matmul as opacus' ``nn.Conv2d`` rule, then ``B^T``;
+- ``unfold``: ``G_i`` by unfold + batched matmul, then ``B^T`` (both in ``conv_filter``, exact for
+  any memory layout);
 - ``basis``: no ``G_i`` at all: convolve each input field with the basis filters, then contract with
   the output gradient (fewest multiply-adds when there are few output positions).
 
@@ -30,16 +31,7 @@ from torch import nn
 
 from reproduce.errors import ReproduceError
 from reproduce.models.escnn_conv import EquivariantConv2d
-
-# Feature maps with at least this many output positions get the filter gradient from a grouped
-# convolution; smaller ones from unfold + bmm (measured on CPU: grouped conv wins 2-5x at 28x28 and
-# 14x14 and loses 3-30x at 7x7 and below).
-GROUPED_CONV_MIN_POSITIONS = 144
-GROUPED_CONV_MIN_CHANNELS = 16  # oneDNN's grouped weight gradient is slow for few input channels
-# Chunks of samples whose largest intermediate has about this many elements stay in cache.
-CHUNK_ELEMENTS = 2 ** 20
-MAX_CHUNK = 64
-
+from reproduce.privacy.grad_samplers.conv_filter import chunk_size, choose_filter_method, filter_grad_sample
 
 @dataclass(frozen=True)
 class _Block:
@@ -140,7 +132,7 @@ def _homogeneous_block(layer: EquivariantConv2d) -> _Block | None:
 def _field_major(grad_out: torch.Tensor, b: _Block) -> torch.Tensor:
     """Output channels reordered from (field, channel in field) to (channel in field, field)."""
     n, _, h, w = grad_out.shape
-    return grad_out.view(n, b.out_fields, b.out_size, h, w).transpose(1, 2).reshape(grad_out.shape)
+    return grad_out.reshape(n, b.out_fields, b.out_size, h, w).transpose(1, 2).reshape(grad_out.shape)
 
 
 def _project_homogeneous(b: _Block, filter_grads: torch.Tensor, out: torch.Tensor) -> None:
@@ -164,44 +156,6 @@ def _project_homogeneous(b: _Block, filter_grads: torch.Tensor, out: torch.Tenso
             acc.baddbmm_(g[:, a], rhs)
 
 
-def filter_grad_sample(layer: EquivariantConv2d, x: torch.Tensor, grad_out: torch.Tensor,
-                       *, method: str = "unfold") -> torch.Tensor:
-    """Per-sample gradients ``[n, C_out, C_in, k*k]`` of the expanded filter (not chunked).
-
-    ``method="unfold"``: unfold + bmm, as opacus' Conv2d rule. ``method="conv"``: the weight gradient
-    of a grouped convolution with one group per sample (fast for large feature maps).
-    """
-    n, c_in = x.shape[:2]
-    c_out = grad_out.shape[1]
-    k = layer.kernel_size
-    if method == "unfold":
-        g = torch.bmm(grad_out.reshape(n, c_out, -1), unfold(x, layer).transpose(1, 2))
-        return g.view(n, c_out, c_in, k * k)
-    if method == "conv":
-        weight = x.new_empty(n * c_out, c_in, k, k)  # only its shape is read (uninitialised, no fill)
-        _, g, _ = torch.ops.aten.convolution_backward(
-            grad_out.reshape(1, n * c_out, *grad_out.shape[2:]), x.reshape(1, n * c_in, *x.shape[2:]),
-            weight, None, _pair(layer.stride), _pair(layer.padding), _pair(layer.dilation), False, [0, 0], n,
-            [False, True, False])
-        return g.view(n, c_out, c_in, k * k)
-    raise ValueError(f"unknown method {method!r}")
-
-
-def unfold(x: torch.Tensor, layer: EquivariantConv2d) -> torch.Tensor:
-    """``F.unfold`` for ``layer``'s geometry, ``[n, C_in*k*k, H'*W']``, as one strided copy (2-6x faster)."""
-    n, c, h, w = x.shape
-    k, (p, _), (s, _), (d, _) = layer.kernel_size, _pair(layer.padding), _pair(layer.stride), _pair(layer.dilation)
-    xp = F.pad(x, (p, p, p, p)) if p else x.contiguous()
-    hp, wp = h + 2 * p, w + 2 * p
-    ho, wo = (hp - d * (k - 1) - 1) // s + 1, (wp - d * (k - 1) - 1) // s + 1
-    windows = xp.as_strided((n, c, k, k, ho, wo), (c * hp * wp, hp * wp, d * wp, d, s * wp, s))
-    return windows.reshape(n, c * k * k, ho * wo)
-
-
-def _pair(v) -> List[int]:
-    return list(v) if isinstance(v, (tuple, list)) else [v, v]
-
-
 def basis_first_grad_sample(layer: EquivariantConv2d, x: torch.Tensor, grad_out: torch.Tensor,
                             out: torch.Tensor | None = None) -> torch.Tensor:
     """Per-sample coefficient gradients without forming the filter gradient (for small feature maps).
@@ -223,7 +177,7 @@ def basis_first_grad_sample(layer: EquivariantConv2d, x: torch.Tensor, grad_out:
                      padding=layer.padding, dilation=layer.dilation)  # [n*Fi, D*o, H', W']
         dy = _select(grad_out.reshape(n, -1, positions), 1, b.out_channels)
         dy = dy.reshape(n, b.out_fields, b.out_size * positions)
-        z = z.view(n, b.in_fields * D, b.out_size * positions).transpose(1, 2)
+        z = z.reshape(n, b.in_fields * D, b.out_size * positions).transpose(1, 2)  # logical: any layout
         dest = out[:, b.coefficients]  # [n, Fo, Fi*D] is the layout of the coefficients
         if dest.is_contiguous():
             torch.bmm(dy, z, out=dest.view(n, b.out_fields, -1))
@@ -242,10 +196,7 @@ def choose_method(layer: EquivariantConv2d, positions: int) -> str:
         D = b.expansion.sampled_basis.shape[0]
         via_filter += b.out_fields * b.in_fields * b.out_size * b.in_size * S * D
         basis_first += b.in_fields * D * b.out_size * (b.in_size * S + b.out_fields) * positions
-    if basis_first < via_filter:
-        return "basis"
-    large = positions >= GROUPED_CONV_MIN_POSITIONS and c_in >= GROUPED_CONV_MIN_CHANNELS
-    return "conv" if large else "unfold"
+    return "basis" if basis_first < via_filter else choose_filter_method(positions, c_in)
 
 
 def _per_sample_elements(layer: EquivariantConv2d, method: str, positions: int) -> int:
@@ -274,7 +225,7 @@ def coefficient_grad_sample(layer: EquivariantConv2d, x: torch.Tensor, grad_out:
     positions = grad_out.shape[2] * grad_out.shape[3]
     method = method or choose_method(layer, positions)
     if chunk is None:
-        chunk = max(1, min(MAX_CHUNK, CHUNK_ELEMENTS // _per_sample_elements(layer, method, positions)))
+        chunk = chunk_size(_per_sample_elements(layer, method, positions))
     out = grad_out.new_empty(n, layer.weights.shape[0])
     homogeneous = _homogeneous_block(layer) if method != "basis" else None
     if homogeneous is not None:
