@@ -22,9 +22,11 @@ run: install
 	cat results/default/table.md
 	@echo "report: reports/default/index.html"
 
-# The test suite, then the CI regression study through DVC and its check against baselines/ci.json.
+# The test suite, per-sample gradients of every study against brute force on the trainer's batches,
+# then the CI regression study through DVC and its check against baselines/ci.json.
 test: install
 	PATH="$(BIN):$$PATH" pytest -q
+	PATH="$(BIN):$$PATH" reproduce verify studies/*.yaml
 	PATH="$(BIN):$$PATH" reproduce fetch
 	PATH="$(BIN):$$PATH" dvc repro pipelines/ci/dvc.yaml
 	PATH="$(BIN):$$PATH" reproduce check studies/ci.yaml
