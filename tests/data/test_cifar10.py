@@ -1,5 +1,6 @@
 """CIFAR-10 source: a tiny archive in the official layout through a local HTTP server, and the real
-offline rebuild (slow) when /work/shared/data/make_cifar10_python.py exists."""
+offline rebuild (slow) when the shared folder's data/make_cifar10_python.py exists (``../shared`` from
+the checkout's root, or the folder named by $REPRODUCE_SHARED)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ from reproduce.data import cifar10
 from reproduce.errors import ReproduceError
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-MAKE_SCRIPT = Path("/work/shared/data/make_cifar10_python.py")
+SHARED = Path(os.environ.get("REPRODUCE_SHARED", Path(__file__).resolve().parents[2].parent / "shared"))
+MAKE_SCRIPT = SHARED / "data" / "make_cifar10_python.py"
 PER_BATCH = 20
 
 
