@@ -16,10 +16,12 @@ cell ("is cached - skipping run") and only renders the table.
 - Progress: a line per change of a cell's state (pending/running/done/failed) with the totals.
 
 Executor settings may also come from a user config file (``$REPRODUCE_CONFIG``, else
-``$XDG_CONFIG_HOME/reproduce/config.yaml``, else ``~/.config/reproduce/config.yaml``)::
+``$XDG_CONFIG_HOME/reproduce/config.yaml``, else ``~/.config/reproduce/config.yaml``;
+``reproduce.user_config``)::
 
     run:
       jobs: 4
+      device: auto          # or cpu, cuda, cuda:1 (reproduce.device; --device and $REPRODUCE_DEVICE win)
       slurm: {partition: gpu, gpus_per_task: 1, cpus_per_task: 8, time: "04:00:00", mem: 16G,
               account: myproj, setup: ["source ~/venvs/reproduce/bin/activate"]}
 
@@ -39,6 +41,7 @@ from typing import TextIO
 import yaml
 
 from reproduce.errors import ReproduceError
+from reproduce.user_config import SLURM_KEYS, load_user_config  # noqa: F401  (re-exported)
 from reproduce.run.executors import FAILED, SUCCEEDED, Handle, make_backend, parse_time_minutes
 from reproduce.run.progress import DONE, PENDING, RUNNING, Progress
 from reproduce.run.state import cache_dir, cell_states, pycache_ignored, stage_target
@@ -47,31 +50,6 @@ from reproduce.run.workspace import Workspaces, state_dir
 __all__ = ["run_study", "load_user_config", "parse_time_minutes", "cell_states", "stage_target"]
 
 POLL_S = {"debug": 0.0, "local": 1.0, "slurm": 3.0}
-SLURM_KEYS = ("partition", "gpus_per_task", "cpus_per_task", "time", "mem", "account", "qos", "constraint",
-              "exclude", "setup", "additional_parameters")
-
-
-def load_user_config(path: Path | None = None) -> dict:
-    """The ``run:`` section of the user's config file ({} when there is none)."""
-    if path is None:
-        env = os.environ.get("REPRODUCE_CONFIG")
-        base = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
-        path = Path(env) if env else base / "reproduce" / "config.yaml"
-    if not path.is_file():
-        return {}
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ReproduceError(f"{path}: not valid YAML: {e}") from e
-    run = data.get("run", {}) if isinstance(data, dict) else None
-    if not isinstance(run, dict):
-        raise ReproduceError(f"{path}: `run:` must be a mapping")
-    unknown = set(run) - {"jobs", "slurm"} | set(run.get("slurm") or {}) - set(SLURM_KEYS)
-    if unknown:
-        raise ReproduceError(f"{path}: unknown setting(s) {sorted(unknown)} (run: jobs, slurm: {', '.join(SLURM_KEYS)})")
-    return run
-
-
 class _RunLock:
     """One ``reproduce run`` per study and repository at a time (two would submit the same cells)."""
 
