@@ -38,7 +38,6 @@ import time
 from pathlib import Path
 from typing import TextIO
 
-import yaml
 
 from reproduce.errors import ReproduceError
 from reproduce.user_config import SLURM_KEYS, load_user_config  # noqa: F401  (re-exported)
