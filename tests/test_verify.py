@@ -74,3 +74,40 @@ def test_verify_reports_refusals(monkeypatch, capsys):
     assert not report.ok and "e" in report.refusals and "batch norm" in report.refusals["e"][0]
     assert main(["verify", "studies/ci.yaml", "--groups", "e"]) == 1
     assert "REFUSED" in capsys.readouterr().out
+
+
+def test_nan_errors_fail():
+    from reproduce.verify import CaseReport
+    case = CaseReport("e", 1, "trainer", "engine", 3, {"a.weight": 0.0, "b.weight": float("nan")}, 0.0, ())
+    assert not case.ok(1e-4) and case.worst()[0] == "b.weight"
+
+
+def test_forced_layouts_reach_every_trainable_layer():
+    """Not only the model input: every trainable layer receives the forced layout."""
+    import reproduce.verify as verify
+    seen = []
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Tanh(), nn.Conv2d(4, 4, 3, padding=1))
+    hooks = verify._force_layout(model, "strided")  # pre-hooks run in order: these first
+    for m in model:
+        m.register_forward_pre_hook(lambda m, a: seen.append((type(m).__name__, a[0].is_contiguous())))
+    model(torch.randn(2, 3, 5, 5))
+    for h in hooks:
+        h.remove()
+    assert seen == [("Conv2d", False), ("Tanh", True), ("Conv2d", False)]  # Tanh has no parameters
+
+
+def test_verify_crosses_chunk_boundaries(monkeypatch):
+    """A rule that is wrong beyond its first chunk is caught (the verified batches are small)."""
+    from reproduce.privacy.grad_samplers import conv_filter
+    real = conv_filter.filter_grad_sample
+    calls = []
+
+    def wrong_after_first_chunk(layer, x, grad_out, **kw):
+        calls.append(len(x))
+        out = real(layer, x, grad_out, **kw)
+        return out * (2.0 if len(calls) % 2 == 0 else 1.0)
+
+    import reproduce.privacy.grad_samplers.equivariant_conv as eq
+    monkeypatch.setattr(eq, "filter_grad_sample", wrong_after_first_chunk)
+    report = verify_study(load_study("studies/ci.yaml"), groups=("C4",), layouts=("trainer",), modes=("engine",))
+    assert not report.ok

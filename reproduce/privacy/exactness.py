@@ -52,6 +52,10 @@ def exactness_problems(model: nn.Module) -> List[str]:
                     "freeze it or replace it with a layer that has a rule in reproduce/privacy/grad_samplers/")
             problems.append(f"{where}: escnn layer with trainable parameters; opacus cannot compute its "
                             f"per-sample gradients (its sampled basis lives in buffers); {hint}")
+        elif isinstance(module, nn.Conv2d) and module.padding_mode != "zeros":
+            # opacus's rule (and the suite's) zero-pads: wrong for reflect/replicate/circular padding
+            problems.append(f"{where}: padding_mode={module.padding_mode!r} has no exact per-sample gradient "
+                            f"rule (the rules zero-pad); use padding_mode='zeros' or pad explicitly with F.pad")
         elif cls not in GradSampleModule.GRAD_SAMPLERS:
             problems.append(f"{where}: trainable parameters but no registered per-sample gradient rule "
                             f"(opacus would silently fall back to functorch); register one with "
@@ -63,8 +67,8 @@ def check_exact_per_sample_gradients(model: nn.Module) -> None:
     """Raise ``ReproduceError`` naming every layer whose per-sample gradients would not be exact.
 
     Refused: batch norm of torch or escnn (any mode, trainable or not), escnn layers with trainable
-    parameters (e.g. a raw ``R2Conv``), and trainable layers whose type has no rule registered with
-    opacus (``opacus.GradSampleModule.GRAD_SAMPLERS``; the suite's rules are registered on import).
+    parameters (e.g. a raw ``R2Conv``), ``nn.Conv2d`` with a padding mode other than zeros, and
+    trainable layers whose type has no rule registered with opacus (``opacus.GradSampleModule.GRAD_SAMPLERS``; the suite's rules are registered on import).
 
     Args:
         model: the model about to be trained with DP-SGD.

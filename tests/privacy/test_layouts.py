@@ -101,3 +101,21 @@ def test_unfold_equals_torch_unfold_for_any_layout(layout):
     expected = torch.nn.functional.unfold(x, layer.kernel_size, dilation=layer.dilation, padding=layer.padding,
                                           stride=layer.stride)
     assert torch.equal(unfold(LAYOUTS[layout](x), layer), expected)
+
+
+@pytest.mark.parametrize("mode", ["reflect", "replicate", "circular"])
+def test_conv2d_with_non_zero_padding_mode_is_refused(mode):
+    """Both rules zero-pad, so reflect/replicate/circular padding would get wrong per-sample gradients."""
+    from reproduce.errors import ReproduceError
+    from reproduce.privacy.exactness import exactness_problems
+    layer = nn.Conv2d(3, 4, 3, padding=1, padding_mode=mode)
+    assert any("padding_mode" in p for p in exactness_problems(nn.Sequential(layer)))
+    with pytest.raises(ReproduceError, match="padding_mode"):
+        rule_for(nn.Conv2d)(layer, [torch.randn(2, 3, 5, 5)], torch.randn(2, 4, 5, 5))
+
+
+@pytest.mark.parametrize("layer", [nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding="same", groups=2)],
+                         ids=["covered", "opacus fallback"])
+def test_conv2d_rule_on_an_empty_batch_has_zero_samples(layer):
+    out = rule_for(nn.Conv2d)(layer, [torch.randn(0, layer.in_channels, 5, 5)], torch.randn(0, 4, 5, 5))
+    assert all(g.shape == (0, *p.shape) for p, g in out.items())

@@ -3,8 +3,10 @@
 opacus 1.6's rule (``opacus.grad_sample.conv``) im2cols with NCHW strides and is wrong on
 channels-last inputs (also on its main branch), and its unfold + einsum is the slow path for the
 conventional model's 28x28 layers. This rule uses the suite's layout-exact contractions (``conv_filter``: a
-grouped-convolution weight gradient, or strided unfold + bmm for layers with few input channels). Convolutions it does not cover (groups > 1, string or non-zero padding modes) go to opacus's
-rule with NCHW-contiguous tensors, where that rule is exact.
+grouped-convolution weight gradient, or strided unfold + bmm for layers with few input channels).
+Convolutions it does not cover (groups > 1, ``padding="same"``/``"valid"``) go to opacus's rule with
+NCHW-contiguous tensors, where that rule is exact; padding modes other than zeros have no exact rule
+(both rules zero-pad) and are refused.
 """
 
 from __future__ import annotations
@@ -16,11 +18,12 @@ from opacus.grad_sample.conv import compute_conv_grad_sample as opacus_conv_grad
 from opacus.grad_sample.utils import register_grad_sampler
 from torch import nn
 
+from reproduce.errors import ReproduceError
 from reproduce.privacy.grad_samplers.conv_filter import chunk_size, filter_grad_sample
 
 
 def _covered(layer: nn.Conv2d) -> bool:
-    return layer.groups == 1 and layer.padding_mode == "zeros" and not isinstance(layer.padding, str)
+    return layer.groups == 1 and not isinstance(layer.padding, str)
 
 
 # Dense filters (measured on CPU, conventional ResNet-9 layers 28x28 to 3x3, batches 64 and 128): one
@@ -54,6 +57,12 @@ def compute_conv2d_grad_sample(layer: nn.Conv2d, activations: List[torch.Tensor]
                                backprops: torch.Tensor) -> Dict[nn.Parameter, torch.Tensor]:
     """opacus grad sampler for ``nn.Conv2d``: per-sample gradients of ``weight`` and ``bias``."""
     x = activations[0].to(backprops.dtype)
+    if layer.padding_mode != "zeros":
+        # every rule here zero-pads; refused up front by reproduce.privacy.exactness, and here for
+        # callers that skip that check
+        raise ReproduceError(f"nn.Conv2d with padding_mode={layer.padding_mode!r}: no exact per-sample gradient rule")
+    if x.shape[0] == 0:  # an empty Poisson batch (opacus's rule would return one sample)
+        return {p: p.new_zeros((0, *p.shape)) for p in layer.parameters(recurse=False) if p.requires_grad}
     if not _covered(layer):
         return opacus_conv_grad_sample(layer, [x.contiguous()], backprops.contiguous())
     ret = {}

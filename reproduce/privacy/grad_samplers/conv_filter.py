@@ -16,6 +16,7 @@ built by advanced indexing + permute, and oneDNN returns channels-last outputs f
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -119,3 +120,14 @@ def filter_grad_sample(layer, x: torch.Tensor, grad_out: torch.Tensor, *, method
 def chunk_size(per_sample_elements: int) -> int:
     """Samples per chunk so that the largest intermediate stays about ``CHUNK_ELEMENTS``."""
     return max(1, min(MAX_CHUNK, CHUNK_ELEMENTS // max(1, per_sample_elements)))
+
+
+@contextlib.contextmanager
+def chunks_of_at_most(samples: int):
+    """Temporarily cap the chunk size (``reproduce verify`` checks small batches across chunk boundaries)."""
+    global MAX_CHUNK
+    saved, MAX_CHUNK = MAX_CHUNK, samples
+    try:
+        yield
+    finally:
+        MAX_CHUNK = saved
