@@ -185,7 +185,7 @@ def _run(study, *, root, dvcfile, executor, jobs, settings, out, poll) -> int:
             state = PENDING if backend.batch else RUNNING
             _write_record(records / f"{h.cell}.json", {**h.record(), "executor": backend.name, "state": state,
                                                        "submitted": time.time()})
-            progress.set(h.cell, state, f"job {h.job_id}, log {_rel(h.log, root)}")
+            progress.set(h.cell, state, f"job {h.job_id}{_on(h)}, log {_rel(h.log, root)}")
 
     try:
         while queue or active:
@@ -201,7 +201,7 @@ def _run(study, *, root, dvcfile, executor, jobs, settings, out, poll) -> int:
             for cell, (state, detail) in backend.poll(list(active.values())).items():
                 h = active[cell]
                 if state in (PENDING, RUNNING):
-                    if progress.set(cell, state, detail or f"job {h.job_id}, log {_rel(h.log, root)}"):
+                    if progress.set(cell, state, detail or f"job {h.job_id}{_on(h)}, log {_rel(h.log, root)}"):
                         _write_record(records / f"{cell}.json", {**h.record(), "executor": backend.name, "state": state})
                     continue
                 del active[cell]
@@ -210,7 +210,7 @@ def _run(study, *, root, dvcfile, executor, jobs, settings, out, poll) -> int:
                     failures[cell] = detail
                 _write_record(records / f"{cell}.json", {**h.record(), "executor": backend.name, "state": final,
                                                          "detail": detail})
-                progress.set(cell, final, detail if final == FAILED else f"{detail}, log {_rel(h.log, root)}")
+                progress.set(cell, final, detail if final == FAILED else f"{detail}{_on(h)}, log {_rel(h.log, root)}")
             if active and poll:
                 time.sleep(poll)
     except KeyboardInterrupt:
@@ -247,6 +247,11 @@ def _run(study, *, root, dvcfile, executor, jobs, settings, out, poll) -> int:
     progress.print(f"all {len(cells)} cells done ({elapsed:.0f} s): `{_repro_target(dvcfile)}` now restores "
                    "them from the cache and renders the table")
     return 0
+
+
+def _on(handle: Handle) -> str:
+    """Where a cell runs, for the live summary (local jobs given a GPU)."""
+    return f" on GPU {handle.gpu}" if handle.gpu is not None else ""
 
 
 def _repro_target(dvcfile: Path) -> str:

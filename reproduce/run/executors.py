@@ -45,9 +45,44 @@ def _tail(path: Path, n: int = LOG_TAIL_LINES) -> str:
     return "\n".join(lines[-n:])
 
 
-def run_cell_job(workspace: str, target: str, log: str, threads: int | None = None) -> dict:
+def visible_gpus() -> list[str]:
+    """The GPUs this process may use, as CUDA_VISIBLE_DEVICES entries (empty without CUDA)."""
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        return [g.strip() for g in listed.split(",") if g.strip() and g.strip() != "-1"]
+    import torch
+    return [str(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+
+
+class GpuSlots:
+    """Spread local jobs over GPUs: each new job goes to the GPU running the fewest of them.
+
+    Several small cells share one GPU (``--jobs`` per GPU); a job sees only its GPU
+    (CUDA_VISIBLE_DEVICES), so the trainer's ``auto`` device is that GPU.
+    """
+
+    def __init__(self, gpus: list[str]):
+        self.gpus = list(gpus)
+        self.running: dict[str, str] = {}  # job id -> gpu
+
+    def take(self, job: str, alive: set[str]) -> str | None:
+        """The GPU for ``job`` (None without GPUs); ``alive``: ids of the jobs still running."""
+        if not self.gpus:
+            return None
+        self.running = {j: g for j, g in self.running.items() if j in alive}
+        load = {g: 0 for g in self.gpus}
+        for g in self.running.values():
+            load[g] += 1
+        gpu = min(self.gpus, key=lambda g: load[g])   # ties: the first listed (round robin from empty)
+        self.running[job] = gpu
+        return gpu
+
+
+def run_cell_job(workspace: str, target: str, log: str, threads: int | None = None, gpu: str | None = None) -> dict:
     """The job: reproduce one cell's stage in its workspace (runs on the compute node)."""
     env = dict(os.environ)
+    if gpu is not None:
+        env["CUDA_VISIBLE_DEVICES"] = gpu
     env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
     env["PYTHONDONTWRITEBYTECODE"] = "1"      # bytecode beside the code would change its DVC hash
     for var in ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE"):
@@ -62,7 +97,8 @@ def run_cell_job(workspace: str, target: str, log: str, threads: int | None = No
     with open(log, "a") as f:
         stamp = datetime.datetime.now().isoformat(timespec="seconds")
         job = env.get("SLURM_JOB_ID") or env.get("SUBMITIT_LOCAL_JOB_ID") or env.get("SUBMITIT_DEBUG_JOB_ID") or "-"
-        f.write(f"=== {stamp} host {socket.gethostname()} job {job}: cd {workspace} && {shlex.join(cmd[1:])}\n")
+        where = f" gpu {gpu}" if gpu is not None else ""
+        f.write(f"=== {stamp} host {socket.gethostname()}{where} job {job}: cd {workspace} && {shlex.join(cmd[1:])}\n")
         f.flush()
         proc = subprocess.run(cmd, cwd=workspace, env=env, stdout=f, stderr=subprocess.STDOUT,
                               stdin=subprocess.DEVNULL)
@@ -70,7 +106,7 @@ def run_cell_job(workspace: str, target: str, log: str, threads: int | None = No
     if proc.returncode != 0:
         how = f"killed by signal {-proc.returncode}" if proc.returncode < 0 else f"exited with {proc.returncode}"
         raise CellFailed(f"dvc repro {how}; log {log}:\n{_tail(Path(log))}")
-    return {"seconds": time.time() - start, "host": socket.gethostname()}
+    return {"seconds": time.time() - start, "host": socket.gethostname(), "gpu": gpu}
 
 
 def _read_result(result_pickle: Path) -> tuple[str, str] | None:
@@ -97,6 +133,7 @@ class Handle:
         self.cell, self.job_id, self.log = cell, str(job_id), Path(log)
         self.result_pickle, self.job_log = result_pickle, job_log
         self.submitted = time.monotonic()
+        self.gpu: str | None = None  # the GPU a local job was given (CUDA_VISIBLE_DEVICES entry)
 
     def poll(self) -> tuple[str, str]:
         raise NotImplementedError
@@ -107,7 +144,7 @@ class Handle:
     def record(self) -> dict:
         return {"cell": self.cell, "job_id": self.job_id, "log": str(self.log),
                 "result_pickle": str(self.result_pickle) if self.result_pickle else None,
-                "job_log": str(self.job_log) if self.job_log else None}
+                "job_log": str(self.job_log) if self.job_log else None, "gpu": self.gpu}
 
 
 class Backend:
@@ -212,9 +249,13 @@ class LocalBackend(Backend):
     def __init__(self, folder, *, jobs: int | None = None, threads: int | None = None):
         super().__init__(folder)
         import submitit
-        self.limit = max(1, jobs or os.cpu_count() or 1)
+        self.slots = GpuSlots(visible_gpus())
+        gpus = len(self.slots.gpus)
+        # With GPUs, --jobs is per GPU (small cells share one); without, it is the number of processes.
+        self.limit = max(1, (jobs or 1) * gpus if gpus else jobs or os.cpu_count() or 1)
         cpus = os.cpu_count() or 1
         self.threads = threads or max(1, cpus // self.limit)
+        self._alive: dict[str, LocalHandle] = {}
         self.executor = submitit.LocalExecutor(folder=str(self.folder / "%j"))
         # submitit's local default would kill a job after 2 minutes.
         self.executor.update_parameters(timeout_min=60 * 24 * 365)
@@ -223,13 +264,18 @@ class LocalBackend(Backend):
         import psutil
         out = []
         for s in specs:
-            job = self.executor.submit(run_cell_job, s["workspace"], s["target"], s["log"], self.threads)
+            self._alive = {k: h for k, h in self._alive.items() if h._alive()}
+            gpu = self.slots.take(s["cell"], set(self._alive))
+            job = self.executor.submit(run_cell_job, s["workspace"], s["target"], s["log"], self.threads, gpu)
             try:
                 created = psutil.Process(job._process.pid).create_time()   # noqa: SLF001
             except psutil.NoSuchProcess:
                 created = None
-            out.append(LocalHandle(s["cell"], job.job_id, s["log"], job.paths.result_pickle, job.paths.stderr,
-                                   process=job._process, create_time=created))   # noqa: SLF001
+            handle = LocalHandle(s["cell"], job.job_id, s["log"], job.paths.result_pickle, job.paths.stderr,
+                                 process=job._process, create_time=created)   # noqa: SLF001
+            handle.gpu = gpu
+            self._alive[s["cell"]] = handle
+            out.append(handle)
         return out
 
     def reattach(self, record):
@@ -240,7 +286,8 @@ class LocalBackend(Backend):
         return h if h._alive() else None
 
     def describe(self):
-        return f"local ({self.limit} at a time, {self.threads} thread(s) each)"
+        gpus = f" on GPU(s) {','.join(self.slots.gpus)}" if self.slots.gpus else ""
+        return f"local ({self.limit} at a time{gpus}, {self.threads} thread(s) each)"
 
 
 # -- slurm: a job array through submitit ----------------------------------------------------------

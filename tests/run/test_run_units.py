@@ -185,3 +185,44 @@ def test_run_dvcignore_ignores_bytecode():
     """Workspaces and the main workspace must hash the code dependencies alike: DVC hashes every file
     of a directory dependency, so __pycache__ (which differs between them) must be in .dvcignore."""
     assert pycache_ignored(REPO), "add `__pycache__/` to .dvcignore"
+
+
+def test_gpu_slots_spread_jobs_over_the_visible_gpus():
+    from reproduce.run.executors import GpuSlots
+    slots = GpuSlots(["0", "1"])
+    assert [slots.take(j, alive={"a", "b", "c", "d"}) for j in "abcd"] == ["0", "1", "0", "1"]
+    # a and c (GPU 0) finished: the next two jobs go to GPU 0
+    assert [slots.take(j, alive={"b", "d", "e", "f"}) for j in "ef"] == ["0", "0"]
+    assert GpuSlots([]).take("x", alive=set()) is None
+
+
+def test_visible_gpus_follow_cuda_visible_devices(monkeypatch):
+    from reproduce.run.executors import LocalBackend, visible_gpus
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,5")
+    assert visible_gpus() == ["2", "5"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert visible_gpus() == []
+
+
+def test_local_backend_runs_jobs_per_gpu(monkeypatch, tmp_path):
+    from reproduce.run.executors import LocalBackend
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    backend = LocalBackend(tmp_path, jobs=3)
+    assert backend.limit == 6 and "GPU(s) 0,1" in backend.describe()
+
+
+def test_a_job_sees_only_its_gpu(tmp_path, monkeypatch):
+    """run_cell_job hands its GPU to the stage's process as CUDA_VISIBLE_DEVICES."""
+    import subprocess as sp
+
+    from reproduce.run import executors
+    seen = {}
+
+    def fake_run(cmd, *, env, **kw):
+        seen.update(env)
+        return sp.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(executors.subprocess, "run", fake_run)
+    out = executors.run_cell_job(str(tmp_path), "train@x", str(tmp_path / "log"), 2, "1")
+    assert seen["CUDA_VISIBLE_DEVICES"] == "1" and out["gpu"] == "1"
+    assert "gpu 1" in (tmp_path / "log").read_text()
