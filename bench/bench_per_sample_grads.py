@@ -24,7 +24,8 @@ On a shared machine the step times drift by up to 10x between quiet and busy per
 ratios from one run (and the paired ratios), never absolute times across runs.
 
 Usage: python bench/bench_per_sample_grads.py [--batches 64 256] [--steps 10] [--threads 2]
-       [--models C4 e] [--multiplicities 1 4] [--methods ...] [--no-memory] [--profile-steps 5]
+       [--models C4 e] [--multiplicities 1 4] [--device cpu|cuda] [--methods ...] [--no-memory]
+       [--profile-steps 5]
 """
 
 from __future__ import annotations
@@ -109,8 +110,11 @@ def make_step(method: str, model: nn.Module, n: int, multiplicity: int = 1):
     sgd = torch.optim.SGD(model.parameters(), lr=1e-3)
     gen = torch.Generator().manual_seed(0)
 
+    device = next(model.parameters()).device
+
     def views(x, y):
-        return training_views(x, y, multiplicity, kind="medmnist", generator=gen)
+        v, t = training_views(x, y, multiplicity, kind="medmnist", generator=gen)
+        return v.to(device), t.to(device)
 
     if method == "nonprivate":
         def step(x, y):
@@ -191,16 +195,25 @@ def batch(n: int):
     return torch.randn(n, 3, 28, 28, generator=g), torch.randint(0, NUM_CLASSES, (n,), generator=g)
 
 
+def _sync(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def time_interleaved(model, n, methods, warmup, steps, multiplicity=1):
-    """Wall-clock and process-CPU seconds of every timed step, per method."""
+    """Wall-clock and process-CPU seconds of every timed step, per method (the batch starts on the CPU,
+    as the trainer's loader gives it; the views go to the model's device)."""
     x, y = batch(n)
+    device = next(model.parameters()).device
     fns = {m: make_step(m, model, n, multiplicity) for m in methods}
     wall, cpu = {m: [] for m in methods}, {m: [] for m in methods}
     for i in range(warmup + steps):
         for m in methods:
             fns[m](x, y)  # untimed: leaves the heap as this method's own previous step does
+            _sync(device)
             t, c = time.perf_counter(), time.process_time()
             fns[m](x, y)
+            _sync(device)
             if i >= warmup:
                 wall[m].append(time.perf_counter() - t)
                 cpu[m].append(time.process_time() - c)
@@ -349,15 +362,23 @@ def main():
     ap.add_argument("--no-memory", action="store_true")
     ap.add_argument("--profile-steps", type=int, default=5, help="steps for the time breakdown (0: skip)")
     ap.add_argument("--models", nargs="+", default=["C4", "e"], choices=["C4", "e"])
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (TF32 off, as in training); on CUDA the "
+                    "memory and time-breakdown sections are replaced by the peak GPU memory")
     ap.add_argument("--multiplicities", type=int, nargs="+", default=[1, 4],
                     help="K views per sample; K > 1 rows run at the first batch size only")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    from reproduce.device import configure_determinism, resolve_device
+    device = resolve_device(args.device)
+    configure_determinism(device)
     print(f"torch {torch.__version__}, {args.threads} threads, median of {args.steps} interleaved steps after "
           f"{args.warmup} warm-up")
     rows = [(g, k, n) for g in args.models for k in args.multiplicities for n in (args.batches if k == 1 else args.batches[:1])]
     for group, k, n in rows:
         model, origin = build_model(group)
+        model = model.to(device)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
         n_params = sum(p.numel() for p in model.parameters())
         allowed = (VIEW_METHODS if k > 1 else CONVENTIONAL_METHODS if group == "e" else METHODS)
         methods = [m for m in args.methods if m in allowed and (group == "e" or m != "dp_engine_opacus_conv")]
@@ -378,7 +399,9 @@ def main():
                 paired = med([a / b for a, b in zip(wall[num], wall[den])])
                 print(f"  {label} {what:42s} = {med(wall[num]) / med(wall[den]):.2f} wall, "
                       f"{med(cpu[num]) / med(cpu[den]):.2f} CPU [{paired:.2f}]")
-        if group == "C4" and k == 1:  # memory and the time breakdown for the reference rows
+        if device.type == "cuda":
+            print(f"  peak GPU memory over all methods of this row: {torch.cuda.max_memory_allocated(device) / 2**20:.0f} MiB")
+        elif group == "C4" and k == 1:  # memory and the time breakdown for the reference rows
             if not args.no_memory:
                 for m in ("nonprivate", "dp_engine"):
                     peak, inc = peak_memory(m, n, args.threads)
