@@ -58,14 +58,14 @@ def cmd_cells(args) -> int:
 
 def cmd_fetch(args) -> int:
     from reproduce.data import prepare_dataset
-    from reproduce.study import load_study
+    from reproduce.study import DataConfig, load_study
     studies = [load_study(p) for p in args.study or []]
     names = args.datasets or list(dict.fromkeys(d for s in studies for d in s.grid.dataset)) or ["embedded"]
     for name in names:
         # Each study naming the dataset reads it with its own data options (MedMNIST size, source);
-        # the same options twice are fetched once.
-        options = [s.data for s in studies if name in s.grid.dataset] or [s.data for s in studies[:1]] or [None]
-        distinct = {json.dumps(o.model_dump(mode="json") if o else None, sort_keys=True): o for o in options}
+        # the same options twice are fetched once. Without a study: the schema's default options.
+        options = [s.data for s in studies if name in s.grid.dataset] or [s.data for s in studies[:1]] or [DataConfig()]
+        distinct = {json.dumps(o.model_dump(mode="json"), sort_keys=True): o for o in options}
         for opts in distinct.values():
             path = prepare_dataset(name, root=Path(args.root), options=opts)
             print(f"{name}: {path}")
@@ -112,16 +112,12 @@ def cmd_report(args) -> int:
 
 
 def cmd_params(args) -> int:
-    from reproduce.models import build_model, count_parameters
+    from reproduce.models import parameter_counts
     from reproduce.study import load_study
     study = load_study(args.study)
-    print(f"{'group':6} {'widths':>12} {'parameters':>12}")
-    for group in study.grid.group:
-        w = study.model.widths_for(group)
-        m = build_model(group=group, widths=w, in_channels=3, num_classes=8, restrict=study.model.restrict_for(group),
-                        fix_params=study.model.fix_params, basis=study.model.basis,
-                        weight_standardisation=study.model.weight_standardisation)
-        print(f"{group:6} {'-'.join(map(str, w)):>12} {count_parameters(m):>12,}")
+    print(f"{'dataset':14} {'group':6} {'widths':>12} {'parameters':>12}")
+    for row in parameter_counts(study):
+        print(f"{row.dataset:14} {row.group:6} {'-'.join(map(str, row.widths)):>12} {row.parameters:>12,}")
     return 0
 
 

@@ -20,8 +20,9 @@ from pathlib import Path
 
 import yaml
 
+from reproduce.data.registry import dataset_source
 from reproduce.errors import ReproduceError
-from reproduce.study import GRID_AXES, MEDMNIST_FLAGS, Study, load_study
+from reproduce.study import GRID_AXES, Study, load_study
 
 DEFAULT_STUDY = "default"
 STUDIES_DIR = Path("studies")
@@ -85,7 +86,8 @@ def render_pipeline(study: Study) -> str:
 
 
 def dataset_users(studies: list[Study]) -> dict[str, list[Study]]:
-    """Every downloaded dataset (all but the embedded set) -> the studies naming it, both sorted by name.
+    """Every downloaded dataset (the dataset table's, all but the embedded set) -> the studies naming it,
+    both sorted by name.
 
     Raises ReproduceError when two studies want different bytes in the one ``data/<dataset>``
     directory (different local files or mirror checksums for the same file).
@@ -93,7 +95,7 @@ def dataset_users(studies: list[Study]) -> dict[str, list[Study]]:
     users: dict[str, list[Study]] = {}
     for study in sorted(studies, key=lambda s: s.name):
         for name in study.grid.dataset:
-            if name != "embedded":
+            if dataset_source(name).downloaded:
                 users.setdefault(name, []).append(study)
     for name, named_by in users.items():
         versions: dict[tuple, tuple[str, Study]] = {}
@@ -112,7 +114,7 @@ def dataset_users(studies: list[Study]) -> dict[str, list[Study]]:
 def _data_version(study: Study, name: str) -> tuple[tuple, str]:
     """(which file of data/<name> the study reads, which bytes it expects there); the source (official
     host, mirror, local copy) does not matter, the checksum does."""
-    key = (name, study.data.size if name in MEDMNIST_FLAGS else None)
+    key = (name, study.data.size if dataset_source(name).sized else None)
     local = study.data.local_files.get(name)
     sha256 = local.sha256 if local is not None else study.data.mirror_sha256.get(name)
     return key, f"sha256 {sha256}" if sha256 else "the official file"

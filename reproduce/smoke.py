@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from reproduce.data.base import DatasetInfo, Splits, from_npz_arrays
+from reproduce.data.registry import dataset_source
 from reproduce.study import Study
 
 SMOKE_TRAINING = {"batch_size": 16, "physical_batch_size": 8, "epochs": None, "steps": 2,
@@ -22,15 +23,9 @@ SPLIT_SIZES = {"train": 64, "val": 16, "test": 16}
 
 
 def dataset_shape(name: str, *, size: int) -> tuple[DatasetInfo, int]:
-    """(metadata, image side) of a dataset without downloading it."""
-    if name == "cifar10":
-        labels = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-        return DatasetInfo("cifar10", "multi-class", 3, {str(i): n for i, n in enumerate(labels)}, "", ""), 32
-    if name == "embedded":
-        from reproduce.data import embedded
-        return embedded.INFO, 28
-    from reproduce.data import medmnist_source
-    return medmnist_source.info(name, size), size
+    """(metadata, image side) of a dataset without downloading it, from the dataset table."""
+    source = dataset_source(name)
+    return source.info(size), source.image_side(size)
 
 
 def stand_in(name: str, *, size: int, seed: int = 0) -> Splits:

@@ -18,16 +18,15 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from reproduce.data.registry import DATASETS as _DATASET_TABLE
 from reproduce.errors import StudyError
 
 GRID_AXES = ("dataset", "group", "epsilon", "multiplicity", "seed")
 NON_PRIVATE = "non-private"
 GROUP_PATTERN = re.compile(r"^(e|C[1-9][0-9]*|D[1-9][0-9]*|O2|SO2)$")
 GROUP_HELP = 'e (conventional CNN), C<N> or D<N> with N >= 1, O2, SO2'
-# Datasets a study may name; the data registry (reproduce.data) resolves them.
-MEDMNIST_FLAGS = ("pathmnist", "chestmnist", "dermamnist", "octmnist", "pneumoniamnist", "retinamnist",
-                  "breastmnist", "bloodmnist", "tissuemnist", "organamnist", "organcmnist", "organsmnist")
-DATASETS = ("embedded", "cifar10", *MEDMNIST_FLAGS)
+# Datasets a study may name: the dataset table's (reproduce.data.registry), which also resolves them.
+DATASETS = tuple(_DATASET_TABLE)
 
 
 class _Strict(BaseModel):

@@ -18,6 +18,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from reproduce.data.registry import dataset_source
+
 KINDS = ("medmnist", "cifar")
 
 
@@ -83,8 +85,9 @@ def augment_views(x: torch.Tensor, multiplicity: int, *, kind: str, generator: t
 
 
 def augmentation_kind(dataset: str) -> str:
-    """The view family of ``dataset``: CIFAR-10's crops and flips, or the D4 views of medical images."""
-    return "cifar" if dataset == "cifar10" else "medmnist"
+    """The view family of ``dataset`` in the dataset table: CIFAR-10's crops and flips, or the D4
+    views of medical images."""
+    return dataset_source(dataset).augmentation
 
 
 def training_views(x: torch.Tensor, y: torch.Tensor, multiplicity: int, *, kind: str,

@@ -3,7 +3,7 @@
 ``prepare`` downloads the official archive (MD5-verified) to ``root/cifar-10-python.tar.gz``, from
 ``mirror=`` or ``$REPRODUCE_CIFAR10_MIRROR`` when set (``<mirror>/cifar-10-python.tar.gz``), or copies
 a local archive in after checking the sha256 the user states for it. The offline rebuild from JPEGs
-(``/work/shared/data/make_cifar10_python.py``) has the same layout but other bytes; its sha256 is
+(``../shared/data/make_cifar10_python.py`` beside the checkout) has the same layout but other bytes; its sha256 is
 ``OFFLINE_REBUILD_SHA256``.
 
 ``load`` reads the pickled batches without running arbitrary pickle code (only numpy arrays, lists,
@@ -28,19 +28,22 @@ import numpy as np
 
 from reproduce.data.base import DatasetInfo, Splits
 from reproduce.data.download import copy_verified, fetch, hash_file, mirror_url
+from reproduce.data.registry import DatasetSource, register_dataset
 from reproduce.errors import ReproduceError
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 MD5 = "c58f30108f718f92721af3b95e74349a"
 FILENAME = "cifar-10-python.tar.gz"
 MIRROR_ENV = "REPRODUCE_CIFAR10_MIRROR"
-# sha256 of the archive make_cifar10_python.py builds from the JPEG export (README in /work/shared/data)
+# sha256 of the archive make_cifar10_python.py builds from the JPEG export (README in ../shared/data)
 OFFLINE_REBUILD_SHA256 = "01fbbf526860412bf45fc2eae7f7644903c0c0542f91c16898d813f8015562ef"
 N_TRAIN, N_TEST = 50000, 10000
 VAL_FRACTION = 10  # val = last len(train) // VAL_FRACTION training images
 TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 MEMBERS = (*TRAIN_BATCHES, "test_batch", "batches.meta")
 PREFIX = "cifar-10-batches-py/"
+# The official batches.meta label names: metadata without the archive (smoke runs, `reproduce params`).
+LABELS = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 HINT = (f"Check that the mirror serves {FILENAME}, set {MIRROR_ENV} to a mirror base URL (the file is "
         f"fetched as <mirror>/{FILENAME}), or pass local_file=<path to cifar-10-python.tar.gz> with "
@@ -165,4 +168,17 @@ def load(path: Path | str, *, val_size: int | None = None) -> Splits:
     return Splits(info=info, arrays=arrays)
 
 
-__all__ = ["URL", "MD5", "FILENAME", "MIRROR_ENV", "OFFLINE_REBUILD_SHA256", "prepare", "load", "resolve_url"]
+def info() -> DatasetInfo:
+    """Metadata of the official archive; ``sha256`` is "" until ``load`` reads a file."""
+    return DatasetInfo(name="cifar10", task="multi-class", n_channels=3,
+                       labels={str(i): n for i, n in enumerate(LABELS)}, source=URL, sha256="")
+
+
+# One archive at 32 px whatever the study's data.size; De et al.'s crops and flips.
+register_dataset(DatasetSource(
+    name="cifar10", augmentation="cifar", side=32, info=lambda size: info(),
+    prepare=lambda root, *, size, **source: prepare(root=root, **source),
+    load=lambda path, *, size: load(path)))
+
+__all__ = ["URL", "MD5", "FILENAME", "MIRROR_ENV", "OFFLINE_REBUILD_SHA256", "LABELS", "info", "prepare", "load",
+           "resolve_url"]

@@ -44,6 +44,7 @@ import numpy as np
 from reproduce.atomic import write_atomic
 from reproduce.data.download import sha256_file  # noqa: F401  (part of this module's API)
 from reproduce.data.base import SPLITS, DatasetInfo, Splits, from_npz_arrays
+from reproduce.data.registry import DatasetSource, register_dataset
 from reproduce.errors import ReproduceError
 
 FILENAME = "embedded.npz"
@@ -173,6 +174,13 @@ def load(path: Path | str) -> Splits:
     with np.load(path, allow_pickle=False) as npz:
         arrays = {key: npz[key] for key in npz.files}
     return from_npz_arrays(arrays, dataclasses.replace(INFO, source=SOURCE, sha256=actual))
+
+
+# Generated here at _OUT px: no size, mirror or local file applies. Its cells have no preferred
+# orientation, like MedMNIST's microscopy sets, so it gets their D4 views.
+register_dataset(DatasetSource(
+    name="embedded", augmentation="medmnist", side=_OUT, info=lambda size: INFO,
+    prepare=lambda root, **_: prepare(root), load=lambda path, **_: load(path), downloaded=False))
 
 
 # --------------------------------------------------------------------------------------------------

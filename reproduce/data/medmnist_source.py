@@ -31,10 +31,15 @@ import numpy as np
 
 from reproduce.data.base import SPLITS, DatasetInfo, Splits, from_npz_arrays
 from reproduce.data.download import copy_verified, fetch, hash_file, mirror_url, url_filename
+from reproduce.data.registry import DatasetSource, register_dataset
 from reproduce.errors import ReproduceError
 
 MIRROR_ENV = "REPRODUCE_MEDMNIST_MIRROR"
 SIZES = (28, 64, 128, 224)
+# The names a study may use, known without reading INFO (studies validate offline): ``flags()``, in
+# INFO's order, checked by the tests against the installed medmnist.
+FLAGS = ("pathmnist", "chestmnist", "dermamnist", "octmnist", "pneumoniamnist", "retinamnist",
+         "breastmnist", "bloodmnist", "tissuemnist", "organamnist", "organcmnist", "organsmnist")
 NPZ_KEYS = tuple(f"{split}_{kind}" for split in SPLITS for kind in ("images", "labels"))
 
 
@@ -172,3 +177,15 @@ def load(path: Path | str, *, flag: str, size: int = 28) -> Splits:
                                  f"{r.n_samples[split]}.")
     meta = dataclasses.replace(meta, source=r.url if official else str(path), sha256=digests["sha256"])
     return from_npz_arrays(arrays, meta)
+
+
+def _source(flag: str) -> DatasetSource:
+    """The table entry of ``flag``: the study's data.size picks the file and the image side."""
+    return DatasetSource(
+        name=flag, augmentation="medmnist", side=None, info=lambda size: info(flag, size),
+        prepare=lambda root, *, size, **source: prepare(flag, root=root, size=size, **source),
+        load=lambda path, *, size: load(path, flag=flag, size=size))
+
+
+for _flag in FLAGS:
+    register_dataset(_source(_flag))

@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import torch
 from torch import nn
@@ -44,3 +46,32 @@ def build_cell_model(cell, *, in_channels: int, num_classes: int) -> nn.Module:
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+@dataclasses.dataclass(frozen=True)
+class ParameterCount:
+    """Trainable parameters of one (dataset, group) model of a study."""
+
+    dataset: str
+    group: str
+    widths: tuple[int, int, int]
+    parameters: int
+
+
+def parameter_counts(study) -> list[ParameterCount]:
+    """The parameter count of each (dataset, group) model of ``study`` (``reproduce.study.Study``).
+
+    Each model is built as its cells build it, with the dataset's channels and classes from the
+    dataset table (the first convolution and the classifier depend on them); epsilon,
+    multiplicity and seed do not change the count.
+    """
+    from reproduce.data.registry import dataset_source
+    counts: dict[tuple[str, str], ParameterCount] = {}
+    for cell in study.cells():
+        if (cell.dataset, cell.group) in counts:
+            continue
+        info = dataset_source(cell.dataset).info(study.data.size)
+        model = build_cell_model(cell, in_channels=info.n_channels, num_classes=info.num_classes)
+        counts[cell.dataset, cell.group] = ParameterCount(cell.dataset, cell.group, cell.widths,
+                                                          count_parameters(model))
+    return list(counts.values())

@@ -1,0 +1,65 @@
+"""The dataset table drives the study's names, the augmentation kind, shapes and `reproduce params`."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from reproduce.cli import main
+from reproduce.data import DATASETS, dataset_source
+from reproduce.data.augment import KINDS, augmentation_kind
+from reproduce.models import build_model, count_parameters, parameter_counts
+from reproduce.smoke import dataset_shape
+from reproduce.study import DATASETS as STUDY_DATASETS
+from reproduce.study import load_study, parse_study
+from tests.conftest import REPO
+
+
+def test_the_study_schema_allows_exactly_the_tables_names():
+    assert STUDY_DATASETS == tuple(DATASETS) and STUDY_DATASETS[:2] == ("embedded", "cifar10")
+    assert all(source.augmentation in KINDS for source in DATASETS.values())
+    with pytest.raises(ValueError, match="unknown dataset 'imagenet'; known: embedded, cifar10, pathmnist"):
+        dataset_source("imagenet")
+
+
+def test_augmentation_kind_and_shape_come_from_the_table(monkeypatch):
+    assert augmentation_kind("cifar10") == "cifar" and augmentation_kind("dermamnist") == "medmnist"
+    swapped = dataclasses.replace(DATASETS["dermamnist"], augmentation="cifar", side=40)
+    monkeypatch.setitem(DATASETS, "dermamnist", swapped)
+    assert augmentation_kind("dermamnist") == "cifar"
+    assert dataset_shape("dermamnist", size=28)[1] == 40
+
+
+@pytest.mark.parametrize("name, channels, classes, side, sized", [
+    ("embedded", 3, 8, 28, False), ("cifar10", 3, 10, 32, False),
+    ("dermamnist", 3, 7, 64, True), ("pathmnist", 3, 9, 64, True), ("pneumoniamnist", 1, 2, 64, True)])
+def test_info_without_the_data(name, channels, classes, side, sized):
+    info, image_side = dataset_shape(name, size=64)
+    assert (info.n_channels, info.num_classes, image_side) == (channels, classes, side)
+    assert dataset_source(name).sized is sized
+    assert dataset_source(name).downloaded is (name != "embedded")   # a fetch stage each, but the generated set
+
+
+def test_params_builds_cifar10_models_with_3_channels_and_10_classes(capsys):
+    assert main(["params", str(REPO / "studies" / "sparser_models_cifar10.yaml")]) == 0
+    out = capsys.readouterr().out
+    study = load_study(REPO / "studies" / "sparser_models_cifar10.yaml")
+    widths = study.model.widths_for("e")
+    expected = count_parameters(build_model(group="e", widths=widths, in_channels=3, num_classes=10))
+    assert f"cifar10        e      {'-'.join(map(str, widths)):>12} {expected:>12,}" in out
+    assert expected != count_parameters(build_model(group="e", widths=widths, in_channels=3, num_classes=8))
+
+
+def test_parameter_counts_per_dataset_and_group():
+    study = parse_study("""\
+name: counts
+model: {widths: [2, 2, 4]}
+training: {epochs: 1}
+grid: {dataset: [pneumoniamnist, pathmnist], group: [e], epsilon: [8], multiplicity: [1, 2], seed: [0, 1]}
+""")
+    counts = parameter_counts(study)
+    assert [(c.dataset, c.group) for c in counts] == [("pneumoniamnist", "e"), ("pathmnist", "e")]
+    for c, (channels, classes) in zip(counts, [(1, 2), (3, 9)]):
+        assert c.parameters == count_parameters(build_model(group="e", widths=(2, 2, 4), in_channels=channels,
+                                                            num_classes=classes))
