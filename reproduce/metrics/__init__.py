@@ -2,8 +2,10 @@
 
 Every metric is a pure function (no state, no I/O, inputs are not modified) whose docstring states
 its formula. ``METRICS`` maps a registered name to the function; ``register_metric(name)`` is the
-decorator that fills it. ``compute_eval_metrics`` bundles the evaluation metrics of one split
-(accuracy, AUC with the MedMNIST Evaluator's definitions, Brier score, ECE) into a JSON-ready dict.
+decorator that fills it. A metric registered with ``split_tasks`` is one of a split's evaluation
+metrics for those tasks (``SPLIT_METRICS``): ``compute_eval_metrics`` evaluates exactly those, in
+registration order, into a JSON-ready dict (today accuracy and AUC with the MedMNIST Evaluator's
+definitions, Brier score and ECE), so a new split metric is one function and one decorator.
 
 Registered names:
 
@@ -21,6 +23,7 @@ Registered names:
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Callable, TypeVar
 
 import numpy as np
@@ -28,10 +31,19 @@ import numpy as np
 F = TypeVar("F", bound=Callable[..., Any])
 
 METRICS: dict[str, Callable[..., Any]] = {}
+# Name -> the tasks for which the metric is reported on every evaluated split.
+SPLIT_METRICS: dict[str, tuple[str, ...]] = {}
 
 
-def register_metric(name: str) -> Callable[[F], F]:
-    """Register ``fn`` under ``name`` in :data:`METRICS`; a name can be registered only once."""
+def register_metric(name: str, *, split_tasks: tuple[str, ...] = ()) -> Callable[[F], F]:
+    """Register ``fn`` under ``name`` in :data:`METRICS`; a name can be registered only once.
+
+    Args:
+        name: The metric's name (a split's key in a result: ``val_<name>``, ``test_<name>``).
+        split_tasks: The tasks for which ``compute_eval_metrics`` reports it on every split. Such a
+            metric takes ``(probs, labels)`` and any of the keywords ``task`` and ``n_bins``, and
+            returns a number or a value with ``as_metrics(name) -> dict``.
+    """
 
     if not isinstance(name, str) or not name:
         raise ValueError(f"metric name must be a non-empty string, got {name!r}")
@@ -41,6 +53,8 @@ def register_metric(name: str) -> Callable[[F], F]:
         if existing is not None and existing is not fn:
             raise ValueError(f"metric {name!r} is already registered ({existing.__module__}.{existing.__qualname__})")
         METRICS[name] = fn
+        if split_tasks:
+            SPLIT_METRICS[name] = tuple(split_tasks)
         return fn
 
     return decorator
@@ -64,6 +78,7 @@ from .calibration import (  # noqa: E402
     reliability_bins,
 )
 from .classification import (  # noqa: E402
+    SINGLE_LABEL_TASKS,
     TASKS,
     AUCResult,
     accuracy,
@@ -73,8 +88,6 @@ from .classification import (  # noqa: E402
 )
 from .invariance import InvarianceGap, invariance_gap, rotate_batch, rotate_bilinear, rotate90  # noqa: E402
 from .sparsity import l0_eps  # noqa: E402
-
-SINGLE_LABEL_TASKS = ("multi-class", "binary-class", "ordinal-regression")
 
 
 def compute_eval_metrics(
@@ -93,34 +106,33 @@ def compute_eval_metrics(
 
     Keys:
 
-    - ``acc``: :func:`accuracy` (MedMNIST Evaluator definition).
-    - ``auc``: :func:`auc` value, a float or ``None`` when it is undefined for every class;
-      ``auc_undefined_classes``: the classes/labels skipped because the split lacks positives or
-      negatives for them (empty list when none); ``auc_reason``: why classes were skipped, or None.
-    - ``brier`` and ``ece`` (``n_bins`` equal-width bins): only for single-label tasks
-      (multi-class, binary-class, ordinal-regression); omitted for multi-label tasks, where the
-      papers define neither.
     - ``n``: number of samples.
+    - then every metric of :data:`SPLIT_METRICS` registered for ``task``, in registration order:
+      ``acc`` (:func:`accuracy`, MedMNIST Evaluator definition); ``auc`` (:func:`auc`, a float or
+      ``None`` when it is undefined for every class), with ``auc_undefined_classes`` (classes/labels
+      skipped because the split lacks positives or negatives for them, empty list when none) and
+      ``auc_reason`` (why, or None); ``brier`` and ``ece`` (``n_bins`` equal-width bins) only for
+      single-label tasks (multi-class, binary-class, ordinal-regression): the papers define neither
+      for multi-label tasks.
     """
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
     probs = scores_to_probs(scores, task=task) if from_logits else np.asarray(scores, dtype=np.float64)
-    auc_res = auc(probs, labels, task=task)
-    out: dict[str, Any] = {
-        "n": int(np.asarray(probs).shape[0]),
-        "acc": accuracy(probs, labels, task=task),
-        "auc": auc_res.value,
-        "auc_undefined_classes": list(auc_res.undefined_classes),
-        "auc_reason": auc_res.reason,
-    }
-    if task in SINGLE_LABEL_TASKS:
-        out["brier"] = brier_score(probs, labels)
-        out["ece"] = expected_calibration_error(probs, labels, n_bins=n_bins)
+    options = {"task": task, "n_bins": n_bins}
+    out: dict[str, Any] = {"n": int(np.asarray(probs).shape[0])}
+    for name, tasks in SPLIT_METRICS.items():
+        if task not in tasks:
+            continue
+        fn = METRICS[name]
+        accepted = inspect.signature(fn).parameters
+        value = fn(probs, labels, **{k: v for k, v in options.items() if k in accepted})
+        out.update(value.as_metrics(name) if hasattr(value, "as_metrics") else {name: value})
     return out
 
 
 __all__ = [
     "METRICS",
+    "SPLIT_METRICS",
     "register_metric",
     "compute_eval_metrics",
     "SINGLE_LABEL_TASKS",

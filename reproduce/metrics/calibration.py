@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from . import register_metric
-from .classification import _prepare, _to_numpy
+from .classification import SINGLE_LABEL_TASKS, _prepare, _to_numpy
 
 DEFAULT_N_BINS = 15
 _PROB_TOL = 1e-6
@@ -34,7 +34,7 @@ def _prepare_probs(probs: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
     return p, y
 
 
-@register_metric("brier")
+@register_metric("brier", split_tasks=SINGLE_LABEL_TASKS)
 def brier_score(probs: Any, labels: Any) -> float:
     """Multi-class Brier score ``(1/N) sum_i sum_k (p_ik - 1[y_i == k])^2``.
 
@@ -93,7 +93,7 @@ def reliability_bins(probs: Any, labels: Any, *, n_bins: int = DEFAULT_N_BINS) -
     return bins
 
 
-@register_metric("ece")
+@register_metric("ece", split_tasks=SINGLE_LABEL_TASKS)
 def expected_calibration_error(probs: Any, labels: Any, *, n_bins: int = DEFAULT_N_BINS) -> float:
     """Expected calibration error ``ECE = sum_b (|B_b| / N) * |acc_b - conf_b|`` over the
     ``n_bins`` (default 15) equal-width max-probability confidence bins of

@@ -34,6 +34,7 @@ from scipy.stats import rankdata
 from . import register_metric
 
 TASKS = ("multi-class", "binary-class", "multi-label, binary-class", "ordinal-regression")
+SINGLE_LABEL_TASKS = ("multi-class", "binary-class", "ordinal-regression")
 THRESHOLD = 0.5
 
 
@@ -113,7 +114,7 @@ def scores_to_probs(scores: Any, *, task: str) -> np.ndarray:
     return ez / ez.sum(axis=-1, keepdims=True)
 
 
-@register_metric("acc")
+@register_metric("acc", split_tasks=TASKS)
 def accuracy(probs: Any, labels: Any, *, task: str) -> float:
     """Accuracy with the MedMNIST Evaluator's definition (see the module docstring).
 
@@ -167,8 +168,13 @@ class AUCResult:
     undefined_classes: tuple[int, ...]
     reason: str | None = None
 
+    def as_metrics(self, name: str) -> dict[str, Any]:
+        """A split's result keys: the value, the skipped classes and why (``per_class`` is left out)."""
+        return {name: self.value, f"{name}_undefined_classes": list(self.undefined_classes),
+                f"{name}_reason": self.reason}
 
-@register_metric("auc")
+
+@register_metric("auc", split_tasks=TASKS)
 def auc(probs: Any, labels: Any, *, task: str) -> AUCResult:
     """ROC AUC with the MedMNIST Evaluator's definition (see the module docstring).
 

@@ -245,3 +245,19 @@ def test_agrees_with_medmnist_evaluator(task, shape, tmp_path, monkeypatch):
         p /= p.sum(axis=1, keepdims=True)
     assert accuracy(p, y, task=task) == pytest.approx(evaluator.getACC(y, p, task))
     assert auc(p, y, task=task).value == pytest.approx(evaluator.getAUC(y, p, task))
+
+
+def test_compute_eval_metrics_evaluates_exactly_the_registered_split_metrics(monkeypatch):
+    from reproduce.metrics import SPLIT_METRICS
+
+    def share_of_class_0(probs, labels, *, task):   # a new split metric: one function, one registration
+        return float(np.mean(np.asarray(labels).ravel() == 0))
+
+    monkeypatch.setitem(METRICS, "share0", share_of_class_0)
+    monkeypatch.setitem(SPLIT_METRICS, "share0", ("multi-class",))
+    monkeypatch.delitem(SPLIT_METRICS, "brier")
+    out = compute_eval_metrics(P3, Y3, task="multi-class")
+    assert out["share0"] == pytest.approx(np.mean(np.asarray(Y3) == 0)) and "brier" not in out and "ece" in out
+    assert list(out) == ["n", "acc", "auc", "auc_undefined_classes", "auc_reason", "ece", "share0"]
+    assert "share0" not in compute_eval_metrics(P3[:, :2] / P3[:, :2].sum(1, keepdims=True), np.asarray(Y3) % 2,
+                                                task="binary-class")
