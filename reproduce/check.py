@@ -16,6 +16,7 @@ import statistics
 from pathlib import Path
 
 from reproduce.study import Study
+from reproduce.training.result import read_result
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,11 +88,12 @@ def render(verdicts: list[Verdict]) -> str:
 
 
 def current_metrics(study: Study, results_dir: Path) -> dict[str, dict[str, float]]:
+    """The checked metrics of every cell of ``study`` with a result in ``results_dir``."""
     out = {}
     for cell in study.cells():
         path = results_dir / "cells" / cell.id / "result.json"
         if path.exists():
-            metrics = json.loads(path.read_text())["metrics"]
+            metrics = read_result(path).metrics
             out[cell.id] = {k: v for k, v in metrics.items() if k in study.checks.tolerances}
     return out
 

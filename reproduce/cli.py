@@ -86,8 +86,8 @@ def cmd_train(args) -> int:
     out = Path(args.out or f"results/{study.name}/cells/{cell.id}")
     write_cell(result, out)
     checkpoint.unlink(missing_ok=True)
-    print(result["privacy"]["statement"])
-    print(json.dumps({k: v for k, v in result["metrics"].items() if k.startswith("test_") or k == "epsilon"}))
+    print(result.statement)
+    print(json.dumps({k: v for k, v in result.metrics.items() if k.startswith("test_") or k == "epsilon"}))
     return 0
 
 

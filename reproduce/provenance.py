@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import importlib.metadata
 import platform
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -40,20 +42,54 @@ def versions() -> dict:
     return out
 
 
-def provenance(*, cell, data) -> dict:
+@dataclasses.dataclass(frozen=True)
+class DataProvenance:
+    """Which dataset file a result was trained and evaluated on."""
+
+    name: str
+    sha256: str
+    source: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Provenance:
+    """What produced a result: study file, cell, commit, data, environment, and when."""
+
+    study: str
+    study_sha256: str | None
+    cell: str
+    seed: int
+    commit: str | None
+    dirty: bool | None      # uncommitted edits under CODE_PATHS; None when git could not tell
+    data: DataProvenance
+    versions: dict[str, str | None]
+    device: str
+    torch_threads: int
+    platform: str
+    finished_utc: str
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, record: dict[str, Any]) -> "Provenance":
+        return cls(**{**record, "data": DataProvenance(**record["data"])})
+
+
+def provenance(*, cell, data) -> Provenance:
     """Everything needed to trace a number back: study file hash, cell, commit, data, seed, versions."""
     from reproduce.study import study_hash
     study_file = Path("studies") / f"{cell.study.name}.yaml"
-    return {
-        "study": cell.study.name,
-        "study_sha256": study_hash(study_file) if study_file.exists() else None,
-        "cell": cell.id,
-        "seed": cell.seed,
+    return Provenance(
+        study=cell.study.name,
+        study_sha256=study_hash(study_file) if study_file.exists() else None,
+        cell=cell.id,
+        seed=cell.seed,
         **git_state(),
-        "data": {"name": data.name, "sha256": data.sha256, "source": data.source},
-        "versions": versions(),
-        "device": "cpu",
-        "torch_threads": torch.get_num_threads(),
-        "platform": platform.platform(),
-        "finished_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
+        data=DataProvenance(name=data.name, sha256=data.sha256, source=data.source),
+        versions=versions(),
+        device="cpu",
+        torch_threads=torch.get_num_threads(),
+        platform=platform.platform(),
+        finished_utc=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    )

@@ -76,7 +76,7 @@ def run_smoke(study: Study, *, data_root: Path, max_cells: int | None = None) ->
         splits = stand_in(cell.dataset, size=study.data.size, seed=cell.seed)
         result = run_cell(cell, data_root=data_root, progress=False, splits=splits)
         write_cell(result, out_root / cell.id)
-        print(f"  {cell.id:40s} ok  {time.perf_counter() - t0:5.1f} s  params {result['metrics']['parameters']:>9,}"
-              f"  {result['privacy']['statement'][:60]}")
+        print(f"  {cell.id:40s} ok  {time.perf_counter() - t0:5.1f} s  params {result.metrics['parameters']:>9,}"
+              f"  {result.statement[:60]}")
     print(f"smoke results (NOT real numbers): {out_root}/")
     return 0

@@ -10,6 +10,7 @@ import sys
 from reproduce.check import compare, seed_stds
 from reproduce.study import parse_study
 from tests.conftest import REPO
+from tests.report.conftest import fake_result
 
 STUDY = """\
 name: chk
@@ -67,10 +68,15 @@ def test_missing_and_extra_cells_fail():
 def test_cli_check_fails_on_perturbation_and_passes_unperturbed(tmp_path):
     (tmp_path / "studies").mkdir()
     (tmp_path / "studies" / "chk.yaml").write_text(STUDY)
+    study = parse_study(STUDY)
+
+    def write(cell_id: str, metrics: dict) -> None:   # a whole result, as the trainer writes one
+        d = tmp_path / "results" / "chk" / "cells" / cell_id
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "result.json").write_text(json.dumps({**fake_result(study.cell(cell_id)), "metrics": metrics}))
+
     for cell, metrics in _baseline().items():
-        d = tmp_path / "results" / "chk" / "cells" / cell
-        d.mkdir(parents=True)
-        (d / "result.json").write_text(json.dumps({"metrics": {**metrics, "train_seconds": 1.0}}))
+        write(cell, {**metrics, "train_seconds": 1.0})
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     run = lambda *a: subprocess.run([sys.executable, "-m", "reproduce", "check", "studies/chk.yaml", *a],  # noqa: E731
                                     cwd=tmp_path, env=env, capture_output=True, text=True)
@@ -81,8 +87,7 @@ def test_cli_check_fails_on_perturbation_and_passes_unperturbed(tmp_path):
     assert ok.returncode == 0, ok.stdout
     assert "4 ok, 0 failed" in ok.stdout
     # Perturb one published number: the check fails and shows baseline, now and delta.
-    p = tmp_path / "results" / "chk" / "cells" / "embedded-e-8-1-1" / "result.json"
-    p.write_text(json.dumps({"metrics": {"test_acc": 0.70, "epsilon": 7.99}}))
+    write("embedded-e-8-1-1", {"test_acc": 0.70, "epsilon": 7.99})
     bad = run()
     assert bad.returncode == 1
     line = next(ln for ln in bad.stdout.splitlines() if ln.startswith("embedded-e-8-1-1") and "test_acc" in ln)

@@ -7,6 +7,7 @@ import pytest
 from reproduce.smoke import stand_in
 from reproduce.study import parse_study
 from reproduce.train import run_cell
+from reproduce.training.result import CellResult
 
 STUDY = """\
 name: microbatch
@@ -27,7 +28,7 @@ grid:
 """
 
 
-def _train(physical: int, group: str, k: int) -> dict:
+def _train(physical: int, group: str, k: int) -> CellResult:
     study = parse_study(STUDY.format(physical=physical, group=group, k=k))
     (cell,) = study.cells()
     splits = stand_in(cell.dataset, size=study.data.size, seed=0)
@@ -39,14 +40,14 @@ def test_micro_batches_give_the_same_private_training_as_whole_batches(group, k)
     """BatchMemoryManager + DPOptimizer clip per physical batch and add noise once per logical batch:
     the same Poisson batches, clipped sums and noise, so the same model up to float summation order."""
     whole, split = _train(48, group, k), _train(7, group, k)  # 7: uneven splits of every Poisson batch
-    assert whole["privacy"] == split["privacy"]  # same steps, sample rate, noise, epsilon
-    assert split["metrics"]["steps"] == whole["metrics"]["steps"] == 4
+    assert whole.privacy == split.privacy  # same steps, sample rate, noise, epsilon
+    assert split.metrics["steps"] == whole.metrics["steps"] == 4
     # (the logged training loss is the last micro-batch's, so it differs by design)
     for name in ("val_acc", "val_auc", "test_acc", "test_auc"):
-        assert split["metrics"][name] == pytest.approx(whole["metrics"][name], rel=1e-4, abs=1e-4), name
+        assert split.metrics[name] == pytest.approx(whole.metrics[name], rel=1e-4, abs=1e-4), name
     # share of near-zero entries of each applied update (clipped sum + noise): same updates
     # (a tolerance of a few entries: rounding can move an entry across the 1e-5 threshold)
-    l0 = [(a["l0_update"], b["l0_update"], a["l0_clipped"], b["l0_clipped"]) for a, b in zip(whole["steps"], split["steps"])]
+    l0 = [(a.l0_update, b.l0_update, a.l0_clipped, b.l0_clipped) for a, b in zip(whole.steps, split.steps)]
     assert l0 and all(abs(a - b) < 1e-3 and abs(c - d) < 1e-3 for a, b, c, d in l0), l0
 
 
@@ -67,4 +68,4 @@ def test_empty_poisson_batches_are_noise_only_steps_not_divergence():
     sizes = [len(b[0]) for b, _ in zip(loader, range(12))]
     assert 0 in sizes
     result = run_cell(cell, data_root=None, progress=False, splits=splits)
-    assert result["metrics"]["steps"] == result["privacy"]["steps"] == 12
+    assert result.metrics["steps"] == result.privacy.steps == 12

@@ -25,7 +25,9 @@ import statistics
 from pathlib import Path
 
 from reproduce.atomic import write_atomic
+from reproduce.metrics.calibration import ReliabilityBin
 from reproduce.study import NON_PRIVATE, Study
+from reproduce.training.result import CellResult
 
 GROUP_COLOURS = {"e": "#222222", "C1": "#8c564b", "C4": "#1f77b4", "C8": "#2ca02c", "C16": "#9467bd",
                  "O2": "#d62728", "SO2": "#ff7f0e", "D4": "#17becf", "D8": "#bcbd22"}
@@ -60,7 +62,8 @@ def dp_settings(study: Study) -> list[tuple[str, float | int, int]]:
     return [(d, e, k) for d in g.dataset for e in g.epsilon if e != NON_PRIVATE for k in g.multiplicity]
 
 
-def _records(study: Study, results: dict, dataset: str, group: str, epsilon, multiplicity: int) -> list[dict]:
+def _records(study: Study, results: dict[str, CellResult], dataset: str, group: str, epsilon,
+             multiplicity: int) -> list[CellResult]:
     return [results[c.id] for c in study.cells()
             if (c.dataset, c.group, c.epsilon, c.multiplicity) == (dataset, group, epsilon, multiplicity)
             and c.id in results]
@@ -68,17 +71,15 @@ def _records(study: Study, results: dict, dataset: str, group: str, epsilon, mul
 
 # ---------------------------------------------------------------- pure aggregation
 
-def accuracy_by_size(records: list[dict], *, metric: str = "test_acc") -> list[dict]:
+def accuracy_by_size(records: list[CellResult], *, metric: str = "test_acc") -> list[dict]:
     """One point per width layout: {widths, parameters, mean, std, n} (accuracy as a fraction)."""
-    by_widths: dict[tuple, list[dict]] = {}
+    by_widths: dict[tuple, list[CellResult]] = {}
     for r in records:
-        widths = tuple(r.get("config", {}).get("model", {}).get("widths") or ())
-        by_widths.setdefault(widths, []).append(r)
+        by_widths.setdefault(r.widths, []).append(r)
     points = []
     for widths, rs in by_widths.items():
-        vals = [float(r["metrics"][metric]) for r in rs
-                if r.get("metrics", {}).get(metric) is not None and not math.isnan(float(r["metrics"][metric]))]
-        params = [r["metrics"]["parameters"] for r in rs if r.get("metrics", {}).get("parameters") is not None]
+        vals = [r.metric(metric) for r in rs if r.metric(metric) is not None]
+        params = [r.metric("parameters") for r in rs if r.metric("parameters") is not None]
         if not vals or not params:
             continue
         points.append({"widths": list(widths), "parameters": statistics.fmean(params), "mean": statistics.fmean(vals),
@@ -86,12 +87,12 @@ def accuracy_by_size(records: list[dict], *, metric: str = "test_acc") -> list[d
     return sorted(points, key=lambda p: p["parameters"])
 
 
-def _mean_over_seeds(records: list[dict], rows: str, index: str, key: str) -> tuple[list[int], list[float]]:
-    """Mean over seeds of ``r[rows][*][key]`` at each ``index`` value that every seed with the key recorded."""
+def _mean_over_seeds(records: list[CellResult], rows: str, index: str, key: str) -> tuple[list[int], list[float]]:
+    """Mean over seeds of ``r.<rows>[*].<key>`` at each ``index`` value that every seed with the key recorded."""
     per_seed = []
     for r in records:
-        values = {row[index]: float(row[key]) for row in r.get(rows) or []
-                  if row.get(key) is not None and math.isfinite(float(row[key]))}
+        values = {getattr(row, index): float(getattr(row, key)) for row in getattr(r, rows)
+                  if getattr(row, key) is not None and math.isfinite(float(getattr(row, key)))}
         if values:
             per_seed.append(values)
     if not per_seed:
@@ -100,45 +101,44 @@ def _mean_over_seeds(records: list[dict], rows: str, index: str, key: str) -> tu
     return at, [statistics.fmean(s[i] for s in per_seed) for i in at]
 
 
-def mean_series(records: list[dict], key: str) -> tuple[list[int], list[float]]:
-    """Mean over seeds of ``steps[*][key]`` at each step logged by every seed that has the key."""
+def mean_series(records: list[CellResult], key: str) -> tuple[list[int], list[float]]:
+    """Mean over seeds of ``steps[*].<key>`` at each step logged by every seed that has the key."""
     return _mean_over_seeds(records, "steps", "step", key)
 
 
-def mean_epoch_series(records: list[dict], key: str = "gwa") -> tuple[list[int], list[float]]:
-    """Mean over seeds of ``epochs[*][key]`` at each epoch recorded (with a finite value) by every seed."""
+def mean_epoch_series(records: list[CellResult], key: str = "gwa") -> tuple[list[int], list[float]]:
+    """Mean over seeds of ``epochs[*].<key>`` at each epoch recorded (with a finite value) by every seed."""
     return _mean_over_seeds(records, "epochs", "epoch", key)
 
 
-def pooled_reliability(records: list[dict], *, key: str = "reliability_test") -> list[dict] | None:
-    """Bins pooled over seeds: count-weighted mean confidence and accuracy per bin.
+def pooled_reliability(records: list[CellResult]) -> list[ReliabilityBin] | None:
+    """Test-split bins pooled over seeds: count-weighted mean confidence and accuracy per bin.
 
     Identical to binning all seeds' predictions together (same edges). None when no seed recorded
     bins; seeds whose bin edges differ from the first seed's are refused with ValueError.
     """
-    seeds = [r["metrics_detail"][key] for r in records if (r.get("metrics_detail") or {}).get(key)]
+    seeds = [r.reliability_test for r in records if r.reliability_test]
     if not seeds:
         return None
-    edges = [(b["lower"], b["upper"]) for b in seeds[0]]
+    edges = [(b.lower, b.upper) for b in seeds[0]]
     pooled = []
     for i, (lo, hi) in enumerate(edges):
         n = conf = acc = 0.0
         for bins in seeds:
-            if len(bins) != len(edges) or not (math.isclose(bins[i]["lower"], lo) and math.isclose(bins[i]["upper"], hi)):
+            if len(bins) != len(edges) or not (math.isclose(bins[i].lower, lo) and math.isclose(bins[i].upper, hi)):
                 raise ValueError("reliability bins differ between seeds; cannot pool them")
-            c = bins[i]["count"]
+            c = bins[i].count
             if c:
                 n += c
-                conf += c * bins[i]["confidence"]
-                acc += c * bins[i]["accuracy"]
-        pooled.append({"lower": lo, "upper": hi, "count": int(n),
-                       "confidence": conf / n if n else None, "accuracy": acc / n if n else None})
+                conf += c * bins[i].confidence
+                acc += c * bins[i].accuracy
+        pooled.append(ReliabilityBin(lower=lo, upper=hi, count=int(n), confidence=conf / n if n else None,
+                                     accuracy=acc / n if n else None))
     return pooled
 
 
-def _mean_metric(records: list[dict], key: str) -> float | None:
-    vals = [float(r["metrics"][key]) for r in records
-            if r.get("metrics", {}).get(key) is not None and not math.isnan(float(r["metrics"][key]))]
+def _mean_metric(records: list[CellResult], key: str) -> float | None:
+    vals = [r.metric(key) for r in records if r.metric(key) is not None]
     return statistics.fmean(vals) if vals else None
 
 
@@ -167,7 +167,8 @@ def _stem(kind: str, dataset: str, epsilon, multiplicity: int) -> str:
     return f"{kind}-{dataset}-eps{float(epsilon):g}-k{multiplicity}"
 
 
-def draw_figure1(study: Study, results: dict, dataset: str, epsilon, multiplicity: int, path: Path) -> FigureFile:
+def draw_figure1(study: Study, results: dict[str, CellResult], dataset: str, epsilon, multiplicity: int,
+                 path: Path) -> FigureFile:
     plt = _pyplot()
     groups = list(study.grid.group)
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 3.8))
@@ -175,8 +176,7 @@ def draw_figure1(study: Study, results: dict, dataset: str, epsilon, multiplicit
     any_sparsity = False
     sparsity_groups: list[str] = []
     # Point labels: the group, plus its width layout where the figure has more than one layout.
-    layouts = {tuple(r.get("config", {}).get("model", {}).get("widths") or ())
-               for g in groups for r in _records(study, results, dataset, g, epsilon, multiplicity)}
+    layouts = {r.widths for g in groups for r in _records(study, results, dataset, g, epsilon, multiplicity)}
     for group in groups:
         recs = _records(study, results, dataset, group, epsilon, multiplicity)
         colour = group_colour(group, groups)
@@ -233,7 +233,8 @@ def draw_figure1(study: Study, results: dict, dataset: str, epsilon, multiplicit
                  "the clipped sum before noise."))
 
 
-def draw_alignment(study: Study, results: dict, dataset: str, epsilon, multiplicity: int, path: Path) -> FigureFile | None:
+def draw_alignment(study: Study, results: dict[str, CellResult], dataset: str, epsilon, multiplicity: int,
+                   path: Path) -> FigureFile | None:
     """GWA per epoch, DP (solid) and non-private (dashed) per group; None if no cell recorded it."""
     groups = list(study.grid.group)
     series = []
@@ -280,13 +281,14 @@ def reliability_groups(study: Study) -> list[str]:
     return ["e", "C4"] if {"e", "C4"} <= set(groups) else groups
 
 
-def draw_reliability(study: Study, results: dict, dataset: str, epsilon, multiplicity: int, path: Path) -> FigureFile | None:
+def draw_reliability(study: Study, results: dict[str, CellResult], dataset: str, epsilon, multiplicity: int,
+                     path: Path) -> FigureFile | None:
     panels = []
     for group in reliability_groups(study):
         recs = _records(study, results, dataset, group, epsilon, multiplicity)
         bins = pooled_reliability(recs)
         if bins is not None:
-            n_seeds = sum(1 for r in recs if (r.get("metrics_detail") or {}).get("reliability_test"))
+            n_seeds = sum(1 for r in recs if r.reliability_test)
             panels.append((group, bins, n_seeds, _mean_metric(recs, "test_ece"), _mean_metric(recs, "test_brier")))
     if not panels:
         return None
@@ -297,12 +299,12 @@ def draw_reliability(study: Study, results: dict, dataset: str, epsilon, multipl
     for j, (group, bins, n_seeds, ece, brier) in enumerate(panels):
         top, bottom = axes[0][j], axes[1][j]
         colour = group_colour(group, groups)
-        filled = [b for b in bins if b["count"]]
-        centres = [(b["lower"] + b["upper"]) / 2 for b in filled]
-        widths = [b["upper"] - b["lower"] for b in filled]
-        top.bar(centres, [b["accuracy"] for b in filled], width=widths, color=colour, alpha=0.75,
+        filled = [b for b in bins if b.count]
+        centres = [(b.lower + b.upper) / 2 for b in filled]
+        widths = [b.upper - b.lower for b in filled]
+        top.bar(centres, [b.accuracy for b in filled], width=widths, color=colour, alpha=0.75,
                 edgecolor="white", label="accuracy")
-        top.plot([b["confidence"] for b in filled], [b["accuracy"] for b in filled], "o", color="#d62728",
+        top.plot([b.confidence for b in filled], [b.accuracy for b in filled], "o", color="#d62728",
                  markersize=3, label="(mean confidence, accuracy)")
         top.plot([0, 1], [0, 1], "--", color="#888888", linewidth=1, label="perfect calibration")
         top.set_xlim(0, 1)
@@ -313,8 +315,8 @@ def draw_reliability(study: Study, results: dict, dataset: str, epsilon, multipl
                       fontsize=9)
         if j == 0:
             top.legend(loc="upper left", fontsize=7)
-        total = sum(b["count"] for b in bins) or 1
-        bottom.bar(centres, [b["count"] / total for b in filled], width=widths, color=colour, alpha=0.75,
+        total = sum(b.count for b in bins) or 1
+        bottom.bar(centres, [b.count / total for b in filled], width=widths, color=colour, alpha=0.75,
                    edgecolor="white")
         bottom.set_xlabel("confidence (max probability)")
         bottom.set_ylabel("share of samples")
@@ -331,7 +333,7 @@ def draw_reliability(study: Study, results: dict, dataset: str, epsilon, multipl
                  "predictions binned together); ECE and Brier are the mean over seeds of each seed's test value."))
 
 
-def write_figures(study: Study, results: dict, out_dir: Path) -> list[FigureFile]:
+def write_figures(study: Study, results: dict[str, CellResult], out_dir: Path) -> list[FigureFile]:
     """Figure 1, GWA curves and a reliability diagram per DP setting; returns what was written."""
     out_dir = Path(out_dir)
     figures = []

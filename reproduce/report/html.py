@@ -18,6 +18,7 @@ from pathlib import Path
 from reproduce.report.figures import FigureFile
 from reproduce.report.table import aug_label, caption, fmt_mean_std, fmt_value, metric_title
 from reproduce.study import GRID_AXES, NON_PRIVATE, Study
+from reproduce.training.result import CellResult
 
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0 auto;max-width:1200px;padding:1em 2em;color:#1b1b1b}
@@ -130,54 +131,55 @@ def _short(x, n: int = 12) -> str:
     return _e(x[:n] + "…") if isinstance(x, str) and len(x) > n else _e(x)
 
 
-def render_privacy(study: Study, results: dict) -> str:
+def _num(x, spec: str) -> str:
+    return "—" if x is None else format(x, spec)
+
+
+def render_privacy(study: Study, results: dict[str, CellResult]) -> str:
     rows = []
     for c in study.cells():
         r = results.get(c.id)
         if r is None:
             rows.append(f'<tr><td class="mono">{_e(c.id)}</td><td colspan="6" class="warn">no result</td></tr>')
             continue
-        p = r.get("privacy") or {}
-        if p.get("private"):
-            nums = [f"{p.get('epsilon_spent', float('nan')):.3f}", f"{p.get('delta', float('nan')):g}",
-                    f"{p.get('noise_multiplier', float('nan')):.4f}", f"{p.get('sample_rate', float('nan')):.6g}",
-                    _e(p.get("steps"))]
+        p = r.privacy
+        if p.private:
+            nums = [_num(p.epsilon_spent, ".3f"), _num(p.delta, "g"), _num(p.noise_multiplier, ".4f"),
+                    _num(p.sample_rate, ".6g"), _num(p.steps, "d")]
         else:
             nums = ["—"] * 5
         rows.append(f'<tr><td class="mono">{_e(c.id)}</td>' + "".join(f'<td class="num">{_e(n)}</td>' for n in nums)
-                    + f'<td class="statement">{_e(p.get("statement", "no privacy statement recorded"))}</td></tr>')
+                    + f'<td class="statement">{_e(r.statement or "no privacy statement recorded")}</td></tr>')
     return ('<table id="privacy" data-check="1"><thead><tr><th>cell</th><th>ε spent</th><th>δ</th><th>noise σ</th>'
             "<th>sample rate q</th><th>steps</th><th>privacy statement</th></tr></thead>"
             f"<tbody>{''.join(rows)}</tbody></table>")
 
 
-def render_provenance(study: Study, results: dict) -> str:
+def render_provenance(study: Study, results: dict[str, CellResult]) -> str:
     rows, versions, warnings = [], {}, []
     hashes, commits = set(), set()
     for c in study.cells():
         r = results.get(c.id)
         if r is None:
             continue
-        pv = r.get("provenance") or {}
-        data = pv.get("data") or {}
-        hashes.add(pv.get("study_sha256"))
-        commits.add(pv.get("commit"))
-        dirty = pv.get("dirty")
-        commit = f"{_short(pv.get('commit'), 10)}" + (' <span class="warn">dirty</span>' if dirty else "")
-        for k, v in (pv.get("versions") or {}).items():
+        pv, data = r.provenance, r.provenance.data
+        hashes.add(pv.study_sha256)
+        commits.add(pv.commit)
+        commit = f"{_short(pv.commit, 10)}" + (' <span class="warn">dirty</span>' if pv.dirty else "")
+        for k, v in pv.versions.items():
             versions.setdefault(k, Counter())[str(v)] += 1
         rows.append(
-            f'<tr><td class="mono">{_e(c.id)}</td><td class="num">{_e(pv.get("seed"))}</td>'
-            f'<td class="mono" title="{_e(pv.get("commit"))}">{commit}</td>'
-            f'<td class="mono" title="{_e(pv.get("study_sha256"))}">{_short(pv.get("study_sha256"))}</td>'
-            f'<td class="mono" title="{_e(data.get("sha256"))}">{_e(data.get("name"))}: {_short(data.get("sha256"))}</td>'
-            f'<td>{_e(data.get("source"))}</td><td>{_e(pv.get("device"))}</td>'
-            f'<td class="num">{_e(pv.get("torch_threads"))}</td><td class="mono">{_e(pv.get("finished_utc"))}</td></tr>')
+            f'<tr><td class="mono">{_e(c.id)}</td><td class="num">{_e(pv.seed)}</td>'
+            f'<td class="mono" title="{_e(pv.commit)}">{commit}</td>'
+            f'<td class="mono" title="{_e(pv.study_sha256)}">{_short(pv.study_sha256)}</td>'
+            f'<td class="mono" title="{_e(data.sha256)}">{_e(data.name)}: {_short(data.sha256)}</td>'
+            f'<td>{_e(data.source)}</td><td>{_e(pv.device)}</td>'
+            f'<td class="num">{_e(pv.torch_threads)}</td><td class="mono">{_e(pv.finished_utc)}</td></tr>')
     if len(hashes) > 1:
         warnings.append("cells were produced from different versions of the study file (study_sha256 differs)")
     if len(commits) > 1:
         warnings.append("cells were produced by different commits")
-    if any((results[c.id].get("provenance") or {}).get("dirty") for c in study.cells() if c.id in results):
+    if any(results[c.id].provenance.dirty for c in study.cells() if c.id in results):
         warnings.append("some cells ran with uncommitted changes (dirty): not reproducible from the recorded commit")
     vrows = []
     for k, cnt in sorted(versions.items()):
@@ -193,7 +195,7 @@ def render_provenance(study: Study, results: dict) -> str:
             f"<th>finished (UTC)</th></tr></thead><tbody>{''.join(rows)}</tbody></table>")
 
 
-def render_page(study: Study, results: dict, tables: list[dict], figures: list[FigureFile]) -> str:
+def render_page(study: Study, results: dict[str, CellResult], tables: list[dict], figures: list[FigureFile]) -> str:
     g = study.grid
     n_cells = len(study.cells())
     axes = " × ".join(f"{len(getattr(g, a))} {a}" for a in GRID_AXES)
@@ -240,7 +242,7 @@ def render_page(study: Study, results: dict, tables: list[dict], figures: list[F
         "</body></html>", ""])
 
 
-def write_html(study: Study, results: dict, tables: list[dict], figures: list[FigureFile], path: Path) -> Path:
+def write_html(study: Study, results: dict[str, CellResult], tables: list[dict], figures: list[FigureFile], path: Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     from reproduce.atomic import write_text_atomic

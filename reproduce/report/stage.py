@@ -5,29 +5,26 @@ report directory.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from reproduce.atomic import write_json_atomic, write_text_atomic
 from reproduce.errors import ReproduceError
 from reproduce.report.table import TABLE_METRICS, build_table, to_csv, to_latex, to_markdown, to_summary
 from reproduce.study import Study
+from reproduce.training.result import CellResult, read_result
 
 
-def read_results(study: Study, results_dir: Path) -> dict[str, dict]:
+def read_results(study: Study, results_dir: Path) -> dict[str, CellResult]:
     """Results of exactly the study's current cells (stale cells from older grids are ignored)."""
     out = {}
     for cell in study.cells():
         path = Path(results_dir) / "cells" / cell.id / "result.json"
         if path.exists():
-            try:
-                out[cell.id] = json.loads(path.read_text())
-            except json.JSONDecodeError as e:
-                raise ReproduceError(f"{path}: corrupt result ({e}); delete it and rerun `dvc repro`") from None
+            out[cell.id] = read_result(path)
     return out
 
 
-def build_tables(study: Study, results: dict[str, dict]) -> list[dict]:
+def build_tables(study: Study, results: dict[str, CellResult]) -> list[dict]:
     """Table 1 for each of TABLE_METRICS (validation accuracy - the paper's metric - then test)."""
     return [build_table(study, results, metric=m) for m in TABLE_METRICS]
 

@@ -3,7 +3,7 @@ DP epsilon) x augmentation (one column per multiplicity), mean ± sample std ove
 group per dataset and column in bold (as in the paper), DP-gap columns (non-DP minus DP, same
 augmentation), and - for studies with published numbers - the paper's value and our delta per cell.
 
-Pure functions: ``build_table`` aggregates cell results (result.json records) into a plain dict;
+Pure functions: ``build_table`` aggregates cell results (``CellResult``) into a plain dict;
 ``to_markdown`` / ``to_csv`` / ``to_latex`` / ``to_summary`` render it. ``stage.write_tables`` is the
 file edge.
 """
@@ -18,6 +18,7 @@ import statistics
 from reproduce.errors import ReproduceError
 from reproduce.report.paper_values import PublishedTable, published_for
 from reproduce.study import NON_PRIVATE, Study
+from reproduce.training.result import CellResult
 
 METRIC = "test_acc"
 # table.md / table.tex / table.csv hold these, in this order: validation accuracy first because the
@@ -55,9 +56,9 @@ def _shown(x: float | None) -> float | None:
     return None if x is None else round(100 * x, 2)
 
 
-def build_table(study: Study, results: dict[str, dict], *, metric: str = METRIC,
+def build_table(study: Study, results: dict[str, CellResult], *, metric: str = METRIC,
                 paper: PublishedTable | None | str = AUTO) -> dict:
-    """Aggregate over seeds. ``results`` maps cell id -> result record (from result.json).
+    """Aggregate over seeds. ``results`` maps cell id -> its result (from result.json).
 
     ``paper``: a published table to compare with, None for none, or "auto" (the matching one from
     ``published/``, if any). Values are compared only when ``metric`` is the paper's metric.
@@ -87,7 +88,7 @@ def build_table(study: Study, results: dict[str, dict], *, metric: str = METRIC,
             for eps, k in columns:
                 cells = by_key[(dataset, group, eps, k)]
                 records = [results[c.id] for c in cells]
-                s = summarise([r.get("metrics", {}).get(metric) for r in records])
+                s = summarise([r.metric(metric) for r in records])
                 if compare is not None:
                     p = compare.lookup(dataset, group, eps, k, delta=study.privacy.delta)
                     s["paper"] = None if p is None else p / compare.scale
@@ -96,8 +97,8 @@ def build_table(study: Study, results: dict[str, dict], *, metric: str = METRIC,
                     s["paper"] = s["delta"] = None
                 row["cells"][column_label(eps, k)] = s
                 if row["parameters"] is None:
-                    row["parameters"] = next((r["metrics"]["parameters"] for r in records
-                                              if r.get("metrics", {}).get("parameters") is not None), None)
+                    row["parameters"] = next((r.metrics["parameters"] for r in records
+                                              if r.metrics.get("parameters") is not None), None)
             if NON_PRIVATE in g.epsilon:
                 for eps, k in columns:
                     if eps != NON_PRIVATE:

@@ -15,6 +15,7 @@ from reproduce.privacy.secure_rng import os_bernoulli_mask, os_gaussian_noise, o
 from reproduce.smoke import stand_in
 from reproduce.study import parse_study
 from reproduce.train import checkpoint_key, run_cell
+from reproduce.training.state import TrainingState
 
 N_DRAWS = 1_000_000
 
@@ -134,16 +135,16 @@ def _cell(secure: bool):
     return cell, stand_in(cell.dataset, size=study.data.size, seed=0)
 
 
-def _comparable(result: dict) -> dict:
-    return {"metrics": {k: v for k, v in result["metrics"].items() if k not in TIMING}, "steps": result["steps"],
-            "epochs": result["epochs"]}
+def _comparable(result) -> dict:
+    return {"metrics": {k: v for k, v in result.metrics.items() if k not in TIMING}, "steps": result.steps,
+            "epochs": result.epochs}
 
 
 def test_two_secure_training_runs_of_one_cell_differ_and_two_seeded_ones_are_identical():
     cell, splits = _cell(secure=True)
     a, b = (run_cell(cell, data_root=None, progress=False, splits=splits) for _ in range(2))
-    assert [s["loss"] for s in a["steps"]] != [s["loss"] for s in b["steps"]]
-    assert a["metrics"]["epsilon"] == b["metrics"]["epsilon"]      # the accountant does not care
+    assert [s.loss for s in a.steps] != [s.loss for s in b.steps]
+    assert a.metrics["epsilon"] == b.metrics["epsilon"]      # the accountant does not care
     cell, splits = _cell(secure=False)
     c, d = (run_cell(cell, data_root=None, progress=False, splits=splits) for _ in range(2))
     assert _comparable(c) == _comparable(d)
@@ -166,13 +167,13 @@ def test_secure_checkpoint_stores_no_privacy_rng_state_and_resumes(tmp_path, mon
     monkeypatch.setattr(train, "save_checkpoint", save_then_die)
     with pytest.raises(_Killed):
         run_cell(cell, data_root=None, progress=False, checkpoint=ckpt, splits=splits)
-    state = load_checkpoint(ckpt, expect_key=checkpoint_key(cell))
-    assert state["epoch_done"] == 1
-    assert state["sampler_gen"] is None and state["noise_gen"] is None
+    state = TrainingState.from_dict(load_checkpoint(ckpt, expect_key=checkpoint_key(cell)))
+    assert state.epoch_done == 1
+    assert state.trainer["sampler_gen"] is None and state.trainer["noise_gen"] is None
     monkeypatch.setattr(train, "save_checkpoint", save)
     resumed = run_cell(cell, data_root=None, progress=False, checkpoint=ckpt, splits=splits)
-    assert resumed["epochs"][0] == state["log"][0]               # continued from the checkpoint
-    assert len(resumed["epochs"]) == 2
+    assert resumed.epochs[0] == state.epochs[0]               # continued from the checkpoint
+    assert len(resumed.epochs) == 2
     fresh = run_cell(cell, data_root=None, progress=False, splits=splits)
-    assert resumed["metrics"]["steps"] == resumed["privacy"]["steps"] == fresh["privacy"]["steps"]
-    assert resumed["metrics"]["epsilon"] == fresh["metrics"]["epsilon"]   # same accounting
+    assert resumed.metrics["steps"] == resumed.privacy.steps == fresh.privacy.steps
+    assert resumed.metrics["epsilon"] == fresh.metrics["epsilon"]   # same accounting

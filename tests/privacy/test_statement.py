@@ -65,12 +65,12 @@ grid:
 """)
     (cell,) = study.cells()
     result = run_cell(cell, data_root=None, progress=False, splits=stand_in(cell.dataset, size=28, seed=0))
-    privacy = result["privacy"]
-    assert '"chosen by a fair coin"' in privacy["statement"]
-    assert privacy["training_set_size"] == 64 and "N=64" in privacy["statement"]
+    privacy = result.privacy
+    assert '"chosen by a fair coin"' in result.statement
+    assert privacy.training_set_size == 64 and "N=64" in result.statement
     # every field UNNOISED names is written by a multi-class private cell: no stale entries
-    assert list(privacy["unnoised_releases"]) == list(UNNOISED)
-    assert ", ".join(UNNOISED) in privacy["statement"]
+    assert list(privacy.unnoised_releases) == list(UNNOISED)
+    assert ", ".join(UNNOISED) in result.statement
 
 
 def test_repository_studies_state_how_their_hyperparameters_were_chosen():

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from reproduce.study import parse_study
+from reproduce.training.result import CellResult
 
 # bloodmnist has published numbers (Bridging the Gap, Table 1); embedded has none.
 FAKE_STUDY = """\
@@ -37,6 +38,7 @@ VAL0 = {
     ("embedded", "e", True, 4): 0.61, ("embedded", "C4", True, 4): 0.67,
 }
 PARAMS = {"e": 45_000, "C4": 30_000}
+FAKE_CELL = parse_study(FAKE_STUDY).cells()[0]
 
 
 def fake_result(cell, *, reliability: bool = True, steps: bool = True) -> dict:
@@ -69,7 +71,8 @@ def fake_result(cell, *, reliability: bool = True, steps: bool = True) -> dict:
                        "commit": "0123456789abcdef0123456789abcdef01234567", "dirty": False,
                        "data": {"name": cell.dataset, "sha256": "cd" * 32, "source": "fake"},
                        "versions": {"python": "3.11.2", "torch": "2.13.0", "opacus": "1.6.0", "escnn": "1.0.11", "numpy": "1.26.4"},
-                       "device": "cpu", "torch_threads": 2, "finished_utc": "2025-01-01T00:00:00+00:00"},
+                       "device": "cpu", "torch_threads": 2, "platform": "Linux-fake",
+                       "finished_utc": "2025-01-01T00:00:00+00:00"},
     }
     if reliability:
         # 4 bins; seed 0 and seed 1 differ so pooling is visible.
@@ -81,6 +84,14 @@ def fake_result(cell, *, reliability: bool = True, steps: bool = True) -> dict:
             {"lower": 0.75, "upper": 1.0, "count": 60, "confidence": 0.9, "accuracy": 0.85 + 0.05 * s},
         ]}
     return out
+
+
+def partial_result(**record) -> CellResult:
+    """A CellResult from only the sections a test cares about (``steps``, ``metrics``, ``widths``, ...)."""
+    widths = record.pop("widths", [8, 16, 32])
+    base = {"cell": "embedded-e-8-1-0", "config": {"model": {"widths": widths}}, "metrics": {},
+            "privacy": {"private": False, "statement": "fake"}, "provenance": fake_result(FAKE_CELL)["provenance"]}
+    return CellResult.from_json({**base, **record})
 
 
 @pytest.fixture

@@ -5,31 +5,40 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
+from reproduce.metrics.calibration import ReliabilityBin
 from reproduce.report.figures import accuracy_by_size, mean_epoch_series, mean_series, pooled_reliability, write_figures
 from reproduce.report.stage import read_results
 from reproduce.study import parse_study
+from tests.report.conftest import partial_result
+
+
+def _bins(s: int, upper: float = 0.5) -> list[dict]:
+    return [{"lower": 0.0, "upper": upper, "count": 10 * (1 + s), "confidence": 0.4, "accuracy": 0.3 + 0.3 * s},
+            {"lower": upper, "upper": 1.0, "count": 0, "confidence": None, "accuracy": None}]
 
 
 def test_report_pooled_reliability_is_count_weighted():
     # fake bins: seed 0 bin 2 has 10 samples at accuracy 0.3, seed 1 has 20 at 0.6 -> (3 + 12) / 30
-    recs = [{"metrics_detail": {"reliability_test": [
-        {"lower": 0.0, "upper": 0.5, "count": 10 * (1 + s), "confidence": 0.4, "accuracy": 0.3 + 0.3 * s},
-        {"lower": 0.5, "upper": 1.0, "count": 0, "confidence": None, "accuracy": None}]}} for s in (0, 1)]
+    recs = [partial_result(metrics_detail={"reliability_test": _bins(s)}) for s in (0, 1)]
     bins = pooled_reliability(recs)
-    assert bins[0]["count"] == 30 and bins[0]["accuracy"] == pytest.approx(0.5) and bins[0]["confidence"] == pytest.approx(0.4)
-    assert bins[1] == {"lower": 0.5, "upper": 1.0, "count": 0, "confidence": None, "accuracy": None}
-    assert pooled_reliability([{"metrics": {}}, {"metrics_detail": {}}]) is None      # absent: no diagram
-    recs[1]["metrics_detail"]["reliability_test"][0]["upper"] = 0.4
+    assert bins[0].count == 30 and bins[0].accuracy == pytest.approx(0.5) and bins[0].confidence == pytest.approx(0.4)
+    assert bins[1] == ReliabilityBin(lower=0.5, upper=1.0, count=0, confidence=None, accuracy=None)
+    assert pooled_reliability([partial_result(), partial_result(metrics_detail={})]) is None   # absent: no diagram
+    recs[1] = partial_result(metrics_detail={"reliability_test": _bins(1, upper=0.4)})
     with pytest.raises(ValueError, match="differ"):
         pooled_reliability(recs)
 
 
+def _steps(*pairs) -> list[dict]:
+    return [{"step": step, "epoch": 0, "loss": 1.0, "l0_update": value} for step, value in pairs]
+
+
 def test_report_mean_series_and_accuracy_by_size():
-    recs = [{"steps": [{"step": 1, "l0_update": 0.1}, {"step": 5, "l0_update": 0.3}, {"step": 9, "l0_update": 0.5}],
-             "config": {"model": {"widths": [8, 16, 32]}}, "metrics": {"test_acc": 0.8, "parameters": 100}},
-            {"steps": [{"step": 1, "l0_update": 0.2}, {"step": 5, "l0_update": 0.5}],
-             "config": {"model": {"widths": [8, 16, 32]}}, "metrics": {"test_acc": 0.9, "parameters": 100}},
-            {"steps": [], "config": {"model": {"widths": [4, 8, 16]}}, "metrics": {"test_acc": 0.7, "parameters": 30}}]
+    recs = [partial_result(steps=_steps((1, 0.1), (5, 0.3), (9, 0.5)), widths=[8, 16, 32],
+                           metrics={"test_acc": 0.8, "parameters": 100}),
+            partial_result(steps=_steps((1, 0.2), (5, 0.5)), widths=[8, 16, 32],
+                           metrics={"test_acc": 0.9, "parameters": 100}),
+            partial_result(steps=[], widths=[4, 8, 16], metrics={"test_acc": 0.7, "parameters": 30})]
     assert mean_series(recs, "l0_update") == ([1, 5], [pytest.approx(0.15), pytest.approx(0.4)])
     assert mean_series(recs, "l0_clipped") == ([], [])
     points = accuracy_by_size(recs)
@@ -38,11 +47,13 @@ def test_report_mean_series_and_accuracy_by_size():
 
 
 def test_report_mean_epoch_series_keeps_epochs_every_seed_has():
-    recs = [{"epochs": [{"epoch": 0, "gwa": 0.1}, {"epoch": 1, "gwa": 0.3}, {"epoch": 2, "gwa": None}]},
-            {"epochs": [{"epoch": 0, "gwa": 0.2}, {"epoch": 1, "gwa": 0.5}, {"epoch": 2, "gwa": 0.4}]},
-            {"epochs": [{"epoch": 0, "loss": 1.0}]}]                  # never recorded: left out
+    recs = [partial_result(epochs=[{"epoch": 0, "loss": 1.0, "gwa": 0.1}, {"epoch": 1, "loss": 1.0, "gwa": 0.3},
+                                   {"epoch": 2, "loss": 1.0, "gwa": None}]),
+            partial_result(epochs=[{"epoch": 0, "loss": 1.0, "gwa": 0.2}, {"epoch": 1, "loss": 1.0, "gwa": 0.5},
+                                   {"epoch": 2, "loss": 1.0, "gwa": 0.4}]),
+            partial_result(epochs=[{"epoch": 0, "loss": 1.0}])]                  # never recorded: left out
     assert mean_epoch_series(recs) == ([0, 1], [pytest.approx(0.15), pytest.approx(0.4)])
-    assert mean_epoch_series([{"epochs": []}]) == ([], [])
+    assert mean_epoch_series([partial_result(epochs=[])]) == ([], [])
 
 
 def test_report_figures_are_valid_pngs(fake_report):

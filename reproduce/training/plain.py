@@ -1,0 +1,55 @@
+"""Non-private training of one cell: shuffled batches, the mean gradient over the K views, one
+optimizer step per batch; the baseline the DP cells are compared with."""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import torch
+from torch.utils.data import DataLoader
+
+from reproduce.privacy.accounting import PrivacyStatement
+from reproduce.training.trainer import Trainer, make_optimizer
+
+
+class PlainTrainer(Trainer):
+    """SGD/Adam on the batch gradient; every micro-batch is a whole batch and every step is taken."""
+
+    def __init__(self, cell, model: torch.nn.Module, loader: DataLoader, *, optimizer, task: str):
+        tr = cell.study.training
+        super().__init__(cell, model=model, params=[p for p in model.parameters() if p.requires_grad],
+                         optimizer=optimizer, task=task, steps=tr.steps or tr.epochs * len(loader),
+                         steps_per_epoch=len(loader))
+        self.loader = loader
+
+    @classmethod
+    def for_cell(cls, cell, model: torch.nn.Module, train_set, *, task: str) -> PlainTrainer:
+        """The cell's non-private training of ``model`` on ``train_set``, as its study configures it."""
+        tr = cell.study.training
+        optimizer = make_optimizer(model.parameters(), tr.optimizer)
+        # Its own stream for the data order (the private trainer's Poisson sampler uses the same seed).
+        generator = torch.Generator().manual_seed(cell.seed * 1_000_003 + 1)
+        loader = DataLoader(train_set, batch_size=tr.batch_size, shuffle=True, generator=generator)
+        return cls(cell, model, loader, optimizer=optimizer, task=task)
+
+    def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        yield from self.loader
+
+    def _backward(self, loss):
+        loss.backward()
+
+    def step(self) -> bool:
+        self.optimizer.step()
+        return True
+
+    def state(self) -> dict[str, Any]:
+        return {"optimizer": self.optimizer.state_dict(), "sampler_gen": self.loader.generator.get_state(),
+                "views_gen": self.views_generator.get_state()}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.loader.generator.set_state(state["sampler_gen"])
+        self.views_generator.set_state(state["views_gen"])
+
+    def privacy_statement(self, record: dict[str, Any]) -> PrivacyStatement:
+        return PrivacyStatement(private=False)

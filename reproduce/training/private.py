@@ -1,0 +1,123 @@
+"""DP-SGD training of one cell: Poisson batches split into micro-batches, clipped per-sample
+gradients averaged over the K views, one noised step per logical batch, and its privacy statement.
+
+The model, optimizer and loader come from ``reproduce.privacy.dp_sgd.make_private`` (accounted for
+exactly the steps that run). Micro-batches are opacus's (``wrap_data_loader``, what its
+``BatchMemoryManager`` yields); the trainer hears each micro-batch's skip signal on its way to the
+DP optimizer, so it knows where a logical batch ends without reading the optimizer's private state.
+"""
+
+from __future__ import annotations
+
+import collections
+from typing import Any, Iterator
+
+import torch
+from opacus.utils.batch_memory_manager import wrap_data_loader
+
+from reproduce.data.augment import average_view_grad_samples
+from reproduce.errors import ReproduceError
+from reproduce.privacy.accounting import PrivacyStatement
+from reproduce.privacy.dp_sgd import PrivateTraining, make_private
+from reproduce.privacy.released import unnoised_releases
+from reproduce.training.trainer import Trainer, make_optimizer
+
+
+class _LogicalBatchEnds:
+    """Stands in for the DP optimizer in opacus's batch splitting: passes each micro-batch's skip
+    signal on to it and keeps a copy, in the same order as the optimizer's own queue."""
+
+    def __init__(self, optimizer):
+        self.optimizer = optimizer
+        self.skips: collections.deque[bool] = collections.deque()
+
+    def signal_skip_step(self, do_skip: bool = True) -> None:
+        self.optimizer.signal_skip_step(do_skip=do_skip)
+        self.skips.append(do_skip)
+
+
+class PrivateTrainer(Trainer):
+    """DP-SGD through opacus: per-sample clipping to ``max_grad_norm``, Gaussian noise per step."""
+
+    def __init__(self, cell, dp: PrivateTraining, *, params, task: str, training_set_size: int):
+        super().__init__(cell, model=dp.model, params=params, optimizer=dp.optimizer, task=task,
+                         steps=dp.steps, steps_per_epoch=len(dp.loader))
+        self.dp, self.cell, self.training_set_size = dp, cell, training_set_size
+        self.physical_batch_size = cell.study.training.physical_batch_size
+        self._ends = _LogicalBatchEnds(dp.optimizer)
+
+    @classmethod
+    def for_cell(cls, cell, model: torch.nn.Module, train_set, *, task: str) -> PrivateTrainer:
+        """The cell's DP training of ``model`` on ``train_set``, as its study configures it."""
+        tr, p = cell.study.training, cell.study.privacy
+        optimizer = make_optimizer(model.parameters(), tr.dp_optimizer or tr.optimizer)
+        dp = make_private(model, optimizer, train_set, batch_size=tr.batch_size, epochs=tr.epochs, steps=tr.steps,
+                          target_epsilon=float(cell.epsilon), delta=p.delta, max_grad_norm=p.max_grad_norm,
+                          accountant=p.accountant, seed=cell.seed, secure_mode=p.secure_mode)
+        params = [q for q in model.parameters() if q.requires_grad]
+        return cls(cell, dp, params=params, task=task, training_set_size=len(train_set))
+
+    def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        # Poisson batches of random size, split into micro-batches of at most physical_batch_size;
+        # the optimizer takes its (noised) step at the end of each logical batch only.
+        yield from wrap_data_loader(data_loader=self.dp.loader, max_batch_size=self.physical_batch_size,
+                                    optimizer=self._ends)
+
+    def forward_backward(self, x, y):
+        if len(x) == 0:
+            # An empty Poisson batch: a noise-only DP step with zero per-sample gradients, in either
+            # per-sample-gradient mode (opacus's own nn.Conv2d rule mis-shapes a batch of zero).
+            self.optimizer.zero_grad(set_to_none=True)
+            for p in self.params:
+                p.grad_sample = p.new_zeros((0, *p.shape))
+            return torch.tensor(float("nan")), y
+        return super().forward_backward(x, y)
+
+    def _backward(self, loss):
+        self.dp.backward(loss)                                   # per-sample gradients only
+        average_view_grad_samples(self.params, self.multiplicity)  # clip the view-average, per sample
+
+    def step(self) -> bool:
+        self.optimizer.step()
+        return not self._ends.skips.popleft()
+
+    def clipped_update(self) -> list[torch.Tensor]:
+        B = self.optimizer.expected_batch_size
+        return [p.summed_grad / B for p in self.params if getattr(p, "summed_grad", None) is not None]
+
+    def state(self) -> dict[str, Any]:
+        # In secure mode the sampler and the noise read the OS and have no state: a resumed run
+        # draws fresh bytes.
+        sampler, noise = self.dp.loader.batch_sampler.generator, self.optimizer.generator
+        return {"optimizer": self.optimizer.original_optimizer.state_dict(),
+                "accountant_history": list(self.dp.accountant.history),
+                "sampler_gen": None if sampler is None else sampler.get_state(),
+                "noise_gen": None if noise is None else noise.get_state(),
+                "views_gen": self.views_generator.get_state()}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.optimizer.original_optimizer.load_state_dict(state["optimizer"])
+        self.dp.accountant.history = list(state["accountant_history"])
+        sampler, noise = self.dp.loader.batch_sampler.generator, self.optimizer.generator
+        if sampler is not None:
+            sampler.set_state(state["sampler_gen"])
+        if noise is not None:
+            noise.set_state(state["noise_gen"])
+        self.views_generator.set_state(state["views_gen"])
+
+    def epsilon_spent(self) -> float:
+        return float(self.dp.accountant.get_epsilon(self.cell.study.privacy.delta))
+
+    def privacy_statement(self, record: dict[str, Any]) -> PrivacyStatement:
+        p, dp = self.cell.study.privacy, self.dp
+        statement = PrivacyStatement(
+            private=True, accountant=p.accountant, target_epsilon=float(self.cell.epsilon),
+            epsilon_spent=self.epsilon_spent(), delta=p.delta, noise_multiplier=dp.noise_multiplier,
+            sample_rate=dp.sample_rate, steps=sum(s for _, _, s in dp.accountant.history),
+            max_grad_norm=p.max_grad_norm, sampling="Poisson", secure_mode=p.secure_mode,
+            training_set_size=self.training_set_size, seed=self.cell.seed,
+            hyperparameter_selection=p.hyperparameter_selection, unnoised_releases=tuple(unnoised_releases(record)))
+        if statement.steps != dp.steps:
+            raise ReproduceError(f"cell {self.cell.id}: ran {statement.steps} private steps but calibrated "
+                                 f"for {dp.steps}")
+        return statement

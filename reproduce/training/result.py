@@ -1,0 +1,193 @@
+"""A trained cell's result as a type: what ``result.json`` holds, written by the trainer and read
+by the report and ``reproduce check``.
+
+``CellResult.to_json`` is the file's content and ``CellResult.from_json`` reads it back, refusing a
+record that is not shaped like one (a missing or unknown field names the file and the field).
+Per-step and per-epoch series are typed rows whose optional parts are written only when recorded
+(DP-only ``l0_clipped``; the alignment, which multi-label tasks do not track).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from reproduce.errors import ReproduceError
+from reproduce.metrics.calibration import ReliabilityBin
+from reproduce.privacy.accounting import PrivacyStatement
+from reproduce.provenance import Provenance
+
+
+@dataclasses.dataclass(frozen=True)
+class Alignment:
+    """Gradient-weight alignment of a set of training samples (``reproduce.metrics.alignment``).
+
+    ``gwa`` = mean / (excess kurtosis + 1.2), ``gwa_mean`` the mean cosine; each None where undefined
+    (no defined cosine, no spread). ``gwa_excess_kurtosis`` is written per epoch only.
+    """
+
+    gwa: float | None
+    gwa_mean: float | None
+    gwa_excess_kurtosis: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class StepRecord:
+    """One logged optimizer step (every ``training.log_every`` steps, and the first).
+
+    ``loss`` is None for an empty Poisson batch; ``l0_update`` is the share of near-zero entries of
+    the applied update, ``l0_clipped`` that of the clipped sum before noise (DP only, else None);
+    ``alignment`` that of the step's samples (None where not tracked: multi-label tasks).
+    """
+
+    step: int
+    epoch: int
+    loss: float | None
+    l0_update: float
+    l0_clipped: float | None = None
+    alignment: Alignment | None = None
+
+    @property
+    def gwa(self) -> float | None:
+        return None if self.alignment is None else self.alignment.gwa
+
+    @property
+    def gwa_mean(self) -> float | None:
+        return None if self.alignment is None else self.alignment.gwa_mean
+
+    def to_json(self) -> dict[str, Any]:
+        out = {"step": self.step, "epoch": self.epoch, "loss": self.loss, "l0_update": self.l0_update}
+        if self.l0_clipped is not None:
+            out["l0_clipped"] = self.l0_clipped
+        if self.alignment is not None:
+            out.update(gwa=self.alignment.gwa, gwa_mean=self.alignment.gwa_mean)
+        return out
+
+    @classmethod
+    def from_json(cls, row: dict[str, Any]) -> StepRecord:
+        row = dict(row)
+        tracked = "gwa" in row or "gwa_mean" in row
+        alignment = Alignment(row.pop("gwa", None), row.pop("gwa_mean", None)) if tracked else None
+        return cls(**row, alignment=alignment)
+
+
+@dataclasses.dataclass(frozen=True)
+class EpochRecord:
+    """One epoch: the last batch's loss (None if empty) and the alignment over the epoch's samples."""
+
+    epoch: int
+    loss: float | None
+    alignment: Alignment | None = None
+
+    @property
+    def gwa(self) -> float | None:
+        return None if self.alignment is None else self.alignment.gwa
+
+    def to_json(self) -> dict[str, Any]:
+        out = {"epoch": self.epoch, "loss": self.loss}
+        if self.alignment is not None:
+            out.update(dataclasses.asdict(self.alignment))
+        return out
+
+    @classmethod
+    def from_json(cls, row: dict[str, Any]) -> EpochRecord:
+        row = dict(row)
+        keys = [f.name for f in dataclasses.fields(Alignment)]
+        tracked = any(k in row for k in keys)
+        alignment = Alignment(*(row.pop(k, None) for k in keys)) if tracked else None
+        return cls(**row, alignment=alignment)
+
+
+@dataclasses.dataclass(frozen=True)
+class CellResult:
+    """Everything one trained cell releases.
+
+    Attributes:
+        cell: The cell id.
+        config: ``Cell.config()``, everything that determined the result.
+        metrics: Flat name -> value: ``<split>_<metric>`` for every split metric of the metric
+            registry, the rotated-test metrics, ``parameters``, ``steps``, timings, the last training
+            loss and alignment, and ``epsilon`` for DP cells.
+        privacy: The privacy statement's fields.
+        statement: The privacy statement in words, as written with the result.
+        provenance: Code, data, study and environment that produced it.
+        epochs: One record per epoch.
+        steps: One record per logged optimizer step.
+        reliability_test: Reliability-diagram bins on the test split (single-label tasks only).
+    """
+
+    cell: str
+    config: dict[str, Any]
+    metrics: dict[str, Any]
+    privacy: PrivacyStatement
+    statement: str
+    provenance: Provenance
+    epochs: tuple[EpochRecord, ...] = ()
+    steps: tuple[StepRecord, ...] = ()
+    reliability_test: tuple[ReliabilityBin, ...] | None = None
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        """The model's width layout (a study may give each group its own)."""
+        return tuple(self.config["model"]["widths"])
+
+    def metric(self, name: str) -> float | None:
+        """The metric as a float, None when absent, undefined (None) or not finite."""
+        value = self.metrics.get(name)
+        if value is None or not math.isfinite(float(value)):
+            return None
+        return float(value)
+
+    def numbers(self) -> dict[str, int | float]:
+        """The metrics that are numbers (``metrics.json``, for ``dvc metrics``)."""
+        return {k: v for k, v in self.metrics.items()
+                if isinstance(v, (int, float)) and not (isinstance(v, float) and math.isnan(v))}
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``result.json`` record."""
+        detail = {} if self.reliability_test is None else {
+            "reliability_test": [dataclasses.asdict(b) for b in self.reliability_test]}
+        return {"cell": self.cell, "config": self.config, "metrics": self.metrics,
+                "epochs": [e.to_json() for e in self.epochs], "steps": [s.to_json() for s in self.steps],
+                "metrics_detail": detail,
+                "privacy": {**dataclasses.asdict(self.privacy), "statement": self.statement},
+                "provenance": self.provenance.to_json()}
+
+    def released(self) -> dict[str, Any]:
+        """The record without its privacy statement: what the statement speaks about."""
+        record = self.to_json()
+        del record["privacy"]
+        return record
+
+    @classmethod
+    def from_json(cls, record: dict[str, Any], *, where: str = "result") -> CellResult:
+        """Read a ``result.json`` record; ReproduceError naming ``where`` and the field if malformed."""
+        try:
+            privacy = dict(record["privacy"])
+            statement = privacy.pop("statement")
+            privacy["unnoised_releases"] = tuple(privacy.get("unnoised_releases", ()))
+            detail = record.get("metrics_detail") or {}
+            bins = detail.get("reliability_test")
+            return cls(
+                cell=record["cell"], config=record["config"], metrics=dict(record["metrics"]),
+                privacy=PrivacyStatement(**privacy), statement=statement,
+                provenance=Provenance.from_json(record["provenance"]),
+                epochs=tuple(EpochRecord.from_json(e) for e in record.get("epochs", ())),
+                steps=tuple(StepRecord.from_json(s) for s in record.get("steps", ())),
+                reliability_test=None if bins is None else tuple(ReliabilityBin(**b) for b in bins))
+        except KeyError as e:
+            raise ReproduceError(f"{where}: not a cell result: no field {e.args[0]!r}") from None
+        except TypeError as e:
+            raise ReproduceError(f"{where}: not a cell result: {e}") from None
+
+
+def read_result(path: Path) -> CellResult:
+    """The cell result in ``path`` (a ``result.json``); ReproduceError if corrupt or malformed."""
+    try:
+        record = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as e:
+        raise ReproduceError(f"{path}: corrupt result ({e}); delete it and rerun `dvc repro`") from None
+    return CellResult.from_json(record, where=str(path))

@@ -1,0 +1,95 @@
+"""The training interface the one loop drives, and what its two implementations share.
+
+A ``Trainer`` hands the loop one epoch of micro-batches, computes the gradients of one micro-batch
+over its K augmented views, takes (or defers) the optimizer step, and saves and restores everything
+it owns for checkpoints. ``PrivateTrainer`` (``reproduce.training.private``) and ``PlainTrainer``
+(``reproduce.training.plain``) are drop-ins for each other: the loop never asks which it has.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+from reproduce.data.augment import augmentation_kind, training_views
+from reproduce.privacy.accounting import PrivacyStatement
+from reproduce.training.task import loss_fn
+
+
+def make_optimizer(params, cfg) -> torch.optim.Optimizer:
+    """The torch optimizer of a study's ``OptimizerConfig``."""
+    if cfg.name == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+class Trainer(abc.ABC):
+    """One cell's training method.
+
+    Attributes:
+        model: What to call forward on (the cell's model, or a wrapper of it sharing its parameters).
+        params: The trainable parameters of the cell's model.
+        optimizer: The optimizer whose ``step`` the trainer takes.
+        steps: Optimizer steps the run takes in all.
+        steps_per_epoch: Optimizer steps in one epoch.
+        epochs: Epochs the loop runs (the last one may stop after ``steps``).
+    """
+
+    def __init__(self, cell, *, model: nn.Module, params: list[nn.Parameter], optimizer: torch.optim.Optimizer,
+                 task: str, steps: int, steps_per_epoch: int):
+        self.model, self.params, self.optimizer, self.task = model, params, optimizer, task
+        self.steps, self.steps_per_epoch = steps, steps_per_epoch
+        self.epochs = cell.study.training.epochs or math.ceil(steps / steps_per_epoch)
+        self.multiplicity = cell.multiplicity
+        self.augmentation = augmentation_kind(cell.dataset)
+        # Its own stream: the views do not move when the data order or the noise changes.
+        self.views_generator = torch.Generator().manual_seed(cell.seed * 1_000_003 + 3)
+
+    @abc.abstractmethod
+    def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """One epoch of (images, targets) micro-batches."""
+
+    def forward_backward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gradients of micro-batch (x, y) over its K views; returns (mean loss, the views' targets).
+
+        Clears the previous micro-batch's gradients first (a private trainer keeps its clipped sum
+        until the logical batch ends).
+        """
+        self.optimizer.zero_grad(set_to_none=True)
+        views, targets = training_views(x, y, self.multiplicity, kind=self.augmentation,
+                                        generator=self.views_generator)
+        loss = loss_fn(self.model(views), targets, self.task)
+        self._backward(loss)
+        return loss, targets
+
+    @abc.abstractmethod
+    def _backward(self, loss: torch.Tensor) -> None:
+        """Turn the mean loss of the K views into the gradients the optimizer's step uses."""
+
+    @abc.abstractmethod
+    def step(self) -> bool:
+        """Apply the micro-batch's gradients; True when that was an optimizer step."""
+
+    def clipped_update(self) -> list[torch.Tensor] | None:
+        """The clipped mean gradient before noise of the last step; None without clipping."""
+        return None
+
+    @abc.abstractmethod
+    def state(self) -> dict[str, Any]:
+        """Everything the trainer evolves, for a checkpoint (a resumed run continues bit-identically)."""
+
+    @abc.abstractmethod
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Restore what ``state`` returned."""
+
+    def epsilon_spent(self) -> float | None:
+        """The privacy spent so far; None for non-private training."""
+        return None
+
+    @abc.abstractmethod
+    def privacy_statement(self, record: dict[str, Any]) -> PrivacyStatement:
+        """The statement of the finished run; ``record`` is its result without the statement."""
