@@ -18,9 +18,15 @@ import torch
 from reproduce.training.result import EpochRecord, StepRecord
 
 
+# The layout of TrainingState.to_dict; part of the key, so a checkpoint of another layout (one
+# written before TrainingState) is set aside with a warning, not misread.
+CHECKPOINT_FORMAT = 2
+
+
 def checkpoint_key(cell) -> str:
-    """Identifies what a checkpoint was trained for; any config change invalidates it."""
-    return hashlib.sha256(json.dumps(cell.config(), sort_keys=True).encode()).hexdigest()
+    """Identifies what a checkpoint was trained for, and its format; any config change invalidates it."""
+    identity = {"format": CHECKPOINT_FORMAT, "config": cell.config()}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
 
 @dataclasses.dataclass

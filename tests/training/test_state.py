@@ -49,3 +49,21 @@ def test_state_holds_the_trainers_generators_and_the_global_ones():
     payload = state.to_dict()
     assert all(isinstance(row, dict) for row in payload["steps"] + payload["epochs"])   # no suite class pickled
     assert TrainingState.from_dict(payload).steps == state.steps
+
+
+def test_a_checkpoint_of_the_old_layout_is_set_aside_not_misread(tmp_path):
+    import hashlib
+    import json
+
+    from reproduce.smoke import stand_in
+    from reproduce.study import parse_study
+    from reproduce.train import run_cell
+    from tests.training.test_trainers import STUDY
+    (cell,) = parse_study(STUDY.format(epsilon="non-private", k=1).replace("epochs: 2", "epochs: 1")).cells()
+    old_key = hashlib.sha256(json.dumps(cell.config(), sort_keys=True).encode()).hexdigest()
+    path = tmp_path / "cell.ckpt"
+    save_checkpoint(path, {"key": old_key, "epoch_done": 1, "log": [], "sampler_gen": None})   # before TrainingState
+    with pytest.warns(UserWarning, match="another configuration"):
+        result = run_cell(cell, data_root=None, progress=False, checkpoint=path,
+                          splits=stand_in(cell.dataset, size=28, seed=0))
+    assert result.metrics["steps"] == 32
