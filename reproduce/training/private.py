@@ -47,13 +47,18 @@ class PrivateTrainer(Trainer):
         self._ends = _LogicalBatchEnds(dp.optimizer)
 
     @classmethod
-    def for_cell(cls, cell, model: torch.nn.Module, train_set, *, task: str) -> PrivateTrainer:
-        """The cell's DP training of ``model`` on ``train_set``, as its study configures it."""
+    def for_cell(cls, cell, model: torch.nn.Module, train_set, *, task: str,
+                 per_sample_gradients: str = "engine") -> PrivateTrainer:
+        """The cell's DP training of ``model`` on ``train_set``, as its study configures it.
+
+        ``per_sample_gradients``: "engine" (training) or "hooks" (opacus's own; ``reproduce verify``).
+        """
         tr, p = cell.study.training, cell.study.privacy
         optimizer = make_optimizer(model.parameters(), tr.dp_optimizer or tr.optimizer)
         dp = make_private(model, optimizer, train_set, batch_size=tr.batch_size, epochs=tr.epochs, steps=tr.steps,
                           target_epsilon=float(cell.epsilon), delta=p.delta, max_grad_norm=p.max_grad_norm,
-                          accountant=p.accountant, seed=cell.seed, secure_mode=p.secure_mode)
+                          accountant=p.accountant, seed=cell.seed, secure_mode=p.secure_mode,
+                          per_sample_gradients=per_sample_gradients)
         params = [q for q in model.parameters() if q.requires_grad]
         return cls(cell, dp, params=params, task=task, training_set_size=len(train_set))
 
