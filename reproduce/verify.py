@@ -1,12 +1,14 @@
 """``reproduce verify``: per-sample gradients and the clipped DP update against per-sample autograd.
 
 Ground truth is independent of every per-sample rule: one ``torch.autograd.grad`` per sample of
-that sample's own loss (the mean over its K views), through the unmodified model. It is taken on the
-batches the trainer produces - the study's model (``build_cell_model``), the trainer's tensors
-(``to_tensor``), the Poisson loader of ``make_private`` split by opacus's ``BatchMemoryManager``,
-``training_views`` for the study's multiplicities - and, since a rule must not depend on memory
-layout, on the same views forced channels-last and as a non-contiguous slice. Both per-sample paths
-are checked: the output-gradient engine the trainer uses and opacus's hooks mode.
+that sample's own loss (the mean over its K views), through an unmodified copy of the model. The
+checked step is the trainer's own: the study's model (``build_cell_model``), the trainer's tensors
+(``to_tensor``), and ``PrivateTrainer`` itself - its Poisson loader and micro-batches, its K views,
+its backward and view averaging, opacus's DPOptimizer step - for a copy of the cell with one small
+Poisson batch (noise off, so the clipped mean is compared). Since a rule must not depend on memory
+layout, the same step is also run with every trainable layer's input forced channels-last and as a
+non-contiguous slice. Both per-sample paths are checked: the output-gradient engine the trainer uses
+and opacus's hooks mode.
 
 Data: the stand-in training split of ``reproduce.smoke`` (random pixels with the dataset's shape,
 channels and classes, through the trainer's ``to_tensor``): layout and arithmetic are what is
@@ -21,18 +23,17 @@ import math
 import warnings
 
 import torch
-from opacus.utils.batch_memory_manager import BatchMemoryManager
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from reproduce.data.augment import augmentation_kind, average_view_grad_samples, training_views
 from reproduce.errors import ReproduceError
 from reproduce.models import build_cell_model
-from reproduce.privacy.dp_sgd import PER_SAMPLE_GRADIENTS, make_private
+from reproduce.privacy.dp_sgd import PER_SAMPLE_GRADIENTS
 from reproduce.privacy.exactness import exactness_problems
 from reproduce.privacy.grad_samplers.conv_filter import chunks_of_at_most
 from reproduce.study import Cell, Study
-from reproduce.train import loss_fn, to_targets, to_tensor
+from reproduce.training.private import PrivateTrainer
+from reproduce.training.task import loss_fn, to_targets, to_tensor
 
 #: Relative error allowed against per-sample autograd (float32 and float64 arithmetic).
 TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-10}
@@ -122,47 +123,51 @@ def _brute_force(model: nn.Module, views: torch.Tensor, targets: torch.Tensor, m
     return [torch.stack(g) if g else p.new_zeros((0, *p.shape)) for g, p in zip(per_sample, params)]
 
 
+def _small(cell: Cell, *, batch_size: int, physical_batch_size: int) -> Cell:
+    """``cell`` with one small Poisson batch: everything else (model, privacy, K, seed) is the study's."""
+    training = cell.study.training.model_copy(update={"batch_size": batch_size, "physical_batch_size": physical_batch_size,
+                                                      "epochs": None, "steps": 1, "max_train_samples": None})
+    return dataclasses.replace(cell, study=cell.study.model_copy(update={"training": training}))
+
+
 def verify_case(cell: Cell, model: nn.Module, train_set: TensorDataset, *, task: str, layout: str, mode: str,
                 batch_size: int, physical_batch_size: int, device: torch.device) -> CaseReport:
-    """Check one logical DP batch of ``cell`` (the trainer's path) against per-sample autograd."""
+    """Check one logical DP batch of ``cell`` through the trainer's own ``PrivateTrainer`` against
+    per-sample autograd on the views it fed the model."""
     dp_model, reference = copy.deepcopy(model), copy.deepcopy(model)
     named = [(name, p) for name, p in dp_model.named_parameters() if p.requires_grad]
     params = [p for _, p in named]
-    hooks = _force_layout(dp_model, layout) if layout != "trainer" else []
-    privacy = cell.study.privacy
-    # lr 0: the weights stay put, so the brute force of every micro-batch sees the weights the DP step saw
-    dp = make_private(dp_model, torch.optim.SGD(params, lr=0.0), train_set, batch_size=batch_size, steps=1,
-                      target_epsilon=float(cell.epsilon), delta=privacy.delta, max_grad_norm=privacy.max_grad_norm,
-                      accountant=privacy.accountant, seed=cell.seed, per_sample_gradients=mode)
-    dp.optimizer.noise_multiplier = 0.0  # the clipped mean itself is compared
-    K, kind = cell.multiplicity, augmentation_kind(cell.dataset)
-    aug_gen = torch.Generator().manual_seed(cell.seed * 1_000_003 + 3)
-    ours, truth, strides = [[] for _ in params], [[] for _ in params], ()
+    small = _small(cell, batch_size=batch_size, physical_batch_size=physical_batch_size)
+    trainer = PrivateTrainer.for_cell(small, dp_model, train_set, task=task, per_sample_gradients=mode)
+    trainer.optimizer.noise_multiplier = 0.0  # the clipped mean itself is compared
+    fed: list[torch.Tensor] = []  # the views the trainer handed the model, per micro-batch
+    hooks = [dp_model.register_forward_pre_hook(lambda m, args: fed.append(args[0].detach()))]
+    if layout != "trainer":
+        # The reference runs the same layouts: oneDNN picks other conv algorithms for channels-last
+        # tensors (float32 per-sample gradients then differ by up to 3e-3 from an NCHW forward, measured
+        # on the CIFAR-10 D4 model; float64 agrees to 1e-14), and the rules are checked, not oneDNN.
+        hooks += _force_layout(dp_model, layout) + _force_layout(reference, layout)
+    strides: list[tuple[int, ...]] = []
+    first = next(m for m in dp_model.modules() if any(p.requires_grad for p in m.parameters(recurse=False)))
+    hooks.append(first.register_forward_pre_hook(lambda m, args: strides.append(tuple(args[0].stride()))))
+    ours, truth = [[] for _ in params], [[] for _ in params]
+    K = cell.multiplicity
     # Chunks of at most 2 samples: the verified micro-batches are small, training's are many chunks long.
-    with BatchMemoryManager(data_loader=dp.loader, max_physical_batch_size=physical_batch_size,
-                            optimizer=dp.optimizer) as batches, chunks_of_at_most(2):
-        for x, y in batches:
-            dp.optimizer.zero_grad(set_to_none=True)
+    with chunks_of_at_most(2):
+        for x, y in trainer.batches():
+            fed.clear()
+            _, targets = trainer.forward_backward(x, y)
             if len(x):
-                views, targets = training_views(x, y, K, kind=kind, generator=aug_gen)
-                views, targets = LAYOUTS[layout](views.to(device)), targets.to(device)
-                strides = strides or tuple(views.stride())
-                dp.backward(loss_fn(dp.model(views), targets, task))
-                average_view_grad_samples(params, K)
                 for acc, p in zip(ours, params):
                     acc.append(p.grad_sample.detach().clone())
-                for acc, g in zip(truth, _brute_force(reference, views, targets, K, task)):
+                for acc, g in zip(truth, _brute_force(reference, fed[0], targets, K, task)):
                     acc.append(g)
-            else:
-                for p in params:
-                    p.grad_sample = p.new_zeros((0, *p.shape))
-            dp.optimizer.step()
-            if not dp.optimizer._is_last_step_skipped:
+            if trainer.step():
                 break
-    ours = [torch.cat(g).flatten(1) if g else p.new_zeros(0, p.numel()) for g, p in zip(ours, params)]
-    truth = [torch.cat(g).flatten(1) if g else p.new_zeros(0, p.numel()) for g, p in zip(truth, params)]
     for h in hooks:
         h.remove()
+    ours = [torch.cat(g).flatten(1) if g else p.new_zeros(0, p.numel()) for g, p in zip(ours, params)]
+    truth = [torch.cat(g).flatten(1) if g else p.new_zeros(0, p.numel()) for g, p in zip(truth, params)]
     n = ours[0].shape[0]
     # per parameter tensor (a wrong bias must not hide behind its layer's larger weight gradient)
     errors = {name: float(_relative(a.double(), b.double()).max()) if n else 0.0
@@ -170,6 +175,7 @@ def verify_case(cell: Cell, model: nn.Module, train_set: TensorDataset, *, task:
     # opacus's clipping: factor min(1, C / (||g_i|| + 1e-6)) on the norm over all parameters. The
     # reference arithmetic is float64: torch's float32 norm of one 2.4M-entry row is off by ~1e-4
     # (measured on the CIFAR-10 ResNet-9), more than the tolerance.
+    privacy = cell.study.privacy
     full = torch.cat(truth, 1).double()
     factor = (privacy.max_grad_norm / (full.norm(dim=1) + 1e-6)).clamp(max=1.0)
     expected = (factor[:, None] * full).sum(0) / batch_size
@@ -178,7 +184,7 @@ def verify_case(cell: Cell, model: nn.Module, train_set: TensorDataset, *, task:
     # gradients can cancel far below their own size, and float32 rounding scales with the terms.
     scale = (factor * full.norm(dim=1)).sum() / batch_size
     update_error = float((applied - expected).norm() / scale.clamp_min(torch.finfo(expected.dtype).tiny)) if n else 0.0
-    return CaseReport(cell.group, K, layout, mode, n, errors, update_error, strides)
+    return CaseReport(cell.group, K, layout, mode, n, errors, update_error, strides[0] if strides else ())
 
 
 def _verified_cells(study: Study) -> list[Cell]:
