@@ -15,12 +15,22 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet --no-deps $(NO_DEPS)
 	touch $@
 
-# Regenerates the embedded data (verified against data.dvc), then every stage of dvc.yaml.
+# Regenerates the embedded data (verified against data.dvc), then every stage of dvc.yaml, then says
+# whether the run reproduced the committed results (git status clean) or what to commit.
+VERSIONED = dvc.lock results/default
 run: install
 	PATH="$(BIN):$$PATH" reproduce fetch
 	PATH="$(BIN):$$PATH" dvc repro
 	cat results/default/table.md
 	@echo "report: reports/default/index.html"
+	@if ! git rev-parse --git-dir >/dev/null 2>&1; then :; \
+	elif [ -z "$$(git status --porcelain -- $(VERSIONED))" ]; then \
+	  echo "reproduced: dvc.lock and results/default/ are the committed ones, byte for byte (git status clean)"; \
+	else \
+	  echo "dvc.lock or results/default/ differ from the commit (a code or study change, or another platform's rounding):"; \
+	  git status --short -- $(VERSIONED); \
+	  echo "to record these results: git add $(VERSIONED) && git commit && dvc push"; \
+	fi
 
 # The test suite, per-sample gradients of every study against brute force on the trainer's batches,
 # then the CI regression study through DVC and its check against baselines/ci.json.

@@ -6,14 +6,23 @@ reads ``results/<study>/cells/*/result.json`` and ``baselines/<study>.json``.
 A metric passes when |now - baseline| <= max(abs, std * seed_std), where seed_std is the baseline's
 standard deviation of that metric over the seeds of the cell's row (same dataset, group, epsilon,
 multiplicity). Metrics without a declared tolerance are not checked.
+
+``reproduced_by_hash`` is the exact check beside it: each cell's outputs against the DVC hashes in the
+study's committed ``dvc.lock`` (``git show HEAD:<lock>``). On the platform that produced the lock a
+rerun matches bit for bit; elsewhere float rounding may differ, which the tolerances judge, so a hash
+mismatch alone never fails the check.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import statistics
+import subprocess
 from pathlib import Path
+
+import yaml
 
 from reproduce.study import Study
 from reproduce.training.result import read_result
@@ -112,3 +121,69 @@ def update_baseline(study: Study, now: dict[str, dict[str, float]], path: Path) 
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(now, indent=2, sort_keys=True) + "\n")
     return "\n".join(changes) if changes else "  (no change)"
+
+
+def lock_path(study: Study) -> Path:
+    """The study's ``dvc.lock`` beside its generated ``dvc.yaml``, relative to the repository root."""
+    from reproduce.pipeline import pipeline_path
+    return pipeline_path(study).with_name("dvc.lock")
+
+
+def committed_lock(study: Study, root: Path = Path("."), rev: str = "HEAD") -> dict | None:
+    """The study's ``dvc.lock`` as committed at ``rev``; None when git has none (or no git)."""
+    try:
+        out = subprocess.run(["git", "show", f"{rev}:{lock_path(study).as_posix()}"], cwd=root,
+                             capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return yaml.safe_load(out.stdout) if out.returncode == 0 else None
+
+
+def cell_hashes(lock: dict) -> dict[str, dict[str, str]]:
+    """Cell id -> {output path: md5} of every ``train@<cell>`` stage of a ``dvc.lock``."""
+    return {name.split("@", 1)[1]: {o["path"]: o["md5"] for o in stage.get("outs", ())}
+            for name, stage in (lock.get("stages") or {}).items() if name.startswith("train@")}
+
+
+def _md5(path: Path) -> str | None:
+    # DVC 3 hashes a file as the plain md5 of its bytes ("hash: md5").
+    return hashlib.md5(path.read_bytes()).hexdigest() if path.is_file() else None
+
+
+@dataclasses.dataclass(frozen=True)
+class HashVerdict:
+    cell: str
+    reproduced: bool | None   # None: nothing to compare (not in the lock, or no current result)
+    detail: str
+
+
+def reproduced_by_hash(study: Study, lock: dict, verdicts: list[Verdict], root: Path = Path(".")) -> list[HashVerdict]:
+    """Per cell: do its outputs match the committed lock's hashes byte for byte? ``verdicts`` (the
+    baseline check) say whether a mismatch is within the tolerances."""
+    committed = cell_hashes(lock)
+    failed = {v.cell for v in verdicts if not v.ok}
+    out = []
+    for cell in (c.id for c in study.cells()):
+        outs = committed.get(cell)
+        if not outs:
+            out.append(HashVerdict(cell, None, "not in the committed dvc.lock"))
+            continue
+        differ = [p for p, md5 in outs.items() if _md5(root / p) != md5]
+        if not differ:
+            out.append(HashVerdict(cell, True, "reproduced bit for bit"))
+        elif any(_md5(root / p) is None for p in differ):
+            out.append(HashVerdict(cell, None, "no current result"))
+        else:
+            within = "beyond tolerances" if cell in failed else "within tolerances"
+            names = ", ".join(Path(p).name for p in differ)
+            out.append(HashVerdict(cell, False, f"differs ({within}: see baseline check; {names})"))
+    return out
+
+
+def render_hashes(study: Study, verdicts: list[HashVerdict]) -> str:
+    lines = [f"DVC hashes vs the committed {lock_path(study)} (bit for bit is expected on the platform "
+             "that committed it; elsewhere the tolerances above decide):"]
+    lines += [f"  {v.cell:36} {v.detail}" for v in verdicts]
+    same = sum(v.reproduced is True for v in verdicts)
+    lines.append(f"{same} of {len(verdicts)} cells reproduced bit for bit")
+    return "\n".join(lines)

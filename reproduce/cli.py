@@ -176,7 +176,8 @@ def cmd_verify(args) -> int:
 
 
 def cmd_check(args) -> int:
-    from reproduce.check import baseline_path, compare, current_metrics, render, update_baseline
+    from reproduce.check import (baseline_path, committed_lock, compare, current_metrics, lock_path, render,
+                                 render_hashes, reproduced_by_hash, update_baseline)
     from reproduce.study import load_study
     study = load_study(args.study)
     now = current_metrics(study, Path(args.results or f"results/{study.name}"))
@@ -191,7 +192,12 @@ def cmd_check(args) -> int:
         raise ReproduceError(f"no baseline {path}; create it deliberately with `reproduce check {args.study} --update`")
     verdicts = compare(study, json.loads(path.read_text()), now)
     print(render(verdicts))
+    # The exact check: outputs vs the committed dvc.lock; informative only (platforms round differently).
+    lock = committed_lock(study)
+    print(render_hashes(study, reproduced_by_hash(study, lock, verdicts)) if lock else
+          f"no committed {lock_path(study)}: nothing to compare by DVC hash")
     return 0 if all(v.ok for v in verdicts) else 1
+
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -62,8 +62,11 @@ def render_pipeline(study: Study) -> str:
         "cmd": f"python -m reproduce train {path} --cell ${{key}}",
         "deps": ["data/${item.dataset}", *TRAIN_CODE],
         "params": [{path: ["name", "model", "privacy", "training"]}],
-        "outs": [f"{results}/cells/${{key}}/result.json"],
-        "metrics": [{f"{results}/cells/${{key}}/metrics.json": {"cache": False}}],
+        # result.json lives in the DVC cache (pushed, pulled); metrics.json and steps.json are small and
+        # committed with git (cache: false). metrics.json is a plain output, not a DVC metric, so
+        # `dvc exp show` shows the study's summary, not every number of every cell.
+        "outs": [f"{results}/cells/${{key}}/result.json",
+                 {f"{results}/cells/${{key}}/metrics.json": {"cache": False}}],
         "plots": [{f"{results}/cells/${{key}}/steps.json": {"cache": False, "x": "step", "y": "l0_update",
                                                              "title": "l0 gradient sparsity (|g| < 1e-5)"}}],
     }
@@ -73,15 +76,18 @@ def render_pipeline(study: Study) -> str:
         "cmd": f"python -m reproduce report {path}",
         "deps": [f"{results}/cells", *REPORT_CODE],
         "params": [{path: ["grid"]}],
+        # Tables and summary committed with git; the HTML page and figures in the DVC cache.
         "outs": [{f"{results}/{f}": {"cache": False}} for f in ("table.md", "table.csv", "table.tex")]
-                + [{f"reports/{name}": {"cache": False}}],
+                + [f"reports/{name}"],
         "metrics": [{f"{results}/summary.json": {"cache": False}}],
     }
     header = (f"{GENERATED} from {path} - edit the study, not this file.\n"
               f"# Grid axes come from {path} (vars + matrix): editing a seed or an epsilon there adds or\n"
               "# removes exactly those cells; ${key} is the cell id (`reproduce cells`). Shared sections\n"
               "# (model, privacy, training) are tracked params: editing one reruns every cell.\n"
-              f"# data/<dataset>: data.dvc (embedded) or its fetch stage in {DATA_PIPELINE}, shared by every study.\n")
+              f"# data/<dataset>: data.dvc (embedded) or its fetch stage in {DATA_PIPELINE}, shared by every study.\n"
+              "# Versioning: result.json and reports/ live in the DVC cache (dvc push/pull); metrics.json, steps.json,\n"
+              "# the tables, summary.json (the one DVC metric) and dvc.lock are committed with git.\n")
     return _dump(header, {"vars": [path if top else f"../../{path}"], "stages": stages})
 
 

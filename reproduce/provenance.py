@@ -1,4 +1,11 @@
-"""Provenance recorded with every result: what code, data, study and environment produced it."""
+"""Provenance recorded with every result: what code, data, study and environment produced it.
+
+Two records, because DVC compares outputs by hash: ``Provenance`` goes into the cached, versioned
+``result.json`` and holds only what an identical rerun reproduces (study, cell, seed, data, package
+versions, device); ``RunRecord`` holds what changes from run to run with the same numbers (wall time,
+finish time, commit, dirty flag, host) and is written beside it as ``run.json``, which
+neither git nor DVC tracks (the code a result came from is the dependency hashes in ``dvc.lock``).
+"""
 
 from __future__ import annotations
 
@@ -53,20 +60,15 @@ class DataProvenance:
 
 @dataclasses.dataclass(frozen=True)
 class Provenance:
-    """What produced a result: study file, cell, commit, data, environment, and when."""
+    """What produced a result and is the same on every identical rerun: study file, cell, data, packages."""
 
     study: str
     study_sha256: str | None
     cell: str
     seed: int
-    commit: str | None
-    dirty: bool | None      # uncommitted edits under CODE_PATHS; None when git could not tell
     data: DataProvenance
     versions: dict[str, str | None]
     device: str
-    torch_threads: int
-    platform: str
-    finished_utc: str
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -85,11 +87,31 @@ def provenance(*, cell, data) -> Provenance:
         study_sha256=study_hash(study_file) if study_file.exists() else None,
         cell=cell.id,
         seed=cell.seed,
-        **git_state(),
         data=DataProvenance(name=data.name, sha256=data.sha256, source=data.source),
         versions=versions(),
         device="cpu",
-        torch_threads=torch.get_num_threads(),
-        platform=platform.platform(),
-        finished_utc=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class RunRecord:
+    """How one run of a cell went, which a bit-identical rerun changes: ``run.json``, never versioned."""
+
+    train_seconds: float
+    samples_per_second: float
+    finished_utc: str
+    commit: str | None
+    dirty: bool | None      # uncommitted edits under CODE_PATHS; None when git could not tell
+    platform: str
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def run_record(*, seconds: float, seen: int) -> RunRecord:
+    """This run's timings (``seen`` samples in ``seconds`` of training) and host facts."""
+    return RunRecord(
+        train_seconds=round(seconds, 3), samples_per_second=round(seen / seconds, 1) if seconds else 0.0,
+        finished_utc=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        **git_state(), platform=platform.platform())
+

@@ -21,7 +21,7 @@ from reproduce.data import load_dataset
 from reproduce.data.base import Splits
 from reproduce.models import build_cell_model, count_parameters
 from reproduce.privacy.accounting import PrivacyStatement
-from reproduce.provenance import provenance
+from reproduce.provenance import provenance, run_record
 from reproduce.study import Cell
 from reproduce.training.ema import EMA
 from reproduce.training.evaluate import evaluate
@@ -75,8 +75,7 @@ def run_cell(cell: Cell, *, data_root: Path, progress: bool = True, checkpoint: 
                 progress=progress)
 
     evaluation = evaluate(model, splits, task=info.task, batch_size=tr.eval_batch_size, ema=ema)
-    metrics = {**evaluation.metrics, "parameters": count_parameters(model), "train_seconds": round(run.seconds, 3),
-               "samples_per_second": round(run.seen / run.seconds, 1), "train_loss_last": run.epochs[-1].loss,
+    metrics = {**evaluation.metrics, "parameters": count_parameters(model), "train_loss_last": run.epochs[-1].loss,
                "steps": run.steps}
     if run.epochs[-1].gwa is not None:
         metrics["train_gwa_last_epoch"] = run.epochs[-1].gwa  # gradient-weight alignment, last epoch
@@ -85,6 +84,7 @@ def run_cell(cell: Cell, *, data_root: Path, progress: bool = True, checkpoint: 
         metrics["epsilon"] = epsilon
     draft = CellResult(cell=cell.id, config=cell.config(), metrics=metrics, privacy=PrivacyStatement(private=False),
                        statement="", provenance=provenance(cell=cell, data=info), epochs=run.epochs,
+                       run=run_record(seconds=run.seconds, seen=run.seen),
                        steps=run.step_records, reliability_test=evaluation.reliability_test)
     # The statement lists what the rest of the result releases without noise.
     statement = trainer.privacy_statement(draft.released())
@@ -98,9 +98,13 @@ def _json_default(o):
 
 
 def write_cell(result: CellResult, out_dir: Path) -> None:
-    """The cell's outputs: result.json (everything), metrics.json (flat numbers for `dvc metrics`)
-    and steps.json (per-step series for `dvc plots`)."""
+    """The cell's outputs: result.json (everything an identical rerun reproduces byte for byte: DVC's
+    cached output), metrics.json (its flat numbers) and steps.json (per-step series for `dvc plots`),
+    both small and committed with git; and run.json, this run's timings and host (ignored by git and
+    DVC, so a rerun that reproduces every number leaves `dvc.lock` unchanged)."""
     write_json_atomic(out_dir / "result.json", result.to_json(), default=_json_default)
+    if result.run is not None:
+        write_json_atomic(out_dir / "run.json", result.run.to_json(), default=_json_default)
     write_json_atomic(out_dir / "metrics.json", result.numbers(), default=_json_default)
     # Per-step series (loss, l0 sparsity, gradient-weight alignment) for `dvc plots show`.
     write_json_atomic(out_dir / "steps.json", [s.to_json() for s in result.steps], default=_json_default)

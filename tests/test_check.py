@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
 import sys
 
-from reproduce.check import compare, seed_stds
+import hashlib
+
+from reproduce.check import Verdict, cell_hashes, compare, render_hashes, reproduced_by_hash, seed_stds
 from reproduce.study import parse_study
 from tests.conftest import REPO
 from tests.report.conftest import fake_result
@@ -92,3 +95,29 @@ def test_cli_check_fails_on_perturbation_and_passes_unperturbed(tmp_path):
     assert bad.returncode == 1
     line = next(ln for ln in bad.stdout.splitlines() if ln.startswith("embedded-e-8-1-1") and "test_acc" in ln)
     assert "0.54" in line and "0.7" in line and "FAIL" in line
+
+
+def test_hash_check_names_each_cell_reproduced_differing_within_or_beyond_tolerance_or_absent(tmp_path):
+    """Outputs vs a committed dvc.lock: informative per cell; the tolerances say which mismatch matters."""
+    study = parse_study(STUDY.replace("seed: [0, 1]", "seed: [0, 1, 2, 3]"))
+    files = {}
+    for cell in ("embedded-e-8-1-0", "embedded-e-8-1-1", "embedded-e-8-1-2"):
+        path = f"results/chk/cells/{cell}/result.json"
+        (tmp_path / path).parent.mkdir(parents=True)
+        (tmp_path / path).write_text(f"{cell} committed")
+        files[cell] = path
+    md5 = lambda p: hashlib.md5((tmp_path / p).read_bytes()).hexdigest()  # noqa: E731
+    lock = {"schema": "2.0", "stages": {
+        f"train@{cell}": {"cmd": "x", "outs": [{"path": path, "hash": "md5", "md5": md5(path), "size": 1}]}
+        for cell, path in files.items()} | {"report": {"outs": [{"path": "results/chk/table.md", "md5": "0"}]}}}
+    assert cell_hashes(lock)["embedded-e-8-1-0"] == {files["embedded-e-8-1-0"]: md5(files["embedded-e-8-1-0"])}
+    (tmp_path / files["embedded-e-8-1-1"]).write_text("rounded differently")
+    (tmp_path / files["embedded-e-8-1-2"]).write_text("moved")
+    verdicts = [Verdict("embedded-e-8-1-2", "test_acc", 0.5, 0.7, 0.01, False)]
+    out = {v.cell: v.detail for v in reproduced_by_hash(study, lock, verdicts, root=tmp_path)}
+    assert out == {"embedded-e-8-1-0": "reproduced bit for bit",
+                   "embedded-e-8-1-1": "differs (within tolerances: see baseline check; result.json)",
+                   "embedded-e-8-1-2": "differs (beyond tolerances: see baseline check; result.json)",
+                   "embedded-e-8-1-3": "not in the committed dvc.lock"}
+    text = render_hashes(study, reproduced_by_hash(study, lock, verdicts, root=tmp_path))
+    assert "1 of 4 cells reproduced bit for bit" in text and "pipelines/chk/dvc.lock" in text

@@ -2,7 +2,8 @@
 
 DP-SGD's guarantee covers what is computed from its noised updates: the weights, every applied
 update, and what is evaluated from them on other data. A result also releases training diagnostics
-and timings that read the training data directly. Every field a result writes is classified here, and
+and timings that read the training data directly (the timings in ``run.json``, beside ``result.json``:
+paths ``run.*``). Every field a result writes is classified here, and
 ``unnoised_releases`` refuses an unclassified one, so the privacy statement cannot fall behind the
 trainer: a new field fails the first private run (and CI) until it is put in one of the two lists.
 
@@ -22,19 +23,20 @@ COVERED = (
     "epochs[].epoch", "steps[].step", "steps[].epoch",
     "steps[].l0_update",                                  # sparsity of the noised update: post-processing
     "provenance.study", "provenance.study_sha256", "provenance.cell", "provenance.seed",
-    "provenance.commit", "provenance.dirty", "provenance.data.name", "provenance.data.source",
-    "provenance.versions.*", "provenance.device", "provenance.torch_threads", "provenance.platform",
+    "provenance.data.name", "provenance.data.source", "provenance.versions.*",
+    "provenance.device*",                                 # reproduce.device.device_facts (or "cpu")
+    "run.commit", "run.dirty", "run.platform",            # run.json: code and host
 )
 
 # Released without noise: each reads the training data (or the sampled batch sizes) directly.
 UNNOISED = (
     "metrics.train_loss_last",            # training loss of the last batch; null for an empty batch
     "metrics.train_gwa_last_epoch",       # gradient-weight alignment of per-sample gradients
-    "metrics.train_seconds", "metrics.samples_per_second",  # depend on the sampled batch sizes
+    "run.train_seconds", "run.samples_per_second",  # run.json: depend on the sampled batch sizes
     "epochs[].loss", "epochs[].gwa", "epochs[].gwa_mean", "epochs[].gwa_excess_kurtosis",
     "steps[].loss", "steps[].l0_clipped", "steps[].gwa", "steps[].gwa_mean",  # l0_clipped: before noise
     "provenance.data.sha256",             # checksum of the dataset file, training set included
-    "provenance.finished_utc",            # end time, which moves with the training time
+    "run.finished_utc",                   # run.json: end time, which moves with the training time
 )
 
 

@@ -157,30 +157,24 @@ def render_privacy(study: Study, results: dict[str, CellResult]) -> str:
 
 def render_provenance(study: Study, results: dict[str, CellResult]) -> str:
     rows, versions, warnings = [], {}, []
-    hashes, commits = set(), set()
+    # The page is a versioned output: only what an identical rerun reproduces. The code is the
+    # dependency hashes in dvc.lock; timings, commit and host are in each cell's run.json.
+    hashes = set()
     for c in study.cells():
         r = results.get(c.id)
         if r is None:
             continue
         pv, data = r.provenance, r.provenance.data
         hashes.add(pv.study_sha256)
-        commits.add(pv.commit)
-        commit = f"{_short(pv.commit, 10)}" + (' <span class="warn">dirty</span>' if pv.dirty else "")
         for k, v in pv.versions.items():
             versions.setdefault(k, Counter())[str(v)] += 1
         rows.append(
             f'<tr><td class="mono">{_e(c.id)}</td><td class="num">{_e(pv.seed)}</td>'
-            f'<td class="mono" title="{_e(pv.commit)}">{commit}</td>'
             f'<td class="mono" title="{_e(pv.study_sha256)}">{_short(pv.study_sha256)}</td>'
             f'<td class="mono" title="{_e(data.sha256)}">{_e(data.name)}: {_short(data.sha256)}</td>'
-            f'<td>{_e(data.source)}</td><td>{_e(pv.device)}</td>'
-            f'<td class="num">{_e(pv.torch_threads)}</td><td class="mono">{_e(pv.finished_utc)}</td></tr>')
+            f'<td>{_e(data.source)}</td><td>{_e(pv.device)}</td></tr>')
     if len(hashes) > 1:
         warnings.append("cells were produced from different versions of the study file (study_sha256 differs)")
-    if len(commits) > 1:
-        warnings.append("cells were produced by different commits")
-    if any(results[c.id].provenance.dirty for c in study.cells() if c.id in results):
-        warnings.append("some cells ran with uncommitted changes (dirty): not reproducible from the recorded commit")
     vrows = []
     for k, cnt in sorted(versions.items()):
         text = ", ".join(f"{v} ({n} cells)" if len(cnt) > 1 else v for v, n in cnt.items())
@@ -190,9 +184,11 @@ def render_provenance(study: Study, results: dict[str, CellResult]) -> str:
     warn = "".join(f'<p class="warn">Warning: {_e(w)}.</p>' for w in warnings)
     return (warn + '<h3>Package versions</h3><table id="versions"><thead><tr><th>package</th><th>version</th></tr></thead>'
             f"<tbody>{vrows}</tbody></table>"
-            '<h3>Per cell</h3><table id="provenance" data-check="1"><thead><tr><th>cell</th><th>seed</th><th>commit</th>'
-            "<th>study sha256</th><th>data sha256</th><th>data source</th><th>device</th><th>torch threads</th>"
-            f"<th>finished (UTC)</th></tr></thead><tbody>{''.join(rows)}</tbody></table>")
+            '<h3>Per cell</h3><table id="provenance" data-check="1"><thead><tr><th>cell</th><th>seed</th>'
+            "<th>study sha256</th><th>data sha256</th><th>data source</th><th>device</th></tr></thead>"
+            f"<tbody>{''.join(rows)}</tbody></table><p>Code: the dependency hashes in this study's "
+            "<code>dvc.lock</code>; timings, commit and host of each run: "
+            "<code>results/&lt;study&gt;/cells/&lt;cell&gt;/run.json</code> (not versioned).</p>")
 
 
 def render_page(study: Study, results: dict[str, CellResult], tables: list[dict], figures: list[FigureFile]) -> str:

@@ -18,7 +18,7 @@ from typing import Any
 from reproduce.errors import ReproduceError
 from reproduce.metrics.calibration import ReliabilityBin
 from reproduce.privacy.accounting import PrivacyStatement
-from reproduce.provenance import Provenance
+from reproduce.provenance import Provenance, RunRecord
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,14 +109,15 @@ class CellResult:
         cell: The cell id.
         config: ``Cell.config()``, everything that determined the result.
         metrics: Flat name -> value: ``<split>_<metric>`` for every split metric of the metric
-            registry, the rotated-test metrics, ``parameters``, ``steps``, timings, the last training
-            loss and alignment, and ``epsilon`` for DP cells.
+            registry, the rotated-test metrics, ``parameters``, ``steps``, the last training loss and
+            alignment, and ``epsilon`` for DP cells (no timings: they are in ``run``).
         privacy: The privacy statement's fields.
         statement: The privacy statement in words, as written with the result.
-        provenance: Code, data, study and environment that produced it.
+        provenance: Study, data and environment that produced it (the same on an identical rerun).
         epochs: One record per epoch.
         steps: One record per logged optimizer step.
         reliability_test: Reliability-diagram bins on the test split (single-label tasks only).
+        run: This run's timings and host (``run.json``, not in ``result.json``); None when read back.
     """
 
     cell: str
@@ -128,6 +129,7 @@ class CellResult:
     epochs: tuple[EpochRecord, ...] = ()
     steps: tuple[StepRecord, ...] = ()
     reliability_test: tuple[ReliabilityBin, ...] | None = None
+    run: RunRecord | None = None
 
     @property
     def widths(self) -> tuple[int, ...]:
@@ -147,7 +149,7 @@ class CellResult:
                 if isinstance(v, (int, float)) and not (isinstance(v, float) and math.isnan(v))}
 
     def to_json(self) -> dict[str, Any]:
-        """The ``result.json`` record."""
+        """The ``result.json`` record: deterministic for a seeded cell on one platform (no ``run``)."""
         detail = {} if self.reliability_test is None else {
             "reliability_test": [dataclasses.asdict(b) for b in self.reliability_test]}
         return {"cell": self.cell, "config": self.config, "metrics": self.metrics,
@@ -157,9 +159,12 @@ class CellResult:
                 "provenance": self.provenance.to_json()}
 
     def released(self) -> dict[str, Any]:
-        """The record without its privacy statement: what the statement speaks about."""
+        """Everything written without the privacy statement (the run record as ``run``): what the
+        statement speaks about."""
         record = self.to_json()
         del record["privacy"]
+        if self.run is not None:
+            record["run"] = self.run.to_json()
         return record
 
     @classmethod

@@ -46,8 +46,7 @@ def fake_result(cell, *, reliability: bool = True, steps: bool = True) -> dict:
     val = VAL0[key] + 0.02 * cell.seed
     test = val - 0.01
     metrics = {"val_acc": val, "test_acc": test, "val_auc": 0.9, "test_auc": 0.9, "test_brier": 0.3 - 0.01 * cell.seed,
-               "test_ece": 0.05 + 0.01 * cell.seed, "parameters": PARAMS[cell.group] + (7 if cell.dataset == "embedded" else 0),
-               "train_seconds": 1.0, "samples_per_second": 100.0}
+               "test_ece": 0.05 + 0.01 * cell.seed, "parameters": PARAMS[cell.group] + (7 if cell.dataset == "embedded" else 0)}
     if cell.private:
         metrics["epsilon"] = 7.41
     rows = []
@@ -68,11 +67,9 @@ def fake_result(cell, *, reliability: bool = True, steps: bool = True) -> dict:
         "cell": cell.id, "config": cell.config(), "metrics": metrics, "steps": rows, "privacy": privacy,
         "epochs": [{"epoch": e, "loss": 1.0, **({"gwa": 0.05 * (e + 1) + 0.01 * cell.seed} if steps else {})} for e in range(3)],
         "provenance": {"study": cell.study.name, "study_sha256": "ab" * 32, "cell": cell.id, "seed": cell.seed,
-                       "commit": "0123456789abcdef0123456789abcdef01234567", "dirty": False,
                        "data": {"name": cell.dataset, "sha256": "cd" * 32, "source": "fake"},
                        "versions": {"python": "3.11.2", "torch": "2.13.0", "opacus": "1.6.0", "escnn": "1.0.11", "numpy": "1.26.4"},
-                       "device": "cpu", "torch_threads": 2, "platform": "Linux-fake",
-                       "finished_utc": "2025-01-01T00:00:00+00:00"},
+                       "device": "cpu"},
     }
     if reliability:
         # 4 bins; seed 0 and seed 1 differ so pooling is visible.

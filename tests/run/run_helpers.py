@@ -63,6 +63,9 @@ def make_repo_copy(dst: Path, study_text: str, data: Path) -> Path:
             (dst / f).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dst / f)
     (dst / "studies" / "default.yaml").write_text(study_text)
+    # The committed lock and results are the real default study's, not this one's.
+    (dst / "dvc.lock").unlink(missing_ok=True)
+    shutil.rmtree(dst / "results" / "default", ignore_errors=True)
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
                 ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "copy"]):
         run(cmd, dst)
