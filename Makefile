@@ -29,7 +29,7 @@ run: install
 	else \
 	  echo "dvc.lock or results/default/ differ from the commit (a code or study change, or another platform's rounding):"; \
 	  git status --short -- $(VERSIONED); \
-	  echo "to record these results: git add $(VERSIONED) && git commit && dvc push"; \
+	  echo "to record these results: git add $(VERSIONED) && git commit && dvc push dvc.yaml data.dvc"; \
 	fi
 
 # The test suite, per-sample gradients of every study against brute force on the trainer's batches,
