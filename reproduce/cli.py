@@ -74,13 +74,15 @@ def cmd_fetch(args) -> int:
 
 def cmd_train(args) -> int:
     from reproduce.study import load_study
+    from reproduce.device import requested_device, resolve_device
     from reproduce.train import run_cell, write_cell
     study = load_study(args.study)   # the whole study must be valid before anything runs
     cell = study.cell(args.cell)
     # Outside DVC's outputs (DVC deletes those before rerunning a stage), so a killed run resumes.
     checkpoint = Path(args.checkpoint_dir) / study.name / f"{cell.id}.ckpt"
     try:
-        result = run_cell(cell, data_root=Path(args.data_root), progress=not args.quiet, checkpoint=checkpoint)
+        result = run_cell(cell, data_root=Path(args.data_root), progress=not args.quiet, checkpoint=checkpoint,
+                          device=resolve_device(requested_device(args.device)))
     except KeyboardInterrupt:
         raise ReproduceError(f"interrupted; the last epoch's checkpoint is kept at {checkpoint}: rerun to resume") from None
     out = Path(args.out or f"results/{study.name}/cells/{cell.id}")
@@ -199,7 +201,6 @@ def cmd_check(args) -> int:
     return 0 if all(v.ok for v in verdicts) else 1
 
 
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="reproduce", description="Reproducibility suite for DP equivariant deep learning. "
                                 "`dvc repro` runs the default study; these commands are its building blocks.")
@@ -223,6 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data-root", default="data")
     s.add_argument("--out")
     s.add_argument("--checkpoint-dir", default="checkpoints")
+    s.add_argument("--device", help="auto (default: CUDA when available, else the CPU), cpu, cuda or cuda:N; "
+                   "else $REPRODUCE_DEVICE, else run.device in the user config")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_train)
     s = sub.add_parser("run", help="run a study's pending cells (local processes, SLURM, or a CPU smoke test)")

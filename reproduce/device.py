@@ -11,6 +11,11 @@ picks deterministic algorithms and does not benchmark, and cuBLAS gets a fixed w
 reductions are repeatable. What stays different: results on a GPU are bit-identical only for the
 same GPU model, driver, CUDA/cuDNN and torch versions; they differ from the CPU's in the last bits,
 which noisy DP training amplifies (the study's tolerances, not bit equality, compare across devices).
+
+What lives on the device (``reproduce.train.run_cell``): the model with escnn's hidden bases, the
+training set when it fits (``resident``), the views, the noise and evaluation. Random draws that must
+not depend on micro-batching (the views' integers, the Poisson sample) stay on seeded CPU generators,
+as on the CPU today, and reach the device through ``host_to_device`` (pinned, asynchronous).
 """
 
 from __future__ import annotations
@@ -77,6 +82,33 @@ def configure_determinism(device: torch.device) -> None:
     torch.backends.cudnn.benchmark = False
 
 
+def host_to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A small host tensor (random draws, indices) on ``device`` without stalling the host.
+
+    From pageable memory a CUDA copy waits for the stream to drain; pinned and non-blocking it is
+    queued behind the kernels that come before it. The CPU gets ``t`` itself.
+    """
+    if device.type != "cuda" or t.device.type != "cpu":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
+#: share of the free device memory a training set may take to be held there
+RESIDENT_SHARE = 0.25
+
+
+def resident(tensors: tuple[torch.Tensor, ...], device: torch.device) -> tuple[torch.Tensor, ...]:
+    """The training set's tensors on ``device`` when they fit in ``RESIDENT_SHARE`` of its free
+    memory (MedMNIST, CIFAR-10: batches are then gathered by index on the device, with no per-step
+    copies); otherwise left on the host, and the trainer copies each micro-batch."""
+    if device.type != "cuda":
+        return tuple(t.to(device) for t in tensors)
+    free, _ = torch.cuda.mem_get_info(device)
+    if sum(t.numel() * t.element_size() for t in tensors) > RESIDENT_SHARE * free:
+        return tensors
+    return tuple(t.to(device) for t in tensors)
+
+
 def device_facts(device: torch.device) -> dict:
     """What provenance records about the device a cell actually ran on."""
     facts = {"type": device.type, "torch_threads": torch.get_num_threads()}
@@ -87,3 +119,12 @@ def device_facts(device: torch.device) -> dict:
                      cudnn=torch.backends.cudnn.version(), tf32=torch.backends.cuda.matmul.allow_tf32,
                      cudnn_deterministic=torch.backends.cudnn.deterministic)
     return facts
+
+
+def device_label(facts: dict | str) -> str:
+    """One line for reports: "cpu", or "cuda:0 NVIDIA H200" (older results recorded a plain string)."""
+    if isinstance(facts, str):
+        return facts
+    if facts.get("type") != "cuda":
+        return str(facts.get("type"))
+    return f"cuda:{facts.get('index', 0)} {facts.get('name', '')}".strip()

@@ -19,6 +19,8 @@ from typing import Any
 
 import torch
 
+from reproduce.device import device_facts
+
 PACKAGES = ("torch", "opacus", "escnn", "numpy", "scikit-learn", "pydantic", "dvc")
 # Paths whose uncommitted edits make a result not reproducible from the recorded commit.
 CODE_PATHS = ("reproduce", "studies", "pyproject.toml", "dvc.yaml")
@@ -68,7 +70,7 @@ class Provenance:
     seed: int
     data: DataProvenance
     versions: dict[str, str | None]
-    device: str
+    device: dict[str, Any] | str    # reproduce.device.device_facts (a plain "cpu" in older results)
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -78,7 +80,7 @@ class Provenance:
         return cls(**{**record, "data": DataProvenance(**record["data"])})
 
 
-def provenance(*, cell, data) -> Provenance:
+def provenance(*, cell, data, device: torch.device | None = None) -> Provenance:
     """Everything needed to trace a number back: study file hash, cell, commit, data, seed, versions."""
     from reproduce.study import study_hash
     study_file = Path("studies") / f"{cell.study.name}.yaml"
@@ -89,7 +91,7 @@ def provenance(*, cell, data) -> Provenance:
         seed=cell.seed,
         data=DataProvenance(name=data.name, sha256=data.sha256, source=data.source),
         versions=versions(),
-        device="cpu",
+        device=device_facts(device if device is not None else torch.device("cpu")),
     )
 
 
@@ -114,4 +116,3 @@ def run_record(*, seconds: float, seen: int) -> RunRecord:
         train_seconds=round(seconds, 3), samples_per_second=round(seen / seconds, 1) if seconds else 0.0,
         finished_utc=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         **git_state(), platform=platform.platform())
-

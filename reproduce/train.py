@@ -19,6 +19,7 @@ from reproduce.atomic import write_json_atomic
 from reproduce.checkpoint import load_checkpoint, save_checkpoint
 from reproduce.data import load_dataset
 from reproduce.data.base import Splits
+from reproduce.device import configure_determinism, requested_device, resident, resolve_device
 from reproduce.models import build_cell_model, count_parameters
 from reproduce.privacy.accounting import PrivacyStatement
 from reproduce.provenance import provenance, run_record
@@ -37,30 +38,36 @@ from reproduce.training.tracker import StepTracker
 __all__ = ["run_cell", "write_cell", "checkpoint_key", "loss_fn", "predict_proba", "to_targets", "to_tensor"]
 
 
-def training_set(splits: Splits, *, max_samples: int | None, task: str) -> TensorDataset:
-    """The training split as tensors, cut to its first ``max_samples`` when the study says so."""
+def training_set(splits: Splits, *, max_samples: int | None, task: str,
+                 device: torch.device = torch.device("cpu")) -> TensorDataset:
+    """The training split as tensors, cut to its first ``max_samples`` when the study says so; held
+    on ``device`` when it fits there (``reproduce.device.resident``)."""
     x, y = splits.images("train"), splits.labels("train")
     if max_samples:
         x, y = x[:max_samples], y[:max_samples]
-    return TensorDataset(to_tensor(x), to_targets(y, task))
+    return TensorDataset(*resident((to_tensor(x), to_targets(y, task)), device))
 
 
 def run_cell(cell: Cell, *, data_root: Path, progress: bool = True, checkpoint: Path | None = None,
-             splits: Splits | None = None) -> CellResult:
+             splits: Splits | None = None, device: str | torch.device | None = None) -> CellResult:
     """Train ``cell`` and return its result (metrics, privacy statement, provenance).
 
     With ``checkpoint``, state is saved atomically after every epoch and a valid checkpoint is
     resumed from; results are bit-identical to an uninterrupted run on CPU. ``splits`` replaces
-    the dataset (smoke runs on stand-in data).
+    the dataset (smoke runs on stand-in data). ``device``: a torch device, or a spec for
+    ``reproduce.device.requested_device`` (None: $REPRODUCE_DEVICE, the user config, else auto).
     """
+    device = device if isinstance(device, torch.device) else resolve_device(requested_device(device))
+    configure_determinism(device)
     tr = cell.study.training
     torch.manual_seed(cell.seed)
     np.random.seed(cell.seed)
     if splits is None:
         splits = load_dataset(cell.dataset, root=data_root, options=cell.study.data)
     info = splits.info
-    train_set = training_set(splits, max_samples=tr.max_train_samples, task=info.task)
-    model = build_cell_model(cell, in_channels=info.n_channels, num_classes=info.num_classes)
+    train_set = training_set(splits, max_samples=tr.max_train_samples, task=info.task, device=device)
+    # Built on the CPU (same initial weights on every device), then moved with escnn's hidden bases.
+    model = build_cell_model(cell, in_channels=info.n_channels, num_classes=info.num_classes).to(device)
     trainer = (PrivateTrainer if cell.private else PlainTrainer).for_cell(cell, model, train_set, task=info.task)
     tracker = StepTracker(model, task=info.task, every=tr.log_every)
     ema = EMA(trainer.params, decay=tr.ema_decay) if tr.ema_decay else None
@@ -83,7 +90,7 @@ def run_cell(cell: Cell, *, data_root: Path, progress: bool = True, checkpoint: 
     if epsilon is not None:
         metrics["epsilon"] = epsilon
     draft = CellResult(cell=cell.id, config=cell.config(), metrics=metrics, privacy=PrivacyStatement(private=False),
-                       statement="", provenance=provenance(cell=cell, data=info), epochs=run.epochs,
+                       statement="", provenance=provenance(cell=cell, data=info, device=device), epochs=run.epochs,
                        run=run_record(seconds=run.seconds, seen=run.seen),
                        steps=run.step_records, reliability_test=evaluation.reliability_test)
     # The statement lists what the rest of the result releases without noise.

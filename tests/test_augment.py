@@ -74,3 +74,48 @@ def test_dp_update_clips_the_view_average_per_sample():
     opt.pre_step()
     for w, p in zip(want, model.parameters()):
         assert torch.allclose(p.grad, w, rtol=1e-7, atol=1e-12)
+
+
+def _boolean_mask_views(x, multiplicity, *, kind, generator):
+    """The views as selected by host boolean masks before the device path (kept as the reference)."""
+    from reproduce.data.augment import _crop, _draws
+    rep = x.repeat_interleave(multiplicity, dim=0)
+    if kind == "medmnist":
+        k, flip, dy, dx = _draws(len(rep), [4, 2, 5, 5], generator)
+        out = rep.clone()
+        for r in range(4):
+            if (k == r).any():
+                out[k == r] = torch.rot90(rep[k == r], r, dims=(2, 3))
+        out[flip.bool()] = out[flip.bool()].flip(3)
+        return _crop(out, 2, dy, dx)
+    flip, dy, dx = _draws(len(rep), [2, 9, 9], generator)
+    rep = rep.clone()
+    rep[flip.bool()] = rep[flip.bool()].flip(3)
+    return _crop(rep, 4, dy, dx)
+
+
+@pytest.mark.parametrize("kind", ["medmnist", "cifar"])
+def test_views_selected_by_index_are_the_boolean_mask_views_bit_for_bit(kind):
+    """The device path selects rows by index (no host read-back of a mask); on the CPU the views are
+    the ones the masks gave, so CPU results do not move."""
+    x = torch.rand(13, 3, 28, 28)
+    got = augment_views(x, 4, kind=kind, generator=torch.Generator().manual_seed(5))
+    want = _boolean_mask_views(x, 4, kind=kind, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(got, want)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+@pytest.mark.parametrize("kind", ["medmnist", "cifar"])
+def test_views_on_cuda_are_the_cpu_views_and_do_not_depend_on_micro_batching(kind):
+    x = torch.rand(11, 3, 28, 28)
+    cpu = augment_views(x, 3, kind=kind, generator=torch.Generator().manual_seed(1))
+    gen = torch.Generator().manual_seed(1)
+    parts = torch.cat([augment_views(x[s:s + 4].cuda(), 3, kind=kind, generator=gen) for s in range(0, 11, 4)])
+    assert parts.device.type == "cuda"
+    assert torch.equal(parts.cpu(), cpu)   # permutations and zero padding only: exact on any device
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+def test_views_refuse_a_cuda_generator():
+    with pytest.raises(ValueError, match="CPU generator"):
+        augment_views(torch.rand(2, 3, 28, 28).cuda(), 2, kind="cifar", generator=torch.Generator("cuda"))

@@ -59,3 +59,41 @@ def test_cuda_facts_and_determinism():
     assert torch.backends.cudnn.deterministic
     with pytest.raises(DeviceError, match="visible"):
         resolve_device(f"cuda:{torch.cuda.device_count()}")
+
+
+def test_provenance_records_the_facts_of_the_device_used():
+    from types import SimpleNamespace
+
+    from reproduce.provenance import Provenance, provenance
+    from reproduce.study import parse_study
+    cell = parse_study("name: facts\ntraining:\n  epochs: 1\ngrid:\n  dataset: [bloodmnist]\n  group: [e]\n  epsilon: [8]\n  seed: [0]\n").cells()[0]
+    data = SimpleNamespace(name="bloodmnist", sha256="0" * 64, source="stand-in")
+    record = provenance(cell=cell, data=data, device=torch.device("cpu"))
+    assert record.device == device_facts(torch.device("cpu"))
+    assert record.device["torch_threads"] == torch.get_num_threads()
+    assert Provenance.from_json(record.to_json()) == record
+
+
+def test_device_label_reads_old_and_new_records():
+    from reproduce.device import device_label
+    assert device_label("cpu") == "cpu"
+    assert device_label({"type": "cpu", "torch_threads": 2}) == "cpu"
+    assert device_label({"type": "cuda", "index": 1, "name": "NVIDIA H200"}) == "cuda:1 NVIDIA H200"
+
+
+def test_host_tensors_stay_themselves_on_the_cpu():
+    from reproduce.device import host_to_device, resident
+    t = torch.arange(5)
+    assert host_to_device(t, torch.device("cpu")) is t
+    (r,) = resident((t,), torch.device("cpu"))
+    assert r is t
+
+
+@pytest.mark.skipif(not CUDA, reason="no CUDA device on this machine")
+def test_host_tensors_reach_cuda_and_a_training_set_too_big_stays_on_the_host(monkeypatch):
+    import reproduce.device as dev
+    device = resolve_device("cuda")
+    assert torch.equal(dev.host_to_device(torch.arange(5), device).cpu(), torch.arange(5))
+    assert dev.resident((torch.zeros(4),), device)[0].device.type == "cuda"
+    monkeypatch.setattr(dev, "RESIDENT_SHARE", 0.0)
+    assert dev.resident((torch.zeros(4),), device)[0].device.type == "cpu"

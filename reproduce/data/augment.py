@@ -9,6 +9,9 @@ element of the dihedral group D4 (rotation by a multiple of 90 degrees, optional
 images have no canonical orientation) followed by a random translation of up to 2 pixels with zero
 padding (random crop after padding). For CIFAR-10 ("cifar" kind): random crop with 4-pixel padding
 and horizontal flip, as in De et al.
+
+On every device the views' integers are drawn on the trainer's CPU generator (so they do not depend
+on micro-batching) and moved to the images' device (``host_to_device``: B*K integers per micro-batch).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from reproduce.data.registry import dataset_source
+from reproduce.device import host_to_device
 
 KINDS = ("medmnist", "cifar")
 
@@ -29,8 +33,12 @@ def _draws(n: int, radices: list[int], gen: torch.Generator) -> list[torch.Tenso
     Decoding one mixed-radix integer per view keeps each view's draws a function of its position in
     the generator's stream (CPU ``randint`` draws one number per element, in order), so splitting a
     batch into micro-batches (``physical_batch_size``) gives every sample the same views as the whole
-    batch would. This holds for a CPU generator (the trainer's); CUDA generators draw differently.
+    batch would. This holds for a CPU generator only (a CUDA generator's offsets depend on the size
+    of each draw), so the generator must be a CPU one on every device; the draws are moved.
     """
+    if gen.device.type != "cpu":
+        raise ValueError(f"the views' generator must be a CPU generator (got one on {gen.device}): CUDA "
+                         "generators would make the views depend on the micro-batch size")
     u = torch.randint(0, math.prod(radices), (n,), generator=gen)
     out = []
     for r in radices:
@@ -40,27 +48,41 @@ def _draws(n: int, radices: list[int], gen: torch.Generator) -> list[torch.Tenso
 
 
 def _crop(x: torch.Tensor, pad: int, dy: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
-    """Per-sample crops of the zero-padded images at offsets (dy, dx) in [0, 2*pad]."""
+    """Per-sample crops of the zero-padded images at offsets (dy, dx) in [0, 2*pad] (host tensors)."""
     n, _, h, w = x.shape
     padded = F.pad(x, (pad, pad, pad, pad))
-    rows = (dy[:, None] + torch.arange(h)[None, :])            # [n, h]
-    cols = (dx[:, None] + torch.arange(w)[None, :])            # [n, w]
-    idx = torch.arange(n)[:, None, None]
+    dy, dx = host_to_device(dy, x.device), host_to_device(dx, x.device)
+    rows = (dy[:, None] + torch.arange(h, device=x.device)[None, :])            # [n, h]
+    cols = (dx[:, None] + torch.arange(w, device=x.device)[None, :])            # [n, w]
+    idx = torch.arange(n, device=x.device)[:, None, None]
     crops = padded.permute(0, 2, 3, 1)[idx, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
     # The gather above is channels-last; hand the model NCHW like K = 1 batches, so the whole network
     # runs in one layout (the per-sample rules are exact for any layout, and verified to be).
     return crops.contiguous()
 
 
+def _rows(mask: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """The rows a host mask selects, as an index on ``device``: selecting by a device mask would
+    read its count back to the host (a stall); the same rows either way."""
+    return host_to_device(mask.nonzero().squeeze(1), device)
+
+
+def _flip(x: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
+    """``x`` with the samples where ``flip`` (host, bool) mirrored left-right, in place."""
+    rows = _rows(flip, x.device)
+    x[rows] = x[rows].flip(3)
+    return x
+
+
 def _d4(x: torch.Tensor, k: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
-    """Rotate sample i by k[i] quarter turns, then mirror it where flip[i]."""
+    """Rotate sample i by k[i] quarter turns, then mirror it where flip[i] (k, flip on the host)."""
     out = x.clone()
     for r in range(4):
         sel = k == r
         if sel.any():
-            out[sel] = torch.rot90(x[sel], r, dims=(2, 3))
-    out[flip] = out[flip].flip(3)
-    return out
+            rows = _rows(sel, x.device)
+            out[rows] = torch.rot90(x[rows], r, dims=(2, 3))
+    return _flip(out, flip)
 
 
 def augment_views(x: torch.Tensor, multiplicity: int, *, kind: str, generator: torch.Generator) -> torch.Tensor:
@@ -78,9 +100,7 @@ def augment_views(x: torch.Tensor, multiplicity: int, *, kind: str, generator: t
     if kind == "cifar":
         pad = 4
         flip, dy, dx = _draws(len(rep), [2, 2 * pad + 1, 2 * pad + 1], generator)
-        rep = rep.clone()
-        rep[flip.bool()] = rep[flip.bool()].flip(3)
-        return _crop(rep, pad, dy, dx)
+        return _crop(_flip(rep.clone(), flip.bool()), pad, dy, dx)
     raise ValueError(f"unknown augmentation kind {kind!r}; allowed: {KINDS}")
 
 

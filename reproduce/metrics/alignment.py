@@ -98,7 +98,7 @@ def linear_ce_per_sample_grads(
     if h.ndim != 2 or z.ndim != 2 or h.shape[0] != z.shape[0] or y.shape[0] != z.shape[0]:
         raise ValueError(f"need features [B, d], logits [B, C], labels [B]; got {tuple(h.shape)}, {tuple(z.shape)}, {tuple(y.shape)}")
     delta = torch.softmax(z, dim=1)
-    delta[torch.arange(z.shape[0]), y] -= 1.0
+    delta[torch.arange(z.shape[0], device=z.device), y] -= 1.0
     return delta[:, :, None] * h[:, None, :], delta
 
 

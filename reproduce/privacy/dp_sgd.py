@@ -52,6 +52,10 @@ class PrivateTraining:
 PER_SAMPLE_GRADIENTS = ("engine", "hooks")
 
 
+def _parameters_device(model: nn.Module) -> torch.device:
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
+
+
 def make_private(model: nn.Module, optimizer: torch.optim.Optimizer, dataset, *, batch_size: int,
                  epochs: int | None = None, steps: int | None = None, target_epsilon: float, delta: float, max_grad_norm: float,
                  accountant: str, seed: int, secure_mode: bool = False,
@@ -64,6 +68,11 @@ def make_private(model: nn.Module, optimizer: torch.optim.Optimizer, dataset, *,
     layer without an exact rule and any batch norm, before anything else happens. ``secure_mode``
     draws the Poisson sample and the noise from the OS (``reproduce.privacy.secure_rng``), never
     from generators seeded with ``seed``.
+
+    Device: the model's. The seeded noise is drawn by a generator on that device (on CUDA, Philox:
+    other numbers than the CPU's, reproducible on the same GPU and versions); secure-mode noise is
+    drawn on the host from ``os.urandom`` and copied to the device, one parameter-sized copy per
+    parameter per step (there is no CUDA CSPRNG to draw it where it is used).
     """
     from reproduce.privacy.exactness import check_exact_per_sample_gradients
     if per_sample_gradients not in PER_SAMPLE_GRADIENTS:
@@ -81,9 +90,11 @@ def make_private(model: nn.Module, optimizer: torch.optim.Optimizer, dataset, *,
         loader = secure_poisson_loader(DPDataLoader(dataset, sample_rate=sample_rate), sample_rate=sample_rate)
         noise_gen = None
     else:
-        # Separate generators: data order and noise each reproducible on their own.
+        # Separate generators: data order and noise each reproducible on their own. The sampler's on
+        # the CPU (it draws indices; the batch is gathered where the data is); the noise's where the
+        # parameters are (opacus draws with ``reference.device``; a CPU one fails for CUDA tensors).
         sampler_gen = torch.Generator().manual_seed(seed * 1_000_003 + 1)
-        noise_gen = torch.Generator().manual_seed(seed * 1_000_003 + 2)
+        noise_gen = torch.Generator(device=_parameters_device(model)).manual_seed(seed * 1_000_003 + 2)
         loader = DPDataLoader(dataset, sample_rate=sample_rate, generator=sampler_gen)
     if per_sample_gradients == "engine":
         engine, forward = OutputGradientEngine(model, loss_reduction="mean"), model

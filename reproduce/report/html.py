@@ -15,6 +15,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
+from reproduce.device import device_label
 from reproduce.report.figures import FigureFile
 from reproduce.report.table import aug_label, caption, fmt_mean_std, fmt_value, metric_title
 from reproduce.study import GRID_AXES, NON_PRIVATE, Study
@@ -172,7 +173,7 @@ def render_provenance(study: Study, results: dict[str, CellResult]) -> str:
             f'<tr><td class="mono">{_e(c.id)}</td><td class="num">{_e(pv.seed)}</td>'
             f'<td class="mono" title="{_e(pv.study_sha256)}">{_short(pv.study_sha256)}</td>'
             f'<td class="mono" title="{_e(data.sha256)}">{_e(data.name)}: {_short(data.sha256)}</td>'
-            f'<td>{_e(data.source)}</td><td>{_e(pv.device)}</td></tr>')
+            f'<td>{_e(data.source)}</td><td>{_e(device_label(pv.device))}</td></tr>')
     if len(hashes) > 1:
         warnings.append("cells were produced from different versions of the study file (study_sha256 differs)")
     vrows = []

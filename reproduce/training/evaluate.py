@@ -46,9 +46,12 @@ def evaluate(model: torch.nn.Module, splits: Splits, *, task: str, batch_size: i
     """
     if ema is not None:
         ema.copy_to_weights()
+    # Each split goes to the model's device once; predictions come back once (the metrics, the
+    # reliability bins and the accuracies are computed on the host, in float64).
+    device = next(model.parameters()).device
     metrics, bins = {}, None
     for split in EVAL_SPLITS:
-        probs = predict_proba(model, to_tensor(splits.images(split)), task=task, batch_size=batch_size)
+        probs = predict_proba(model, to_tensor(splits.images(split)).to(device), task=task, batch_size=batch_size)
         for name, value in compute_eval_metrics(probs, splits.labels(split), task=task).items():
             metrics[f"{split}_{name}"] = value
         if split == "test" and not multi_label(task):
@@ -56,7 +59,8 @@ def evaluate(model: torch.nn.Module, splits: Splits, *, task: str, batch_size: i
     if not multi_label(task):
         # Rotation-invariance gap: accuracy on the rotated test set minus accuracy on the test set.
         model.eval()
-        x_test, y_test = to_tensor(splits.images("test")), splits.labels("test")[:, 0]
+        # Rotated on the device too (grid_sample there: last-bit differences from the CPU at 45 degrees).
+        x_test, y_test = to_tensor(splits.images("test")).to(device), splits.labels("test")[:, 0]
         for angle in ROTATIONS:
             gap = invariance_gap(model, x_test, y_test, angle, batch_size=batch_size)
             metrics[f"test_acc_rot{angle}"], metrics[f"rot{angle}_gap"] = gap.acc_rotated, gap.gap

@@ -33,7 +33,7 @@ class PlainTrainer(Trainer):
         return cls(cell, model, loader, optimizer=optimizer, task=task)
 
     def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        yield from self.loader
+        yield from self._on_device(self.loader)
 
     def _backward(self, loss):
         loss.backward()

@@ -65,8 +65,8 @@ class PrivateTrainer(Trainer):
     def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         # Poisson batches of random size, split into micro-batches of at most physical_batch_size;
         # the optimizer takes its (noised) step at the end of each logical batch only.
-        yield from wrap_data_loader(data_loader=self.dp.loader, max_batch_size=self.physical_batch_size,
-                                    optimizer=self._ends)
+        yield from self._on_device(wrap_data_loader(data_loader=self.dp.loader, max_batch_size=self.physical_batch_size,
+                                                    optimizer=self._ends))
 
     def forward_backward(self, x, y):
         if len(x) == 0:
@@ -75,7 +75,7 @@ class PrivateTrainer(Trainer):
             self.optimizer.zero_grad(set_to_none=True)
             for p in self.params:
                 p.grad_sample = p.new_zeros((0, *p.shape))
-            return torch.tensor(float("nan")), y
+            return torch.tensor(float("nan"), device=self.device), y
         return super().forward_backward(x, y)
 
     def _backward(self, loss):
@@ -98,6 +98,7 @@ class PrivateTrainer(Trainer):
                 "accountant_history": list(self.dp.accountant.history),
                 "sampler_gen": None if sampler is None else sampler.get_state(),
                 "noise_gen": None if noise is None else noise.get_state(),
+                "noise_device": None if noise is None else noise.device.type,
                 "views_gen": self.views_generator.get_state()}
 
     def load_state(self, state: dict[str, Any]) -> None:
@@ -107,6 +108,11 @@ class PrivateTrainer(Trainer):
         if sampler is not None:
             sampler.set_state(state["sampler_gen"])
         if noise is not None:
+            # A CUDA generator's state is not a CPU one's: a checkpoint resumes on its device type.
+            saved = state.get("noise_device", "cpu")
+            if saved != noise.device.type:
+                raise ReproduceError(f"cell {self.cell.id}: the checkpoint's noise was drawn on {saved}, this run is "
+                                     f"on {noise.device.type}; resume with --device {saved}, or delete the checkpoint")
             noise.set_state(state["noise_gen"])
         self.views_generator.set_state(state["views_gen"])
 

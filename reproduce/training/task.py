@@ -37,11 +37,15 @@ def loss_fn(logits: torch.Tensor, y: torch.Tensor, task: str) -> torch.Tensor:
 
 @torch.no_grad()
 def predict_proba(model: torch.nn.Module, x: torch.Tensor, *, task: str, batch_size: int) -> np.ndarray:
-    """The model's probabilities on ``x`` in eval mode (sigmoids or softmax rows), float64 [N, C]."""
+    """The model's probabilities on ``x`` in eval mode (sigmoids or softmax rows), float64 [N, C].
+
+    Computed on the model's device (``x`` is moved there if it is not); read back once, at the end.
+    """
     model.eval()
+    device = next(model.parameters()).device
     out = []
     for i in range(0, len(x), batch_size):
-        logits = model(x[i:i + batch_size])
+        logits = model(x[i:i + batch_size].to(device))
         out.append(torch.sigmoid(logits) if multi_label(task) else logits.softmax(-1))
     model.train()
-    return torch.cat(out).numpy().astype(np.float64)
+    return torch.cat(out).cpu().numpy().astype(np.float64)

@@ -46,12 +46,22 @@ class Trainer(abc.ABC):
         self.epochs = cell.study.training.epochs or math.ceil(steps / steps_per_epoch)
         self.multiplicity = cell.multiplicity
         self.augmentation = augmentation_kind(cell.dataset)
-        # Its own stream: the views do not move when the data order or the noise changes.
+        # Its own stream: the views do not move when the data order or the noise changes. On the CPU
+        # on every device: the views must not depend on micro-batching (reproduce.data.augment._draws).
         self.views_generator = torch.Generator().manual_seed(cell.seed * 1_000_003 + 3)
+        # Where the model is, everything of the step is (reproduce.device).
+        self.device = params[0].device if params else torch.device("cpu")
 
     @abc.abstractmethod
     def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """One epoch of (images, targets) micro-batches."""
+        """One epoch of (images, targets) micro-batches, on ``device``."""
+
+    def _on_device(self, loader) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        # A training set resident on the device gives device batches already (no copy); one left on
+        # the host (too big, reproduce.device.resident) is copied per micro-batch; an empty Poisson
+        # batch (opacus makes it on the CPU) costs nothing to move.
+        for x, y in loader:
+            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
     def forward_backward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Gradients of micro-batch (x, y) over its K views; returns (mean loss, the views' targets).
