@@ -62,12 +62,12 @@ def render_pipeline(study: Study) -> str:
         "cmd": f"python -m reproduce train {path} --cell ${{key}}",
         "deps": ["data/${item.dataset}", *TRAIN_CODE],
         "params": [{path: ["name", "model", "privacy", "training"]}],
-        # result.json lives in the DVC cache (pushed, pulled); metrics.json and steps.json are small and
-        # committed with git (cache: false). metrics.json is a plain output, not a DVC metric, so
-        # `dvc exp show` shows the study's summary, not every number of every cell.
-        "outs": [f"{results}/cells/${{key}}/result.json",
-                 {f"{results}/cells/${{key}}/metrics.json": {"cache": False}}],
-        "plots": [{f"{results}/cells/${{key}}/steps.json": {"cache": False, "x": "step", "y": "l0_update",
+        # Every output of a train stage is cached: DVC's run-cache (which `reproduce run` uses to bring
+        # cells home from its workspaces) skips stages with an uncached output. The committed numbers
+        # are the report stage's tables and summary. metrics.json is a plain output, not a DVC metric,
+        # so `dvc exp show` shows the study's summary, not every number of every cell.
+        "outs": [f"{results}/cells/${{key}}/result.json", f"{results}/cells/${{key}}/metrics.json"],
+        "plots": [{f"{results}/cells/${{key}}/steps.json": {"x": "step", "y": "l0_update",
                                                              "title": "l0 gradient sparsity (|g| < 1e-5)"}}],
     }
     # Tables (Markdown, CSV, LaTeX, DVC metrics), figures and the HTML page from the cells' results.
@@ -86,8 +86,8 @@ def render_pipeline(study: Study) -> str:
               "# removes exactly those cells; ${key} is the cell id (`reproduce cells`). Shared sections\n"
               "# (model, privacy, training) are tracked params: editing one reruns every cell.\n"
               f"# data/<dataset>: data.dvc (embedded) or its fetch stage in {DATA_PIPELINE}, shared by every study.\n"
-              "# Versioning: result.json and reports/ live in the DVC cache (dvc push/pull); metrics.json, steps.json,\n"
-              "# the tables, summary.json (the one DVC metric) and dvc.lock are committed with git.\n")
+              "# Versioning: each cell's result.json, metrics.json, steps.json and reports/ live in the DVC cache\n"
+              "# (dvc push/pull); the tables, summary.json (the one DVC metric) and dvc.lock are committed with git.\n")
     return _dump(header, {"vars": [path if top else f"../../{path}"], "stages": stages})
 
 

@@ -23,11 +23,10 @@ def up_to_date(repo) -> bool:
 def test_rerun_is_bit_identical_and_a_fresh_clone_pulls_every_result(tmp_path, tmp_path_factory):
     repo = make_repo_copy(tmp_path / "repo", tiny_study(), embedded_data(tmp_path_factory.getbasetemp()))
     run(["dvc", "repro"], repo)
-    # What the run wrote for git: the lock and the small files, nothing else (result.json, run.json
-    # and reports/ are ignored), and what it wrote is what the README's rule says.
+    # What the run wrote for git: the lock, the tables and the summary, nothing else (the cells'
+    # files and reports/ are in the DVC cache, run.json nowhere), as the README's rule says.
     written = sorted(line[3:] for line in git_status(repo).splitlines())
-    assert written == sorted(["dvc.lock", *[f"results/default/cells/{c}/{f}" for c in cells_of()
-                                            for f in ("metrics.json", "steps.json")],
+    assert written == sorted(["dvc.lock",
                               "results/default/summary.json", "results/default/table.csv",
                               "results/default/table.md", "results/default/table.tex"]), written
     cell = repo / "results/default/cells" / cells_of()[1]
