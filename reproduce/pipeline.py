@@ -24,6 +24,10 @@ from reproduce.data.registry import dataset_source
 from reproduce.errors import ReproduceError
 from reproduce.study import GRID_AXES, Study, load_study
 
+# A train stage's cached outputs in results/<study>/cells/<id>/ (model.pt: reproduce.models.kept.WEIGHTS_FILE,
+# named here without importing torch).
+CELL_OUTPUTS = ("result.json", "metrics.json", "model.pt")
+
 DEFAULT_STUDY = "default"
 STUDIES_DIR = Path("studies")
 DATA_PIPELINE = Path("pipelines/dvc.yaml")
@@ -66,7 +70,8 @@ def render_pipeline(study: Study) -> str:
         # cells home from its workspaces) skips stages with an uncached output. The committed numbers
         # are the report stage's tables and summary. metrics.json is a plain output, not a DVC metric,
         # so `dvc exp show` shows the study's summary, not every number of every cell.
-        "outs": [f"{results}/cells/${{key}}/result.json", f"{results}/cells/${{key}}/metrics.json"],
+        # model.pt: the weights the metrics describe (reproduce.training.kept.load_cell_model).
+        "outs": [f"{results}/cells/${{key}}/{f}" for f in CELL_OUTPUTS],
         "plots": [{f"{results}/cells/${{key}}/steps.json": {"x": "step", "y": "l0_update",
                                                              "title": "l0 gradient sparsity (|g| < 1e-5)"}}],
     }
@@ -86,7 +91,7 @@ def render_pipeline(study: Study) -> str:
               "# removes exactly those cells; ${key} is the cell id (`reproduce cells`). Shared sections\n"
               "# (model, privacy, training) are tracked params: editing one reruns every cell.\n"
               f"# data/<dataset>: data.dvc (embedded) or its fetch stage in {DATA_PIPELINE}, shared by every study.\n"
-              "# Versioning: each cell's result.json, metrics.json, steps.json and reports/ live in the DVC cache\n"
+              "# Versioning: each cell's result.json, metrics.json, steps.json, model.pt and reports/ live in the DVC cache\n"
               "# (dvc push/pull); the tables, summary.json (the one DVC metric) and dvc.lock are committed with git.\n")
     return _dump(header, {"vars": [path if top else f"../../{path}"], "stages": stages})
 

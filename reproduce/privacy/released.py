@@ -26,6 +26,7 @@ COVERED = (
     "provenance.data.name", "provenance.data.source", "provenance.versions.*",
     "provenance.device*",                                 # reproduce.device.device_facts (or "cpu")
     "run.commit", "run.dirty", "run.platform",            # run.json: code and host
+    "weights.*",                                          # model.pt: the final (noised) weights, their checksum
 )
 
 # Released without noise: each reads the training data (or the sampled batch sizes) directly.
