@@ -113,6 +113,17 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_attribute(args) -> int:
+    from reproduce.attribution.stage import attribute_study
+    from reproduce.study import load_study
+    study = load_study(args.study)
+    paths = attribute_study(study, results_dir=Path(args.results or f"results/{study.name}"),
+                            data_root=Path(args.data_root))
+    for path in paths:
+        print(path)
+    return 0
+
+
 def cmd_params(args) -> int:
     from reproduce.models import parameter_counts
     from reproduce.study import load_study
@@ -277,6 +288,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--results")
     s.add_argument("--out")
     s.set_defaults(func=cmd_report)
+    s = sub.add_parser("attribute", help="Grad-CAM, guided backprop, filter response and co-location scores of "
+                       "every trained cell (the attribution stage; reads the kept models, trains nothing)")
+    s.add_argument("study")
+    s.add_argument("--results", help="default: results/<study>")
+    s.add_argument("--data-root", default="data")
+    s.set_defaults(func=cmd_attribute)
     s = sub.add_parser("params", help="parameter count per group of a study")
     s.add_argument("study")
     s.set_defaults(func=cmd_params)
