@@ -27,6 +27,7 @@ import torch
 from reproduce.atomic import write_bytes_atomic, write_json_atomic
 from reproduce.attribution.attribute import attribute, score
 from reproduce.attribution.response import filter_norms
+from reproduce.attribution.files import SCORES_FILE
 from reproduce.attribution.selection import select_per_class
 from reproduce.data import load_dataset
 from reproduce.study import Study
@@ -37,7 +38,6 @@ from reproduce.training.task import multi_label, to_tensor
 #: test images per class whose attributions are computed, and the selection's seed
 PER_CLASS = 4
 SELECTION_SEED = 0
-SCORES_FILE = "scores.json"
 
 
 def fir_summary(model: torch.nn.Module) -> dict[str, float]:
@@ -106,21 +106,3 @@ def attribute_study(study: Study, *, results_dir: Path, data_root: Path, out_dir
     path = out_dir / SCORES_FILE
     write_json_atomic(path, {"per_class": PER_CLASS, "selection_seed": SELECTION_SEED, "cells": scores})
     return [*written, path]
-
-
-def read_scores(results_dir: Path) -> dict[str, dict[str, float]]:
-    """``cells`` of ``results_dir/attribution/scores.json``; empty when the stage has not run."""
-    import json
-    path = Path(results_dir) / "attribution" / SCORES_FILE
-    if not path.exists():
-        return {}
-    return json.loads(path.read_text())["cells"]
-
-
-def read_maps(results_dir: Path, cell_id: str) -> dict[str, np.ndarray] | None:
-    """The arrays of one cell's ``<cell>.npz``; None when absent."""
-    path = Path(results_dir) / "attribution" / f"{cell_id}.npz"
-    if not path.exists():
-        return None
-    with np.load(path) as data:
-        return {k: data[k] for k in data.files}
