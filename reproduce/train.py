@@ -20,6 +20,7 @@ from reproduce.checkpoint import load_checkpoint, save_checkpoint
 from reproduce.data import load_dataset
 from reproduce.data.base import Splits
 from reproduce.device import configure_determinism, requested_device, resident, resolve_device
+from reproduce.metrics.compute import training_flops
 from reproduce.models import build_cell_model, count_parameters
 from reproduce.models.kept import WEIGHTS_FILE, cpu_state, save_weights, weights_checksum
 from reproduce.privacy.accounting import PrivacyStatement
@@ -84,7 +85,10 @@ def run_cell(cell: Cell, *, data_root: Path, progress: bool = True, checkpoint: 
 
     evaluation = evaluate(model, splits, task=info.task, batch_size=tr.eval_batch_size, ema=ema)
     metrics = {**evaluation.metrics, "parameters": count_parameters(model), "train_loss_last": run.epochs[-1].loss,
-               "steps": run.steps}
+               "steps": run.steps,
+               # deterministic compute estimate (the measured seconds are in run.json)
+               "train_flops": training_flops(model, input_shape=tuple(train_set.tensors[0].shape[1:]), steps=run.steps,
+                                             batch_size=tr.batch_size, multiplicity=cell.multiplicity)}
     if run.epochs[-1].gwa is not None:
         metrics["train_gwa_last_epoch"] = run.epochs[-1].gwa  # gradient-weight alignment, last epoch
     epsilon = trainer.epsilon_spent()

@@ -226,11 +226,13 @@ def render_page(study: Study, results: dict[str, CellResult], tables: list[dict]
     for kind, title in (("figure1", "Figure 1: accuracy vs model size, gradient sparsity (DP)"),
                         ("alignment", "Gradient-weight alignment during training"),
                         ("reliability", "Reliability diagrams (DP, test split)"),
+                        ("trends", "Accuracy over epsilon and over training compute"),
                         ("figure2", "Figure 2: where the models look (Grad-CAM, guided backprop)")):
         items = [f for f in figures if f.kind == kind]
         figs.append(f"<h2>{_e(title)}</h2>")
         if not items:
             why = ("no attribution maps (the attribute stage has not run)" if kind == "figure2" else
+                   "no results with a training-compute estimate" if kind == "trends" else
                    "the study has no DP cells" if not any(e != NON_PRIVATE for e in g.epsilon) else
                    "no cell recorded reliability bins (metrics_detail.reliability_test)" if kind == "reliability" else
                    "no cell recorded per-epoch alignment (epochs[*].gwa)" if kind == "alignment" else
