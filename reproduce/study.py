@@ -17,6 +17,7 @@ import dataclasses
 import hashlib
 import itertools
 import re
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -376,7 +377,6 @@ def _field_at(path: str) -> tuple[Any, str | None]:
 
 def _model_of(annotation) -> type[BaseModel] | None:
     """The model class of a section annotation (``OptimizerConfig | None`` -> OptimizerConfig)."""
-    import typing
     candidates = [annotation, *typing.get_args(annotation)]
     return next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
 

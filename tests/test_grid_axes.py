@@ -11,7 +11,7 @@ import pytest
 
 from reproduce.errors import StudyError
 from reproduce.pipeline import render_pipeline
-from reproduce.study import GRID_AXES, NON_PRIVATE, load_study, parse_study
+from reproduce.study import GRID_AXES, load_study, parse_study
 from tests.conftest import REPO, TINY_STUDY
 
 VALID = TINY_STUDY.format(name="tiny")
@@ -125,8 +125,8 @@ def test_epochs_and_steps_axes_conflict():
 
 
 def test_pipeline_writes_exactly_the_cells():
-    study = parse_study(SWEEP)
     import yaml
+    study = parse_study(SWEEP)
     train = yaml.safe_load(render_pipeline(study))["stages"]["train"]
     assert list(train["foreach"]) == [c.id for c in study.cells()]
     assert train["foreach"]["embedded-e-8-1-0-8_8_16-2"] == {
