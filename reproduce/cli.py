@@ -11,7 +11,7 @@ from reproduce.errors import ReproduceError, StudyError
 
 
 def cmd_validate(args) -> int:
-    from reproduce.study import load_study
+    from reproduce.study import GRID_AXES, dp_only, load_study
     failed = 0
     for path in args.studies:   # report every invalid file, not just the first
         try:
@@ -22,7 +22,8 @@ def cmd_validate(args) -> int:
             continue
         cells = study.cells()
         print(f"{path}: valid study {study.name!r}, {len(cells)} cells "
-              f"({' x '.join(f'{len(getattr(study.grid, a))} {a}' for a in ('dataset', 'group', 'epsilon', 'multiplicity', 'seed'))})")
+              f"({' x '.join([*(f'{len(getattr(study.grid, a))} {a}' for a in GRID_AXES), *(f'{len(v)} {a}' for a, v in study.grid.axes.items())])}"
+              f"{'; DP-only axes not repeated for non-private cells' if any(map(dp_only, study.grid.axes)) else ''})")
     if not failed and any(Path(p).resolve().parent == Path("studies").resolve() for p in args.studies):
         _warn_stale_pipelines()
     return StudyError.exit_code if failed else 0

@@ -3,6 +3,9 @@
 * ``pipelines/<study>/dvc.yaml`` per study (the default study's is the top-level ``dvc.yaml``):
   ``train@<cell>`` and ``report``, run from the repository root via ``wdir``. DVC reads the grid axes
   from the study file itself (``vars`` + ``matrix``), so editing a grid value needs no regeneration.
+  A study with dotted axes (``privacy.max_grad_norm``) gets its cells written out instead (``foreach``
+  over ``Study.cells()``, keyed by cell id): DVC's matrix can neither read a dotted key from vars nor
+  leave out the non-private cells of DP-only axes, and it names a list value "<axis><index>".
 * ``pipelines/dvc.yaml``: the data stages of the whole repository, ``fetch_<dataset>`` for every
   downloaded dataset any study names. DVC refuses two dvc.yaml files declaring the same output, so
   ``data/<dataset>`` is declared once, here, and every study's train stages depend on it: ``dvc repro``
@@ -22,7 +25,7 @@ import yaml
 
 from reproduce.data.registry import dataset_source
 from reproduce.errors import ReproduceError
-from reproduce.study import GRID_AXES, Study, load_study
+from reproduce.study import GRID_AXES, Cell, Study, load_study, matrix_key
 
 # A train stage's cached outputs in results/<study>/cells/<id>/ (model.pt: reproduce.models.kept.WEIGHTS_FILE,
 # named here without importing torch).
@@ -50,8 +53,19 @@ def study_file(study: Study) -> str:
     return (STUDIES_DIR / f"{study.name}.yaml").as_posix()
 
 
+class _Flow(dict):
+    """A mapping written on one line (a foreach item: one cell per line)."""
+
+
+class _Dumper(yaml.SafeDumper):
+    pass
+
+
+_Dumper.add_representer(_Flow, lambda dumper, v: dumper.represent_mapping("tag:yaml.org,2002:map", v, flow_style=True))
+
+
 def _dump(header: str, body: dict) -> str:
-    return header + yaml.safe_dump(body, sort_keys=False, width=120)
+    return header + yaml.dump(body, Dumper=_Dumper, sort_keys=False, width=1000)
 
 
 def render_pipeline(study: Study) -> str:
@@ -62,9 +76,7 @@ def render_pipeline(study: Study) -> str:
     wdir = {} if top else {"wdir": "../.."}
     stages = {}
     # data/<dataset> is data.dvc (embedded) or a fetch stage of pipelines/dvc.yaml: DVC links them.
-    stages["train"] = {
-        **wdir,
-        "matrix": {axis: f"${{grid.{axis}}}" for axis in GRID_AXES},
+    train = {
         "cmd": f"python -m reproduce train {path} --cell ${{key}}",
         "deps": ["data/${item.dataset}", *TRAIN_CODE],
         "params": [{path: ["name", "model", "privacy", "training"]}],
@@ -77,6 +89,11 @@ def render_pipeline(study: Study) -> str:
         "plots": [{f"{results}/cells/${{key}}/steps.json": {"x": "step", "y": "l0_update",
                                                              "title": "l0 gradient sparsity (|g| < 1e-5)"}}],
     }
+    # ${key} is the cell id either way: DVC joins matrix values with "-" as Cell.id does.
+    if study.grid.axes:
+        stages["train"] = {"foreach": {c.id: _item(c) for c in study.cells()}, "do": {**wdir, **train}}
+    else:
+        stages["train"] = {**wdir, "matrix": {axis: f"${{grid.{axis}}}" for axis in GRID_AXES}, **train}
     # Where the models look (Figure 2 of the MedMNIST paper): from the kept models, no retraining.
     stages["attribute"] = {
         **wdir,
@@ -95,14 +112,25 @@ def render_pipeline(study: Study) -> str:
                 + [f"reports/{name}"],
         "metrics": [{f"{results}/summary.json": {"cache": False}}],
     }
-    header = (f"{GENERATED} from {path} - edit the study, not this file.\n"
-              f"# Grid axes come from {path} (vars + matrix): editing a seed or an epsilon there adds or\n"
-              "# removes exactly those cells; ${key} is the cell id (`reproduce cells`). Shared sections\n"
+    grid = (f"# Grid axes come from {path} (vars + matrix): editing a seed or an epsilon there adds or\n"
+            "# removes exactly those cells; ${key} is the cell id (`reproduce cells`). Shared sections\n"
+            if not study.grid.axes else
+            f"# The cells of {path}'s grid, written out (it has dotted axes): `reproduce pipeline` after editing\n"
+            "# the grid adds or removes exactly those cells; each key is the cell id (`reproduce cells`). Shared sections\n")
+    header = (f"{GENERATED} from {path} - edit the study, not this file.\n" + grid +
               "# (model, privacy, training) are tracked params: editing one reruns every cell.\n"
               f"# data/<dataset>: data.dvc (embedded) or its fetch stage in {DATA_PIPELINE}, shared by every study.\n"
               "# Versioning: each cell's result.json, metrics.json, steps.json, model.pt and reports/ live in the DVC cache\n"
               "# (dvc push/pull); the tables, summary.json (the one DVC metric) and dvc.lock are committed with git.\n")
     return _dump(header, {"vars": [path if top else f"../../{path}"], "stages": stages})
+
+
+def _item(cell: Cell) -> dict:
+    """A cell's axis values as a ``foreach`` item (dotted paths under their DVC-safe keys)."""
+    item = _Flow({axis: getattr(cell, axis) for axis in GRID_AXES})
+    for path, value in cell.axes:
+        item[matrix_key(path)] = list(value) if isinstance(value, tuple) else value
+    return item
 
 
 def dataset_users(studies: list[Study]) -> dict[str, list[Study]]:

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from reproduce.attribution.files import read_maps
+from reproduce.report.grouping import axes_label, axes_path, seed_groups
 from reproduce.study import NON_PRIVATE, Study
 
 SHOWN = 4
@@ -44,32 +45,25 @@ class ScoreRow:
     multiplicity: int
     n: int                  # seeds with scores
     values: dict[str, float | None]
+    axes: tuple = ()        # the dotted grid axes' values (Cell.axes)
 
 
-def setting_label(epsilon, multiplicity: int) -> str:
+def setting_label(epsilon, multiplicity: int, axes=()) -> str:
     aug = "no aug" if multiplicity == 1 else f"aug x{multiplicity}"
-    return f"non-DP, {aug}" if epsilon == NON_PRIVATE else f"DP eps={epsilon}, {aug}"
+    label = f"non-DP, {aug}" if epsilon == NON_PRIVATE else f"DP eps={epsilon}, {aug}"
+    return label + (f", {axes_label(axes)}" if axes else "")
 
 
 def score_rows(study: Study, scores: dict[str, dict]) -> list[ScoreRow]:
-    """One row per (dataset, group, epsilon, multiplicity) with scores; means over seeds (pure)."""
+    """One row per cell setting with scores (seeds pooled: ``grouping.seed_groups``); means (pure)."""
     rows = []
-    g = study.grid
-    for dataset in g.dataset:
-        for group in g.group:
-            for eps in g.epsilon:
-                for k in g.multiplicity:
-                    cells = [c.id for c in study.cells()
-                             if (c.dataset, c.group, c.epsilon, c.multiplicity) == (dataset, group, eps, k)
-                             and c.id in scores]
-                    if not cells:
-                        continue
-                    values = {}
-                    for name, key in SCORES.items():
-                        vals = [scores[c][key] for c in cells if scores[c].get(key) is not None]
-                        if any(key in scores[c] for c in cells):
-                            values[name] = statistics.fmean(vals) if vals else None
-                    rows.append(ScoreRow(dataset, group, setting_label(eps, k), eps, k, len(cells), values))
+    for (dataset, group, eps, k, axes), cells in seed_groups(study, scores):
+        values = {}
+        for name, key in SCORES.items():
+            vals = [scores[c.id][key] for c in cells if scores[c.id].get(key) is not None]
+            if any(key in scores[c.id] for c in cells):
+                values[name] = statistics.fmean(vals) if vals else None
+        rows.append(ScoreRow(dataset, group, setting_label(eps, k, axes), eps, k, len(cells), values, axes))
     return rows
 
 
@@ -79,7 +73,7 @@ def summary_entries(rows: list[ScoreRow]) -> dict[str, float]:
     for r in rows:
         for name, v in r.values.items():
             if v is not None:
-                out[f"{r.dataset}/{r.group}/attribution/{name}/{r.setting}"] = round(v, 6)
+                out[f"{r.dataset}/{r.group}/{axes_path(r.axes)}attribution/{name}/{setting_label(r.epsilon, r.multiplicity)}"] = round(v, 6)
     return out
 
 

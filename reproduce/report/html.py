@@ -99,7 +99,8 @@ def render_table(study: Study, table: dict, *, table_id: str) -> str:
             gap_blocks[-1][1] += 1
         else:
             gap_blocks.append([name, 1])
-    head1 = "".join(f'<th rowspan="2">{h}</th>' for h in ("dataset", "group", "parameters"))
+    axes = table.get("axes", [])
+    head1 = "".join(f'<th rowspan="2">{_e(h)}</th>' for h in ("dataset", "group", *axes, "parameters"))
     head1 += "".join(f'<th colspan="{n}">{_e(name)}</th>' for name, n in blocks + gap_blocks)
     head2 = "".join(f"<th>{_e(aug_label(c['multiplicity']))}</th>" for c in info + gap_info)
     body = []
@@ -107,6 +108,7 @@ def render_table(study: Study, table: dict, *, table_id: str) -> str:
         params = f"{r['parameters']:,}" if r["parameters"] is not None else "n/a"
         widths = "-".join(map(str, r["widths"]))
         tds = [f"<td>{_e(r['dataset'])}</td>", f"<td>{_e(r['group'])}</td>",
+               *(f"<td>{_e(r['axes'][a])}</td>" for a in axes),
                f'<td class="num" title="widths {_e(widths)}">{_e(params)}</td>']
         for label in table["columns"]:
             s = r["cells"][label]
@@ -212,7 +214,7 @@ def render_page(study: Study, results: dict[str, CellResult], tables: list[dict]
                 scores=()) -> str:
     g = study.grid
     n_cells = len(study.cells())
-    axes = " × ".join(f"{len(getattr(g, a))} {a}" for a in GRID_AXES)
+    axes = " × ".join([*(f"{len(getattr(g, a))} {a}" for a in GRID_AXES), *(f"{len(v)} {a}" for a, v in g.axes.items())])
     paper = next((t["paper"] for t in tables if t["paper"]), None)
     intro = [f"<p>{_e(study.description)}</p>" if study.description else "",
              f"<p>{n_cells} cells ({_e(axes)}); results for {sum(c.id in results for c in study.cells())} of them. "

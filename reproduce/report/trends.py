@@ -24,6 +24,7 @@ from pathlib import Path
 
 import yaml
 
+from reproduce.report.grouping import axes_label, axes_path, seed_groups
 from reproduce.study import NON_PRIVATE, Study
 
 ANCHORS = Path(__file__).resolve().parent / "anchors" / "dp_accuracy.yaml"
@@ -60,6 +61,7 @@ class TrendRow:
     test_acc_std: float | None
     parameters: int | None
     train_flops: float | None
+    axes: tuple = ()        # the dotted grid axes' values (Cell.axes)
 
 
 def _mean(vals):
@@ -67,30 +69,23 @@ def _mean(vals):
 
 
 def compute_rows(study: Study, results: dict) -> list[TrendRow]:
-    """One row per (dataset, group, epsilon, multiplicity) with results: means over seeds (pure)."""
+    """One row per cell setting with results (seeds pooled: ``grouping.seed_groups``); means (pure)."""
     rows = []
-    g = study.grid
-    for dataset in g.dataset:
-        for group in g.group:
-            for eps in g.epsilon:
-                for k in g.multiplicity:
-                    recs = [results[c.id] for c in study.cells()
-                            if (c.dataset, c.group, c.epsilon, c.multiplicity) == (dataset, group, eps, k)
-                            and c.id in results]
-                    if not recs:
-                        continue
-                    acc = [r.metric("test_acc") for r in recs if r.metric("test_acc") is not None]
-                    flops = [r.metric("train_flops") for r in recs if r.metric("train_flops") is not None]
-                    params = [r.metric("parameters") for r in recs if r.metric("parameters") is not None]
-                    rows.append(TrendRow(dataset, group, eps, k, len(recs), _mean(acc),
-                                         statistics.stdev(acc) if len(acc) > 1 else None,
-                                         int(params[0]) if params else None, _mean(flops)))
+    for (dataset, group, eps, k, axes), cells in seed_groups(study, results):
+        recs = [results[c.id] for c in cells]
+        acc = [r.metric("test_acc") for r in recs if r.metric("test_acc") is not None]
+        flops = [r.metric("train_flops") for r in recs if r.metric("train_flops") is not None]
+        params = [r.metric("parameters") for r in recs if r.metric("parameters") is not None]
+        rows.append(TrendRow(dataset, group, eps, k, len(recs), _mean(acc),
+                             statistics.stdev(acc) if len(acc) > 1 else None,
+                             int(params[0]) if params else None, _mean(flops), axes))
     return rows
 
 
-def _setting(eps, k: int) -> str:
+def _setting(eps, k: int, axes=()) -> str:
     aug = "no aug" if k == 1 else f"aug x{k}"
-    return f"non-DP, {aug}" if eps == NON_PRIVATE else f"DP eps={eps}, {aug}"
+    label = f"non-DP, {aug}" if eps == NON_PRIVATE else f"DP eps={eps}, {aug}"
+    return label + (f", {axes_label(axes)}" if axes else "")
 
 
 def to_markdown(rows: list[TrendRow]) -> str:
@@ -108,13 +103,13 @@ def to_markdown(rows: list[TrendRow]) -> str:
             "" if r.test_acc_std is None else f" ± {100 * r.test_acc_std:.2f}")
         flops = "n/a" if r.train_flops is None else f"{r.train_flops / 1e15:.4g}"
         params = "n/a" if r.parameters is None else f"{r.parameters:,}"
-        lines.append(f"| {r.dataset} | {r.group} | {_setting(r.epsilon, r.multiplicity)} | {r.n} | {params} | {flops} | {acc} |")
+        lines.append(f"| {r.dataset} | {r.group} | {_setting(r.epsilon, r.multiplicity, r.axes)} | {r.n} | {params} | {flops} | {acc} |")
     return "\n".join(lines) + "\n"
 
 
 def summary_entries(rows: list[TrendRow]) -> dict[str, float]:
     """``<dataset>/<group>/train_pflop/<setting>`` -> estimated PFLOP, for summary.json."""
-    return {f"{r.dataset}/{r.group}/train_pflop/{_setting(r.epsilon, r.multiplicity)}": round(r.train_flops / 1e15, 9)
+    return {f"{r.dataset}/{r.group}/{axes_path(r.axes)}train_pflop/{_setting(r.epsilon, r.multiplicity)}": round(r.train_flops / 1e15, 9)
             for r in rows if r.train_flops is not None}
 
 
@@ -127,17 +122,21 @@ def draw_over_epsilon(study: Study, rows: list[TrendRow], dataset: str, path: Pa
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     groups = list(study.grid.group)
+    combos = list(dict.fromkeys(r.axes for r in rows if r.dataset == dataset and r.epsilon != NON_PRIVATE))
     for group in groups:
         for k in study.grid.multiplicity:
-            pts = sorted((float(r.epsilon), r) for r in rows if (r.dataset, r.group, r.multiplicity) == (dataset, group, k)
-                         and r.epsilon != NON_PRIVATE and r.test_acc is not None)
-            if not pts:
-                continue
-            style = "-" if k == study.grid.multiplicity[0] else "--"
-            ax.errorbar([e for e, _ in pts], [100 * r.test_acc for _, r in pts],
-                        yerr=[100 * (r.test_acc_std or 0) for _, r in pts], color=group_colour(group, groups),
-                        marker="o", capsize=3, linestyle=style,
-                        label=group_name(group) + ("" if len(study.grid.multiplicity) == 1 else f", K={k}"))
+            for axes in combos:   # one line per setting of the dotted grid axes (none: one line)
+                pts = sorted((float(r.epsilon), r) for r in rows
+                             if (r.dataset, r.group, r.multiplicity, r.axes) == (dataset, group, k, axes)
+                             and r.epsilon != NON_PRIVATE and r.test_acc is not None)
+                if not pts:
+                    continue
+                style = "-" if k == study.grid.multiplicity[0] else "--"
+                label = group_name(group) + ("" if len(study.grid.multiplicity) == 1 else f", K={k}")
+                ax.errorbar([e for e, _ in pts], [100 * r.test_acc for _, r in pts],
+                            yerr=[100 * (r.test_acc_std or 0) for _, r in pts], color=group_colour(group, groups),
+                            marker="o", capsize=3, linestyle=style,
+                            label=label + (f", {axes_label(axes)}" if axes else ""))
             ref = [r for r in rows if (r.dataset, r.group, r.multiplicity, r.epsilon) == (dataset, group, k, NON_PRIVATE)
                    and r.test_acc is not None]
             if ref:
