@@ -93,13 +93,14 @@ def test_ci_pipeline_forced_rerun_is_clean_and_an_experiment_is_one_readable_row
     assert ran == [f"{pipeline}:report", f"{pipeline}:train@{new_cell}"], ran
 
     table = run([sys.executable, "-m", "reproduce", "exp", "show", "studies/ci.yaml"], repo).stdout
-    header, _, *rows = table.splitlines()
+    header, _, *rows = table.split("\n\n")[0].splitlines()   # then a blank line and what the columns share
     # What differs (the grid) and the study's validation accuracies per group and epsilon: no param of
     # another study, no dependency hash, no per-cell file.
     assert [c.strip() for c in header.split("  ") if c.strip()] == \
         ["Experiment", "Created", "grid.epsilon", "e non-DP", "e DP eps=8"], header
-    exp_row = next(r for r in rows if r.strip().startswith("nonprivate"))
-    base_row = next(r for r in rows if r.startswith(("master", "main", baseline[:7])))
+    assert [r.split()[0] for r in rows] == ["workspace", run(["git", "branch", "--show-current"], repo).stdout.strip(),
+                                           "nonprivate"], rows     # the workspace, the baseline, the experiment
+    base_row, exp_row = rows[1], rows[2]
     assert '["non-private", 8]' in exp_row and exp_row.split()[-2] != "-", exp_row
     assert base_row.split()[-2] == "-", base_row                  # the baseline has no non-private cell
     assert exp_row.split()[-1] == base_row.split()[-1] != "-"     # the same DP cell in both
