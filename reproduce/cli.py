@@ -291,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     exp = s.add_subparsers(dest="exp_command", required=True, metavar="EXP_COMMAND")
     s = exp.add_parser("show", help="one row per experiment: the study's summary metrics (percent) and the "
                        "study parameters that differ between rows, from `dvc exp show --json`")
-    s.add_argument("study", nargs="?", default="studies/default.yaml")
+    s.add_argument("study", nargs="?", default="studies/default.yaml", help="default: studies/default.yaml")
     from reproduce.experiments import ALL, DEFAULT_METRIC   # light: no torch
     s.add_argument("--metric", default=DEFAULT_METRIC,
                    help=f"summary metric to show (default {DEFAULT_METRIC}; test_acc, ...) or {ALL}")
