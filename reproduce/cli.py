@@ -157,6 +157,21 @@ def cmd_repro(args) -> int:
     return subprocess.run(cmd).returncode
 
 
+def cmd_exp_show(args) -> int:
+    from reproduce.experiments import dvc_exp_show_json, exp_table, render
+    from reproduce.pipeline import require_in_studies, study_file
+    from reproduce.study import load_study
+    study = load_study(args.study)
+    require_in_studies(args.study, study)
+    dvc_args = (["-A"] if args.all_commits else []) + (["--rev", args.rev] if args.rev else []) + \
+               (["-n", str(args.num)] if args.num is not None else [])
+    header, rows, note = exp_table(dvc_exp_show_json(dvc_args), study_file=study_file(study),
+                                   summary_file=f"results/{study.name}/summary.json", metric=args.metric,
+                                   derived=args.derived)
+    print(render(header, rows, markdown=args.md) + f"\n{note}")
+    return 0
+
+
 def cmd_run(args) -> int:
     from reproduce.study import load_study
     study = load_study(args.study)   # the whole study must be valid before anything runs
@@ -284,6 +299,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("study")
     s.add_argument("dvc_args", nargs=argparse.REMAINDER, help="passed on to dvc repro (e.g. --dry, --force)")
     s.set_defaults(func=cmd_repro)
+    s = sub.add_parser("exp", help="DVC experiments of one study, readable")
+    exp = s.add_subparsers(dest="exp_command", required=True, metavar="EXP_COMMAND")
+    s = exp.add_parser("show", help="one row per experiment: the study's summary metrics (percent) and the "
+                       "study parameters that differ between rows, from `dvc exp show --json`")
+    s.add_argument("study", nargs="?", default="studies/default.yaml", help="default: studies/default.yaml")
+    from reproduce.experiments import ALL, DEFAULT_METRIC   # light: no torch
+    s.add_argument("--metric", default=DEFAULT_METRIC,
+                   help=f"summary metric to show (default {DEFAULT_METRIC}; test_acc, ...) or {ALL}")
+    s.add_argument("--derived", action="store_true", help="also the DP gap and paper-delta columns")
+    s.add_argument("--md", action="store_true", help="a Markdown table")
+    s.add_argument("-A", "--all-commits", action="store_true", help="passed on to dvc exp show")
+    s.add_argument("--rev", help="passed on to dvc exp show: experiments of this baseline commit")
+    s.add_argument("-n", "--num", type=int, help="passed on to dvc exp show: the last N baseline commits")
+    s.set_defaults(func=cmd_exp_show)
     s = sub.add_parser("report", help="tables, figures and the HTML page of a study, from its results")
     s.add_argument("study")
     s.add_argument("--results")
