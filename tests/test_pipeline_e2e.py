@@ -48,7 +48,8 @@ def test_dvc_repro_runs_the_study_caches_and_reruns_only_edited_cells(repo_copy)
     study.write_text(study.read_text().replace("seed: [0]", "seed: [0, 1]"))
     status = run(["dvc", "status", "dvc.yaml"], r).stdout
     changed = sorted(line.rstrip(":") for line in status.splitlines() if line and not line[0].isspace())
-    assert changed == ["attribute", "report", "train@embedded-e-8-1-1", "train@embedded-e-non-private-1-1"]
+    # (the attribute stage is not stale yet: it follows from the cells the new trains write)
+    assert changed == ["report", "train@embedded-e-8-1-1", "train@embedded-e-non-private-1-1"]
     out = run(["dvc", "repro"], r).stdout
     ran = sorted(line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage"))
     assert ran == ["attribute", "report", "train@embedded-e-8-1-1", "train@embedded-e-non-private-1-1"]
