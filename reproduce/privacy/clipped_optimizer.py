@@ -93,11 +93,7 @@ class ClippingDPOptimizer(DPOptimizer):
                          generator=generator, secure_mode=False)
         self.clipping = clipping
         self.secure_mode = secure_mode
-        if clipping.count_noise_std > 0:
-            self.gradient_noise_multiplier = gradient_noise_multiplier(
-                effective_noise_multiplier=noise_multiplier, count_noise_std=clipping.count_noise_std)
-        else:
-            self.gradient_noise_multiplier = noise_multiplier
+        self.gradient_noise_multiplier  # refuses a count noise too small for the budget, now
         if noise_source is None and secure_mode:
             from reproduce.privacy.secure_rng import os_gaussian_noise
             noise_source = os_gaussian_noise
@@ -107,6 +103,17 @@ class ClippingDPOptimizer(DPOptimizer):
         self.applied_max_grad_norm: float | None = None  # the C of the last completed logical step
         self._acc: _Accumulator | None = None
         self._count_noise = 0.0
+
+    @property
+    def gradient_noise_multiplier(self) -> float:
+        """sigma_grad: ``noise_multiplier`` itself, or under a noised count the Theorem 1 split of it.
+
+        Derived on every read, so that setting ``noise_multiplier`` (e.g. to 0, for a noiseless
+        check) sets the gradient noise too."""
+        sigma_b = self.clipping.count_noise_std
+        if sigma_b > 0 and self.noise_multiplier > 0:
+            return gradient_noise_multiplier(effective_noise_multiplier=self.noise_multiplier, count_noise_std=sigma_b)
+        return self.noise_multiplier
 
     def _noise(self, std: float, reference: torch.Tensor) -> torch.Tensor:
         if self._noise_source is not None:
