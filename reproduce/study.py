@@ -105,6 +105,9 @@ class ClippingConfig(_Strict):
     # None: the expected batch size / 20, Andrew et al.'s recommendation; it must exceed half the
     # calibrated noise multiplier (else the count alone would spend the budget: an error says so).
     count_noise_std: float | None = Field(None, gt=0, description="adaptive: sigma_b, std of the count's noise")
+    # Divide the noised mean by C before the optimizer (jax_privacy's option; post-processing): SGD's
+    # step then does not grow with an adaptive C (no effect at C = 1).
+    rescale_to_unit_norm: bool = False
 
     def count_noise_for(self, expected_batch_size: int) -> float:
         """sigma_b for a logical batch of ``expected_batch_size`` samples."""

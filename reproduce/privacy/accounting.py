@@ -80,6 +80,7 @@ class PrivacyStatement:
     clip_learning_rate: float | None = None        # adaptive
     count_noise_std: float | None = None           # adaptive: sigma_b
     gradient_noise_multiplier: float | None = None  # adaptive: sigma_grad (noise_multiplier is sigma_eff)
+    rescaled_to_unit_norm: bool | None = None      # the noised mean divided by C (post-processing)
 
     def sentence(self) -> str:
         """The statement in words: guarantee, its assumptions, its randomness, what it does not cover."""
@@ -93,6 +94,12 @@ class PrivacyStatement:
                 f"{self.accountant.upper()} accountant (target epsilon {self.target_epsilon:g}).")
 
     def _clipping_and_noise(self) -> str:
+        text = self._clipping()
+        if self.rescaled_to_unit_norm:
+            text += ", the noised mean divided by the clipping norm before the optimizer (post-processing)"
+        return text
+
+    def _clipping(self) -> str:
         sigma, C = self.noise_multiplier, self.max_grad_norm
         if self.clipping == "automatic":
             return (f"automatic per-sample clipping g C / (||g|| + {self.clipping_gamma:g}) with C={C:g} (Bu et al. "

@@ -62,7 +62,8 @@ def _parameters_device(model: nn.Module) -> torch.device:
 def make_private(model: nn.Module, optimizer: torch.optim.Optimizer, dataset, *, batch_size: int,
                  epochs: int | None = None, steps: int | None = None, target_epsilon: float, delta: float, max_grad_norm: float,
                  accountant: str, seed: int, secure_mode: bool = False,
-                 per_sample_gradients: str = "engine", clipping: ClippingRule | None = None) -> PrivateTraining:
+                 per_sample_gradients: str = "engine", clipping: ClippingRule | None = None,
+                 rescale_to_unit_norm: bool = False) -> PrivateTraining:
     """Wrap model/optimizer for DP-SGD with Poisson sampling at q = batch_size / len(dataset).
 
     Noise is calibrated for exactly ``steps`` optimizer steps (default: ``epochs`` full epochs of
@@ -74,6 +75,7 @@ def make_private(model: nn.Module, optimizer: torch.optim.Optimizer, dataset, *,
     (``reproduce.privacy.clipping``; default flat, opacus's). The noise multiplier calibrated for the
     target is the accounted one; under adaptive clipping the optimizer raises the gradient noise so
     that gradient and count together are accounted at it (Andrew et al., Theorem 1).
+    ``rescale_to_unit_norm``: the optimizer sees the noised mean divided by C (post-processing).
 
     Device: the model's. The seeded noise is drawn by a generator on that device (on CUDA, Philox:
     other numbers than the CPU's, reproducible on the same GPU and versions); secure-mode noise is
@@ -109,7 +111,8 @@ def make_private(model: nn.Module, optimizer: torch.optim.Optimizer, dataset, *,
         engine, forward = None, GradSampleModule(model, batch_first=True, loss_reduction="mean")
     dp_optimizer = ClippingDPOptimizer(optimizer, clipping=clipping or FlatClipping(), noise_multiplier=sigma,
                                        max_grad_norm=max_grad_norm, expected_batch_size=batch_size,
-                                       loss_reduction="mean", generator=noise_gen, secure_mode=secure_mode)
+                                       loss_reduction="mean", generator=noise_gen, secure_mode=secure_mode,
+                                       rescale_to_unit_norm=rescale_to_unit_norm)
     acc = create_accountant(accountant)
     dp_optimizer.attach_step_hook(acc.get_optimizer_hook_fn(sample_rate=sample_rate))
     return PrivateTraining(forward, engine, dp_optimizer, loader, acc, sigma, sample_rate, steps)

@@ -63,7 +63,8 @@ class PrivateTrainer(Trainer):
         dp = make_private(model, optimizer, train_set, batch_size=tr.batch_size, epochs=tr.epochs, steps=tr.steps,
                           target_epsilon=float(cell.epsilon), delta=p.delta, max_grad_norm=p.max_grad_norm,
                           accountant=p.accountant, seed=cell.seed, secure_mode=p.secure_mode,
-                          per_sample_gradients=per_sample_gradients, clipping=rule)
+                          per_sample_gradients=per_sample_gradients, clipping=rule,
+                          rescale_to_unit_norm=p.clipping.rescale_to_unit_norm)
         params = [q for q in model.parameters() if q.requires_grad]
         return cls(cell, dp, params=params, task=task, training_set_size=len(train_set))
 
@@ -153,11 +154,12 @@ class PrivateTrainer(Trainer):
 
 
 def _clipping_fields(clipping, optimizer) -> dict[str, Any]:
-    """The statement's clipping fields for the study's rule (none for flat: earlier statements' form)."""
+    """The statement's clipping fields for the study's rule (none for flat unrescaled: earlier statements' form)."""
+    out = {"rescaled_to_unit_norm": True} if clipping.rescale_to_unit_norm else {}
     if clipping.rule == "automatic":
-        return {"clipping": "automatic", "clipping_gamma": clipping.gamma}
+        return {**out, "clipping": "automatic", "clipping_gamma": clipping.gamma}
     if clipping.rule == "adaptive":
-        return {"clipping": "adaptive", "target_quantile": clipping.target_quantile,
+        return {**out, "clipping": "adaptive", "target_quantile": clipping.target_quantile,
                 "clip_learning_rate": clipping.clip_learning_rate, "count_noise_std": optimizer.clipping.count_noise_std,
                 "gradient_noise_multiplier": optimizer.gradient_noise_multiplier}
-    return {}
+    return out

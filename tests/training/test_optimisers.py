@@ -178,3 +178,29 @@ def test_adaptive_dp_adambc_resumes_bit_identically():
     epoch(other)
     assert other.optimizer.max_grad_norm == trainer.optimizer.max_grad_norm
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), other_model.parameters()))
+
+
+def test_rescaling_to_unit_norm_divides_the_noised_mean_by_C_and_tells_dp_adambc():
+    def first_update(clipping, optimizer="{name: sgd, lr: 1.0}"):
+        trainer, model = _trainer(_cell(clipping=clipping, optimizer=optimizer, C=0.5))
+        trainer.optimizer.noise_multiplier = 0.0          # compare the clipped means themselves
+        before = [p.detach().clone() for p in model.parameters()]
+        for x, y in trainer.batches():
+            trainer.forward_backward(x, y)
+            if trainer.step():
+                break
+        return trainer, [b - p.detach() for b, p in zip(before, model.parameters())]
+
+    _, plain = first_update("{rule: flat}")
+    _, rescaled = first_update("{rule: flat, rescale_to_unit_norm: true}")
+    assert any(float(d.abs().max()) > 0 for d in plain)
+    for a, b in zip(plain, rescaled):
+        torch.testing.assert_close(b, a / 0.5, rtol=1e-4, atol=1e-7)   # float32 weights
+    trainer, _ = _trainer(_cell(clipping="{rule: flat, rescale_to_unit_norm: true}",
+                                optimizer="{name: dp_adambc, lr: 0.01}", C=0.5))
+    for x, y in trainer.batches():
+        trainer.forward_backward(x, y)
+        if trainer.step():
+            break
+    sigma = trainer.optimizer.gradient_noise_multiplier
+    assert trainer.optimizer.original_optimizer.param_groups[0]["noise_variance"] == pytest.approx((sigma / 8) ** 2)
