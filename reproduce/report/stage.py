@@ -49,6 +49,7 @@ def build_report(study: Study, *, results_dir: Path, out_dir: Path) -> list[Path
 
     Reads only existing results (no training); returns every path written, index.html last.
     """
+    from reproduce.report.diagnostics import write_diagnostics_figures
     from reproduce.report.figures import write_figures
     from reproduce.report.html import write_html
     results_dir, out_dir = Path(results_dir), Path(out_dir)
@@ -56,7 +57,7 @@ def build_report(study: Study, *, results_dir: Path, out_dir: Path) -> list[Path
     tables = build_tables(study, results)
     table_paths = _write_table_files(study, tables, results_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    figures = write_figures(study, results, out_dir)
+    figures = write_figures(study, results, out_dir) + write_diagnostics_figures(study, results, out_dir)
     index = write_html(study, results, tables, figures, out_dir / "index.html")
     return [*table_paths, *(f.path for f in figures), index]
 
