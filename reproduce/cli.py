@@ -11,7 +11,7 @@ from reproduce.errors import ReproduceError, StudyError
 
 
 def cmd_validate(args) -> int:
-    from reproduce.study import load_study
+    from reproduce.study import GRID_AXES, dp_only, load_study
     failed = 0
     for path in args.studies:   # report every invalid file, not just the first
         try:
@@ -22,7 +22,8 @@ def cmd_validate(args) -> int:
             continue
         cells = study.cells()
         print(f"{path}: valid study {study.name!r}, {len(cells)} cells "
-              f"({' x '.join(f'{len(getattr(study.grid, a))} {a}' for a in ('dataset', 'group', 'epsilon', 'multiplicity', 'seed'))})")
+              f"({' x '.join([*(f'{len(getattr(study.grid, a))} {a}' for a in GRID_AXES), *(f'{len(v)} {a}' for a, v in study.grid.axes.items())])}"
+              f"{'; DP-only axes not repeated for non-private cells' if any(map(dp_only, study.grid.axes)) else ''})")
     if not failed and any(Path(p).resolve().parent == Path("studies").resolve() for p in args.studies):
         _warn_stale_pipelines()
     return StudyError.exit_code if failed else 0
@@ -108,6 +109,17 @@ def cmd_report(args) -> int:
     study = load_study(args.study)
     paths = build_report(study, results_dir=Path(args.results or f"results/{study.name}"),
                          out_dir=Path(args.out or f"reports/{study.name}"))
+    for path in paths:
+        print(path)
+    return 0
+
+
+def cmd_attribute(args) -> int:
+    from reproduce.attribution.stage import attribute_study
+    from reproduce.study import load_study
+    study = load_study(args.study)
+    paths = attribute_study(study, results_dir=Path(args.results or f"results/{study.name}"),
+                            data_root=Path(args.data_root))
     for path in paths:
         print(path)
     return 0
@@ -277,6 +289,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--results")
     s.add_argument("--out")
     s.set_defaults(func=cmd_report)
+    s = sub.add_parser("attribute", help="Grad-CAM, guided backprop, filter response and co-location scores of "
+                       "every trained cell (the attribution stage; reads the kept models, trains nothing)")
+    s.add_argument("study")
+    s.add_argument("--results", help="default: results/<study>")
+    s.add_argument("--data-root", default="data")
+    s.set_defaults(func=cmd_attribute)
     s = sub.add_parser("params", help="parameter count per group of a study")
     s.add_argument("study")
     s.set_defaults(func=cmd_params)

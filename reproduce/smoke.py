@@ -15,7 +15,7 @@ import numpy as np
 
 from reproduce.data.base import DatasetInfo, Splits, from_npz_arrays
 from reproduce.data.registry import dataset_source
-from reproduce.study import Study
+from reproduce.study import Study, dp_only, id_token
 
 SMOKE_TRAINING = {"batch_size": 16, "physical_batch_size": 8, "epochs": None, "steps": 2,
                   "max_train_samples": 64, "eval_batch_size": 64, "log_every": 1}
@@ -52,16 +52,23 @@ def smoke_study(study: Study) -> Study:
 
 def smoke_cells(study: Study):
     """Every group once on its most demanding path (DP, largest multiplicity), plus one cell of each
-    other (privacy, multiplicity) combination on the first group; first dataset and seed only."""
+    other (privacy, multiplicity) combination on the first group, and one of each other value of each
+    dotted axis (first group, demanding path); first dataset and seed, other dotted axes at their first value."""
     g = study.grid
     dataset, seed = g.dataset[0], g.seed[0]
     dp_eps = next((e for e in g.epsilon if e != "non-private"), None)
     top = (dp_eps if dp_eps is not None else "non-private", max(g.multiplicity))
-    wanted = [(group, *top) for group in g.group]
-    wanted += [(g.group[0], e, k) for e in dict.fromkeys([dp_eps or "non-private", *(["non-private"] if "non-private" in g.epsilon else [])])
+    first = {p: id_token(v[0]) for p, v in g.axes.items()}
+    wanted = [(group, *top, first) for group in g.group]
+    wanted += [(g.group[0], e, k, first) for e in dict.fromkeys([dp_eps or "non-private", *(["non-private"] if "non-private" in g.epsilon else [])])
                for k in g.multiplicity]
-    by_key = {(c.group, c.epsilon, c.multiplicity): c for c in study.cells() if c.dataset == dataset and c.seed == seed}
-    return [by_key[k] for k in dict.fromkeys(wanted)]
+    wanted += [(g.group[0], *top, {**first, p: id_token(v)}) for p, values in g.axes.items() for v in values[1:]
+               if top[0] != "non-private" or not dp_only(p)]
+    cells = [c for c in study.cells() if c.dataset == dataset and c.seed == seed]
+    picked = [next(c for c in cells if (c.group, c.epsilon, c.multiplicity) == (group, eps, k)
+                   and all(id_token(v) == where[p] for p, v in c.axes))
+              for group, eps, k, where in wanted]
+    return list({c.id: c for c in picked}.values())
 
 
 def run_smoke(study: Study, *, data_root: Path, max_cells: int | None = None) -> int:

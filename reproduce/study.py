@@ -1,9 +1,14 @@
 """The study schema: the single source of configuration and of every default.
 
 A study is a YAML file in ``studies/``. Scalars configure every cell; each list under ``grid`` is one
-axis, and the cross product of the axes is the set of cells. DVC expands the same axes with
-``matrix:`` (see dvc.yaml), so a cell id is the axis values joined by "-", in the order of
-``GRID_AXES`` - exactly the ``${key}`` DVC gives the stage.
+axis, and the cross product of the axes is the set of cells. Besides the fixed axes (``GRID_AXES``),
+any field of the model, privacy or training section can be an axis, named by its dotted path
+(``privacy.max_grad_norm: [0.5, 1, 2]``); each cell's ``study`` is the study with its values applied
+and re-validated, so training reads ``cell.study.privacy.max_grad_norm`` and never sees an axis.
+Axes of DP-only settings (``DP_ONLY``) are not expanded for non-private cells.
+
+A cell id is the fixed axes' values joined by "-" in the order of ``GRID_AXES``, then the extra axes'
+tokens in YAML order - exactly the ``${key}`` DVC gives the stage (see reproduce/pipeline.py).
 """
 
 from __future__ import annotations
@@ -12,16 +17,23 @@ import dataclasses
 import hashlib
 import itertools
 import re
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from reproduce.data.registry import DATASETS as _DATASET_TABLE
 from reproduce.errors import StudyError
 
 GRID_AXES = ("dataset", "group", "epsilon", "multiplicity", "seed")
+# Sections whose fields a dotted grid axis may name. data.* is not one: data/<dataset> is fetched once
+# per study (pipelines/dvc.yaml), so its sources cannot vary by cell; name/grid/checks are no settings.
+AXIS_SECTIONS = ("model", "privacy", "training")
+# Settings that only DP training reads: their axes multiply private cells only (one non-private
+# reference per remaining combination).
+DP_ONLY = ("privacy", "training.dp_optimizer")
 NON_PRIVATE = "non-private"
 GROUP_PATTERN = re.compile(r"^(e|C[1-9][0-9]*|D[1-9][0-9]*|O2|SO2)$")
 GROUP_HELP = 'e (conventional CNN), C<N> or D<N> with N >= 1, O2, SO2'
@@ -249,8 +261,12 @@ class ChecksConfig(_Strict):
     }
 
 
-class GridConfig(_Strict):
-    """Each list is one axis; cells are the cross product."""
+class GridConfig(BaseModel):
+    """Each list is one axis; cells are the cross product. Keys other than ``GRID_AXES`` are dotted
+    schema paths (``privacy.max_grad_norm``), kept in ``axes`` and validated by ``Study``."""
+
+    # extra="allow" holds the dotted axes (in YAML order); any other unknown key is refused below.
+    model_config = ConfigDict(extra="allow", frozen=True)
 
     dataset: list[Literal[DATASETS]] = Field(min_length=1)  # type: ignore[valid-type]
     group: list[str] = Field(min_length=1)
@@ -282,11 +298,35 @@ class GridConfig(_Strict):
     @field_validator(*GRID_AXES)
     @classmethod
     def _no_duplicates(cls, v):
-        values = [_token(x) for x in v]
-        dupes = sorted({x for x in values if values.count(x) > 1})
+        dupes = _duplicates(v)
         if dupes:
             raise ValueError(f"repeats {', '.join(dupes)}: duplicate cell ids")
         return v
+
+    @model_validator(mode="after")
+    def _dotted_only(self):
+        bad = [k for k in self.model_extra or {} if not _is_path(k)]
+        if bad:
+            raise ValueError(f"unknown grid key(s) {bad}; {AXIS_HELP}")
+        return self
+
+    @property
+    def axes(self) -> dict[str, list]:
+        """The extra axes, dotted path -> values, in YAML order."""
+        return dict(self.model_extra or {})
+
+
+AXIS_HELP = (f"grid axes are {', '.join(GRID_AXES)} or dotted paths of {'/'.join(AXIS_SECTIONS)} fields, "
+             "e.g. privacy.max_grad_norm")
+
+
+def _is_path(key) -> bool:
+    return isinstance(key, str) and "." in key
+
+
+def _duplicates(values) -> list[str]:
+    tokens = [_token(x) for x in values]
+    return sorted({x for x in tokens if tokens.count(x) > 1})
 
 
 class Study(_Strict):
@@ -300,7 +340,12 @@ class Study(_Strict):
     grid: GridConfig
 
     @model_validator(mode="after")
-    def _consistent(self):
+    def _consistent(self, info: ValidationInfo):
+        # A cell's study (overrides applied) is validated with the axes already checked on its parent.
+        if self.grid.axes and not (info.context or {}).get(_CELL_CONTEXT):
+            problems = axis_problems(self)
+            if problems:
+                raise ValueError("; ".join(f"{'.'.join(map(str, loc))}: {msg}" for loc, msg in problems))
         if isinstance(self.model.widths, dict):
             missing = [g for g in self.grid.group if g not in self.model.widths]
             if missing:
@@ -317,8 +362,34 @@ class Study(_Strict):
         return self
 
     def cells(self) -> list["Cell"]:
-        axes = [getattr(self.grid, a) for a in GRID_AXES]
-        return [Cell(self, **dict(zip(GRID_AXES, values))) for values in itertools.product(*axes)]
+        """Every cell: the fixed axes' product, each times the product of the extra axes that apply to
+        it (DP-only axes for private cells only); in id order (fixed axes first, then extra axes)."""
+        fixed = [getattr(self.grid, a) for a in GRID_AXES]
+        extra = self.grid.axes
+        studies: dict[tuple, Study] = {}     # one validated study per combination of overrides
+        cells = []
+        for values in itertools.product(*fixed):
+            point = dict(zip(GRID_AXES, values))
+            paths = [p for p in extra if point["epsilon"] != NON_PRIVATE or not dp_only(p)]
+            for combo in itertools.product(*(extra[p] for p in paths)):
+                axes = tuple((p, _frozen(v)) for p, v in zip(paths, combo))
+                key = tuple(_token(v) for _, v in axes)
+                if key not in studies:
+                    studies[key] = self.with_overrides(dict(axes)) if axes else self
+                cells.append(Cell(studies[key], **point, axes=axes))
+        return cells
+
+    def with_overrides(self, overrides: dict[str, Any]) -> "Study":
+        """This study with ``{dotted path: value}`` applied and re-validated (pydantic ValidationError
+        on a bad value, located at the field's own path)."""
+        data = self.model_dump(mode="python")
+        for path, value in overrides.items():
+            *parents, leaf = path.split(".")
+            node = data
+            for part in parents:
+                node = node[part]
+            node[leaf] = _thawed(value)
+        return Study.model_validate(data, context={_CELL_CONTEXT: True})
 
     def cell(self, cell_id: str) -> "Cell":
         for c in self.cells():
@@ -328,8 +399,138 @@ class Study(_Strict):
 
 
 def _token(value: Any) -> str:
-    """How DVC's matrix prints a value in ${key}: YAML scalars as str()."""
+    """A value in a cell id. Scalars as DVC's matrix prints them in ${key} (str()); a list's items joined
+    by "_" ([8, 16, 32] -> 8_16_32; DVC's matrix would say "<axis>0"), a mapping as key_value pairs."""
+    if isinstance(value, (list, tuple)):
+        return "_".join(_token(v) for v in value)
+    if isinstance(value, dict):
+        return "_".join(f"{k}_{_token(v)}" for k, v in value.items())
     return str(value)
+
+
+id_token = _token   # public name: how a value appears in a cell id
+
+
+def _frozen(value: Any) -> Any:
+    """An axis value as a cell holds it: YAML lists as tuples (like the schema's widths)."""
+    if isinstance(value, list):
+        return tuple(_frozen(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _frozen(v) for k, v in value.items()}
+    return value
+
+
+def _thawed(value: Any) -> Any:
+    """The plain-data (JSON/YAML) form of an axis value."""
+    if isinstance(value, (list, tuple)):
+        return [_thawed(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _thawed(v) for k, v in value.items()}
+    return value
+
+
+def dp_only(path: str) -> bool:
+    """Whether the setting at ``path`` is read by DP training only (see ``DP_ONLY``)."""
+    return any(path == p or path.startswith(p + ".") for p in DP_ONLY)
+
+
+def matrix_key(path: str) -> str:
+    """The name of a dotted axis where DVC needs one without dots (its item keys)."""
+    return path.replace(".", "_")
+
+
+_CELL_CONTEXT = "cell_overrides"
+
+
+def _field_at(path: str) -> tuple[Any, str | None]:
+    """(the pydantic FieldInfo ``path`` names, None) or (None, why it names no settable field)."""
+    parts = path.split(".")
+    if parts[0] not in AXIS_SECTIONS:
+        why = {"data": "data sources are fixed per study (each dataset is fetched once)",
+               "grid": "the grid cannot sweep itself"}.get(parts[0], f"{parts[0]!r} is not a settings section")
+        return None, f"unknown axis {path!r}: {why}; {AXIS_HELP}"
+    cls: Any = Study
+    for i, part in enumerate(parts):
+        fields = getattr(cls, "model_fields", None)
+        if not fields or part not in fields:
+            where = ".".join(parts[:i]) or "the study"
+            known = ", ".join(fields) if fields else "none"
+            return None, f"unknown axis {path!r}: {where} has no field {part!r} (fields: {known})"
+        info = fields[part]
+        cls = _model_of(info.annotation)
+        if i == len(parts) - 1 and cls is not None:
+            return None, f"{path!r} is a section; sweep its fields ({', '.join(f'{path}.{f}' for f in cls.model_fields)})"
+    return info, None
+
+
+def _model_of(annotation) -> type[BaseModel] | None:
+    """The model class of a section annotation (``OptimizerConfig | None`` -> OptimizerConfig)."""
+    candidates = [annotation, *typing.get_args(annotation)]
+    return next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+
+
+def axis_problems(study: "Study") -> list[tuple[tuple, str]]:
+    """Every problem of the study's dotted grid axes: (location, message), the location as in YAML
+    (``("grid", "privacy.max_grad_norm", 1)`` for the second value). Each value is validated by its
+    field's own schema, with the rest of the study, and so is every combination of the axes' values."""
+    problems: list[tuple[tuple, str]] = []
+    axes = study.grid.axes
+    keys = {matrix_key(a): a for a in GRID_AXES}
+    for path, values in axes.items():
+        loc = ("grid", path)
+        _, why = _field_at(path)
+        if why:
+            problems.append((loc, why))
+            continue
+        if matrix_key(path) in keys:
+            problems.append((loc, f"conflicts with grid axis {keys[matrix_key(path)]!r} (same DVC key {matrix_key(path)!r})"))
+            continue
+        keys[matrix_key(path)] = path
+        if not isinstance(values, list) or not values:
+            problems.append((loc, "an axis is a non-empty list of values"))
+            continue
+        dupes = _duplicates(values)
+        if dupes:
+            problems.append((loc, f"repeats {', '.join(dupes)}: duplicate cell ids"))
+            continue
+        if dp_only(path) and all(e == NON_PRIVATE for e in study.grid.epsilon):
+            problems.append((loc, f"{path} applies to DP cells only, and grid.epsilon has none"))
+            continue
+        parent = path.rsplit(".", 1)[0]
+        if _get(study, parent) is None:
+            problems.append((loc, f"{parent} is not set in the study; give it (every field the DP cells need) "
+                                  f"to sweep {path}"))
+            continue
+        for i, value in enumerate(values):
+            try:
+                study.with_overrides({path: value})
+            except ValidationError as e:
+                problems += [(_relocate(loc, path, i), msg) for loc, msg in map(_describe, e.errors())]
+    if problems or len(axes) < 2:
+        return problems
+    for combo in itertools.product(*axes.values()):      # settings that are only wrong together
+        overrides = dict(zip(axes, combo))
+        try:
+            study.with_overrides(overrides)
+        except ValidationError as e:
+            shown = ", ".join(f"{p}={_token(v)}" for p, v in overrides.items())
+            loc, msg = _describe(e.errors()[0])
+            problems.append((("grid",), f"the combination {shown} is invalid: {'.'.join(map(str, loc))}: {msg}"))
+    return problems
+
+
+def _get(study: "Study", path: str) -> Any:
+    node: Any = study
+    for part in path.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def _relocate(loc: tuple, path: str, index: int) -> tuple:
+    """A cell study's error location -> where the value is in the grid (field path + index + rest)."""
+    parts = tuple(path.split("."))
+    rest = tuple(loc[len(parts):]) if tuple(loc[:len(parts)]) == parts else ()
+    return ("grid", path, index, *rest)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -342,10 +543,19 @@ class Cell:
     epsilon: float | str
     multiplicity: int
     seed: int
+    # The extra (dotted) axes' values of this cell, (path, value) in YAML order; ``study`` already
+    # has them applied. DP-only axes are absent from non-private cells.
+    axes: tuple[tuple[str, Any], ...] = ()
 
     @property
     def id(self) -> str:
-        return "-".join(_token(getattr(self, a)) for a in GRID_AXES)
+        return "-".join([*(_token(getattr(self, a)) for a in GRID_AXES), *(_token(v) for _, v in self.axes)])
+
+    def axis(self, name: str) -> Any:
+        """The cell's value of any grid axis, fixed or dotted (None: a DP-only axis of a non-private cell)."""
+        if name in GRID_AXES:
+            return getattr(self, name)
+        return dict(self.axes).get(name)
 
     @property
     def private(self) -> bool:
@@ -365,6 +575,8 @@ class Cell:
             "privacy": s.privacy.model_dump(mode="json") if self.private else None,
             "training": s.training.model_dump(mode="json"),
             "data": s.data.model_dump(mode="json"),
+            # The extra axes' values (already part of the sections above), only for studies that have them.
+            **({"axes": {p: _thawed(v) for p, v in self.axes}} if self.axes else {}),
         }
 
 
@@ -415,7 +627,7 @@ def _line_of(node: yaml.Node | None, loc: tuple) -> int | None:
 
 def _describe(err: dict) -> tuple[tuple, str]:
     # Drop pydantic's union/literal branch labels from the path: users think in YAML keys.
-    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and (p.startswith(("literal[", "function-")) or p in {"float", "int", "str", "bool", "tuple[int, int, int]", "dict[str,tuple[int,int,int]]"})))
+    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and (p.startswith(("literal[", "function-")) or p in {"float", "int", "str", "bool", "tuple[int, int, int]", "dict[str,tuple[int,int,int]]", "dict[str,tuple[int, int, int]]"})))
     if err["type"] == "extra_forbidden":
         return loc, "unknown key (not part of the study schema)"
     msg = err["msg"].removeprefix("Value error, ")
@@ -435,18 +647,25 @@ def parse_study(text: str, *, path: str = "<study>") -> Study:
         raise StudyError(f"{where}: YAML syntax error: {getattr(e, 'problem', None) or e}") from None
     if not isinstance(data, dict):
         raise StudyError(f"{path}:1: a study must be a YAML mapping (name, model, privacy, training, grid)")
+    grid = data.get("grid")
+    axes = {k: v for k, v in grid.items() if _is_path(k)} if isinstance(grid, dict) else {}
+    # The study without its dotted axes first (their values are checked against it, below).
+    problems = [(("grid", k), f"unknown key (not part of the study schema); {AXIS_HELP}")
+                for k in (grid if isinstance(grid, dict) else {}) if k not in GRID_AXES and not _is_path(k)]
+    base = {**data, "grid": {k: v for k, v in grid.items() if k in GRID_AXES}} if axes or problems else data
     try:
-        study = Study.model_validate(data)
+        study = Study.model_validate(base)
     except ValidationError as e:
+        problems += [_describe(err) for err in e.errors()]
+    if not problems and axes:
+        study = Study.model_validate(data, context={_CELL_CONTEXT: True})
+        problems = axis_problems(study)
+    if problems:
         lines = []
-        seen = set()
-        for err in e.errors():
-            loc, msg = _describe(err)
+        for loc, msg in problems:
             field = ".".join(str(p) for p in loc) or "(study)"
-            line = _line_of(root, loc)
-            entry = f"{path}:{line or 1}: {field}: {msg}"
-            if entry not in seen:
-                seen.add(entry)
+            entry = f"{path}:{_line_of(root, loc) or 1}: {field}: {msg}"
+            if entry not in lines:
                 lines.append(entry)
         lines.sort(key=lambda entry: int(entry.split(":")[1]))
         raise StudyError(f"invalid study {path} ({len(lines)} problem{'s' * (len(lines) > 1)}):\n  " + "\n  ".join(lines)) from None

@@ -20,7 +20,9 @@ from reproduce.checkpoint import load_checkpoint, save_checkpoint
 from reproduce.data import load_dataset
 from reproduce.data.base import Splits
 from reproduce.device import configure_determinism, requested_device, resident, resolve_device
+from reproduce.metrics.compute import training_flops
 from reproduce.models import build_cell_model, count_parameters
+from reproduce.models.kept import WEIGHTS_FILE, cpu_state, save_weights, weights_checksum
 from reproduce.privacy.accounting import PrivacyStatement
 from reproduce.provenance import provenance, run_record
 from reproduce.study import Cell
@@ -29,7 +31,7 @@ from reproduce.training.evaluate import evaluate
 from reproduce.training.loop import train
 from reproduce.training.plain import PlainTrainer
 from reproduce.training.private import PrivateTrainer
-from reproduce.training.result import CellResult
+from reproduce.training.result import CellResult, KeptWeights
 from reproduce.training.state import TrainingState, checkpoint_key
 from reproduce.training.task import loss_fn, predict_proba, to_targets, to_tensor
 from reproduce.training.tracker import StepTracker
@@ -83,16 +85,23 @@ def run_cell(cell: Cell, *, data_root: Path, progress: bool = True, checkpoint: 
 
     evaluation = evaluate(model, splits, task=info.task, batch_size=tr.eval_batch_size, ema=ema)
     metrics = {**evaluation.metrics, "parameters": count_parameters(model), "train_loss_last": run.epochs[-1].loss,
-               "steps": run.steps}
+               "steps": run.steps,
+               # deterministic compute estimate (the measured seconds are in run.json)
+               "train_flops": training_flops(model, input_shape=tuple(train_set.tensors[0].shape[1:]), steps=run.steps,
+                                             batch_size=tr.batch_size, multiplicity=cell.multiplicity)}
     if run.epochs[-1].gwa is not None:
         metrics["train_gwa_last_epoch"] = run.epochs[-1].gwa  # gradient-weight alignment, last epoch
     epsilon = trainer.epsilon_spent()
     if epsilon is not None:
         metrics["epsilon"] = epsilon
+    # The weights the metrics describe (evaluate left the EMA weights in the model), kept as model.pt.
+    state = cpu_state(model)
+    weights = KeptWeights(file=WEIGHTS_FILE, sha256=weights_checksum(state), ema=ema is not None)
     draft = CellResult(cell=cell.id, config=cell.config(), metrics=metrics, privacy=PrivacyStatement(private=False),
                        statement="", provenance=provenance(cell=cell, data=info, device=device), epochs=run.epochs,
                        run=run_record(seconds=run.seconds, seen=run.seen),
-                       steps=run.step_records, reliability_test=evaluation.reliability_test)
+                       steps=run.step_records, reliability_test=evaluation.reliability_test,
+                       weights=weights, state=state)
     # The statement lists what the rest of the result releases without noise.
     statement = trainer.privacy_statement(draft.released())
     return dataclasses.replace(draft, privacy=statement, statement=statement.sentence())
@@ -105,10 +114,12 @@ def _json_default(o):
 
 
 def write_cell(result: CellResult, out_dir: Path) -> None:
-    """The cell's outputs: result.json (everything an identical rerun reproduces byte for byte: DVC's
+    """The cell's outputs: model.pt (the kept weights), result.json (everything an identical rerun reproduces byte for byte: DVC's
     cached output), metrics.json (its flat numbers) and steps.json (per-step series for `dvc plots`),
     both small and committed with git; and run.json, this run's timings and host (ignored by git and
     DVC, so a rerun that reproduces every number leaves `dvc.lock` unchanged)."""
+    if result.state is not None:  # first, so a result.json never names weights that are not there
+        save_weights(result.state, out_dir / result.weights.file)
     write_json_atomic(out_dir / "result.json", result.to_json(), default=_json_default)
     if result.run is not None:
         write_json_atomic(out_dir / "run.json", result.run.to_json(), default=_json_default)

@@ -60,7 +60,7 @@ def test_a_second_study_on_a_dataset_shares_its_one_fetch_stage(repo):
     assert fetch["cmd"] == ("python -m reproduce fetch cifar10 --study studies/cifar_mini.yaml "
                             "studies/sparser_models_cifar10.yaml")
     mini = yaml.safe_load((repo / "pipelines/cifar_mini/dvc.yaml").read_text())["stages"]
-    assert set(mini) == {"train", "report"} and "data/${item.dataset}" in mini["train"]["deps"]
+    assert set(mini) == {"train", "attribute", "report"} and "data/${item.dataset}" in mini["train"]["deps"]
 
 
 def test_a_deleted_study_takes_its_pipeline_and_lock_along(repo):

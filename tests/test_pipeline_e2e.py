@@ -36,6 +36,9 @@ def test_dvc_repro_runs_the_study_caches_and_reruns_only_edited_cells(repo_copy)
     metrics = run(["dvc", "metrics", "show", "--json"], r).stdout
     assert "summary.json" in metrics
     assert (r / "reports/default/index.html").stat().st_size > 1000
+    # the attribution stage ran on the kept models of both cells
+    scores = json.loads((r / "results/default/attribution/scores.json").read_text())["cells"]
+    assert sorted(scores) == ["embedded-e-8-1-0", "embedded-e-non-private-1-0"]
 
     # Nothing changed: nothing reruns.
     assert "Running stage" not in run(["dvc", "repro"], r).stdout
@@ -45,10 +48,10 @@ def test_dvc_repro_runs_the_study_caches_and_reruns_only_edited_cells(repo_copy)
     study.write_text(study.read_text().replace("seed: [0]", "seed: [0, 1]"))
     status = run(["dvc", "status", "dvc.yaml"], r).stdout
     changed = sorted(line.rstrip(":") for line in status.splitlines() if line and not line[0].isspace())
-    assert changed == ["report", "train@embedded-e-8-1-1", "train@embedded-e-non-private-1-1"]
+    assert changed == ["attribute", "report", "train@embedded-e-8-1-1", "train@embedded-e-non-private-1-1"]
     out = run(["dvc", "repro"], r).stdout
     ran = sorted(line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage"))
-    assert ran == ["report", "train@embedded-e-8-1-1", "train@embedded-e-non-private-1-1"]
+    assert ran == ["attribute", "report", "train@embedded-e-8-1-1", "train@embedded-e-non-private-1-1"]
 
 
 def tiny_retinamnist(n_train: int = 256, n_eval: int = 64) -> bytes:

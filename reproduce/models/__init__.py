@@ -59,19 +59,21 @@ class ParameterCount:
 
 
 def parameter_counts(study) -> list[ParameterCount]:
-    """The parameter count of each (dataset, group) model of ``study`` (``reproduce.study.Study``).
+    """The parameter count of each (dataset, group, model settings) model of ``study`` (``reproduce.study.Study``).
 
     Each model is built as its cells build it, with the dataset's channels and classes from the
     dataset table (the first convolution and the classifier depend on them); epsilon,
     multiplicity and seed do not change the count.
     """
     from reproduce.data.registry import dataset_source
-    counts: dict[tuple[str, str], ParameterCount] = {}
+    counts: dict[tuple[str, str, str], ParameterCount] = {}
     for cell in study.cells():
-        if (cell.dataset, cell.group) in counts:
+        # A model.* grid axis (widths, restriction, ...) gives a group several models.
+        key = (cell.dataset, cell.group, repr(cell.config()["model"]))
+        if key in counts:
             continue
         info = dataset_source(cell.dataset).info(study.data.size)
         model = build_cell_model(cell, in_channels=info.n_channels, num_classes=info.num_classes)
-        counts[cell.dataset, cell.group] = ParameterCount(cell.dataset, cell.group, cell.widths,
+        counts[key] = ParameterCount(cell.dataset, cell.group, cell.widths,
                                                           count_parameters(model))
     return list(counts.values())

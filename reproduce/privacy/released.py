@@ -18,6 +18,7 @@ from reproduce.errors import ReproduceError
 COVERED = (
     "cell", "config.*",                                   # the study's configuration
     "metrics.parameters", "metrics.steps", "metrics.epsilon",  # architecture, calibrated steps, accountant
+    "metrics.train_flops",                                # architecture x steps x expected batch size
     "metrics.val_*", "metrics.test_*", "metrics.rot*",    # weights evaluated on the val/test splits
     "metrics_detail.reliability_test*",                   # weights evaluated on the test split
     "epochs[].epoch", "steps[].step", "steps[].epoch",
@@ -27,6 +28,7 @@ COVERED = (
     "provenance.data.name", "provenance.data.source", "provenance.versions.*",
     "provenance.device*",                                 # reproduce.device.device_facts (or "cpu")
     "run.commit", "run.dirty", "run.platform",            # run.json: code and host
+    "weights.*",                                          # model.pt: the final (noised) weights, their checksum
 )
 
 # Released without noise: each reads the training data (or the sampled batch sizes) directly.

@@ -14,19 +14,23 @@ Per DP setting (dataset, epsilon, augmentation multiplicity):
   the test split: bins pooled over all seeds, count-weighted (= binning every seed's test predictions
   together with the same equal-width bins), from ``metrics_detail.reliability_test``.
 
+A study with dotted grid axes gets these per combination of their values (``where``), except that
+Figure 1 puts every ``model.widths`` layout on its size axis.
+
 The aggregation helpers are pure (tests check them); drawing is kept small so a report takes seconds.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import statistics
 from pathlib import Path
 
 from reproduce.atomic import write_atomic
 from reproduce.metrics.calibration import ReliabilityBin
-from reproduce.study import NON_PRIVATE, Study
+from reproduce.study import NON_PRIVATE, Study, dp_only, matrix_key
 from reproduce.training.result import CellResult
 
 GROUP_COLOURS = {"e": "#222222", "C1": "#8c564b", "C4": "#1f77b4", "C8": "#2ca02c", "C16": "#9467bd",
@@ -44,6 +48,7 @@ class FigureFile:
     dataset: str
     epsilon: float | int
     multiplicity: int
+    where: tuple = ()      # (dotted axis, value) the figure is restricted to
 
 
 def group_colour(group: str, groups: list[str]) -> str:
@@ -62,11 +67,35 @@ def dp_settings(study: Study) -> list[tuple[str, float | int, int]]:
     return [(d, e, k) for d in g.dataset for e in g.epsilon if e != NON_PRIVATE for k in g.multiplicity]
 
 
+# Figure 1's x axis is model size, so its layouts are one figure's points, not separate figures.
+SIZE_AXIS = "model.widths"
+
+
+def figure_subsets(study: Study, *, keep: tuple[str, ...] = ()) -> list[dict]:
+    """Every combination of the study's dotted axes' values, except the axes in ``keep`` (drawn
+    within one figure); [{}] for a study without dotted axes."""
+    axes = {p: v for p, v in study.grid.axes.items() if p not in keep}
+    return [dict(zip(axes, combo)) for combo in itertools.product(*axes.values())]
+
+
+def _matches(cell, where: dict) -> bool:
+    # A non-private cell has no DP-only axis value: it is the reference of every such subset.
+    return all(_same(cell.axis(p), v) for p, v in where.items() if cell.private or not dp_only(p))
+
+
+def _same(a, b) -> bool:
+    return (list(a) if isinstance(a, tuple) else a) == (list(b) if isinstance(b, tuple) else b)
+
+
+def _where_label(where: dict) -> str:
+    return ", ".join(f"{p}={'-'.join(map(str, v)) if isinstance(v, (list, tuple)) else v}" for p, v in where.items())
+
+
 def _records(study: Study, results: dict[str, CellResult], dataset: str, group: str, epsilon,
-             multiplicity: int) -> list[CellResult]:
+             multiplicity: int, where: dict | None = None) -> list[CellResult]:
     return [results[c.id] for c in study.cells()
             if (c.dataset, c.group, c.epsilon, c.multiplicity) == (dataset, group, epsilon, multiplicity)
-            and c.id in results]
+            and _matches(c, where or {}) and c.id in results]
 
 
 # ---------------------------------------------------------------- pure aggregation
@@ -159,26 +188,29 @@ def _save(fig, path: Path) -> None:
     _pyplot().close(fig)
 
 
-def _setting(epsilon, multiplicity: int) -> str:
-    return f"ε={float(epsilon):g}, {'no aug' if multiplicity == 1 else f'aug ×{multiplicity}'}"
+def _setting(epsilon, multiplicity: int, where: dict | None = None) -> str:
+    text = f"ε={float(epsilon):g}, {'no aug' if multiplicity == 1 else f'aug ×{multiplicity}'}"
+    return f"{text}, {_where_label(where)}" if where else text
 
 
-def _stem(kind: str, dataset: str, epsilon, multiplicity: int) -> str:
-    return f"{kind}-{dataset}-eps{float(epsilon):g}-k{multiplicity}"
+def _stem(kind: str, dataset: str, epsilon, multiplicity: int, where: dict | None = None) -> str:
+    extra = "".join(f"-{matrix_key(p)}{'_'.join(map(str, v)) if isinstance(v, (list, tuple)) else v}"
+                    for p, v in (where or {}).items())
+    return f"{kind}-{dataset}-eps{float(epsilon):g}-k{multiplicity}{extra}"
 
 
 def draw_figure1(study: Study, results: dict[str, CellResult], dataset: str, epsilon, multiplicity: int,
-                 path: Path) -> FigureFile:
+                 path: Path, *, where: dict | None = None) -> FigureFile:
     plt = _pyplot()
     groups = list(study.grid.group)
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 3.8))
-    setting = _setting(epsilon, multiplicity)
+    setting = _setting(epsilon, multiplicity, where)
     any_sparsity = False
     sparsity_groups: list[str] = []
     # Point labels: the group, plus its width layout where the figure has more than one layout.
-    layouts = {r.widths for g in groups for r in _records(study, results, dataset, g, epsilon, multiplicity)}
+    layouts = {r.widths for g in groups for r in _records(study, results, dataset, g, epsilon, multiplicity, where)}
     for group in groups:
-        recs = _records(study, results, dataset, group, epsilon, multiplicity)
+        recs = _records(study, results, dataset, group, epsilon, multiplicity, where)
         colour = group_colour(group, groups)
         points = accuracy_by_size(recs)
         if points:
@@ -226,7 +258,7 @@ def draw_figure1(study: Study, results: dict[str, CellResult], dataset: str, eps
     seeds = ", ".join(map(str, study.grid.seed))
     return FigureFile(
         path=path, kind="figure1", dataset=dataset, epsilon=epsilon, multiplicity=multiplicity,
-        title=f"Figure 1 — {dataset}, DP {setting}",
+        where=tuple((where or {}).items()), title=f"Figure 1 — {dataset}, DP {setting}",
         caption=(f"Left: DP test accuracy (%) over parameter count, mean ± sample std over seeds {seeds}; points "
                  "are labelled with the group (and its width layout where layouts differ). Right: l0 gradient sparsity (share of gradient entries with |g| < 1e-5) "
                  "over optimizer steps, mean over seeds; solid: the private update (clipped and noised), dashed: "
@@ -234,7 +266,7 @@ def draw_figure1(study: Study, results: dict[str, CellResult], dataset: str, eps
 
 
 def draw_alignment(study: Study, results: dict[str, CellResult], dataset: str, epsilon, multiplicity: int,
-                   path: Path) -> FigureFile | None:
+                   path: Path, *, where: dict | None = None) -> FigureFile | None:
     """GWA per epoch, DP (solid) and non-private (dashed) per group; None if no cell recorded it."""
     groups = list(study.grid.group)
     series = []
@@ -242,7 +274,7 @@ def draw_alignment(study: Study, results: dict[str, CellResult], dataset: str, e
         for eps, style in ((epsilon, "-"), (NON_PRIVATE, "--")):
             if eps == NON_PRIVATE and NON_PRIVATE not in study.grid.epsilon:
                 continue
-            epochs, values = mean_epoch_series(_records(study, results, dataset, group, eps, multiplicity))
+            epochs, values = mean_epoch_series(_records(study, results, dataset, group, eps, multiplicity, where))
             if epochs:
                 series.append((group, style, epochs, values))
     if not series:
@@ -256,7 +288,7 @@ def draw_alignment(study: Study, results: dict[str, CellResult], dataset: str, e
     from matplotlib.lines import Line2D
     shown = list(dict.fromkeys(g for g, *_ in series))
     handles = [Line2D([], [], color=group_colour(g, groups), linewidth=2, label=group_name(g)) for g in shown]
-    handles.append(Line2D([], [], color="#555555", linestyle="-", label=f"DP {_setting(epsilon, multiplicity)}"))
+    handles.append(Line2D([], [], color="#555555", linestyle="-", label=f"DP {_setting(epsilon, multiplicity, where)}"))
     if any(style == "--" for _, style, *_ in series):
         handles.append(Line2D([], [], color="#555555", linestyle="--", label="non-private"))
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0, fontsize=8)
@@ -270,7 +302,8 @@ def draw_alignment(study: Study, results: dict[str, CellResult], dataset: str, e
     seeds = ", ".join(map(str, study.grid.seed))
     return FigureFile(
         path=path, kind="alignment", dataset=dataset, epsilon=epsilon, multiplicity=multiplicity,
-        title=f"Gradient-weight alignment — {dataset}, {_setting(epsilon, multiplicity)}",
+        where=tuple((where or {}).items()),
+        title=f"Gradient-weight alignment — {dataset}, {_setting(epsilon, multiplicity, where)}",
         caption=("Per epoch, the cosine between each training sample's final-layer update direction and the final "
                  "layer's weights, summarised as mean / (excess kurtosis + 1.2) (the authors' reference code, "
                  f"hlzl/gwa); mean over seeds {seeds}. Solid: DP cells; dashed: non-private cells of the same group."))
@@ -282,10 +315,10 @@ def reliability_groups(study: Study) -> list[str]:
 
 
 def draw_reliability(study: Study, results: dict[str, CellResult], dataset: str, epsilon, multiplicity: int,
-                     path: Path) -> FigureFile | None:
+                     path: Path, *, where: dict | None = None) -> FigureFile | None:
     panels = []
     for group in reliability_groups(study):
-        recs = _records(study, results, dataset, group, epsilon, multiplicity)
+        recs = _records(study, results, dataset, group, epsilon, multiplicity, where)
         bins = pooled_reliability(recs)
         if bins is not None:
             n_seeds = sum(1 for r in recs if r.reliability_test)
@@ -320,13 +353,14 @@ def draw_reliability(study: Study, results: dict[str, CellResult], dataset: str,
                    edgecolor="white")
         bottom.set_xlabel("confidence (max probability)")
         bottom.set_ylabel("share of samples")
-    fig.suptitle(f"{dataset}: reliability on the test split, DP {_setting(epsilon, multiplicity)}", fontsize=10)
+    fig.suptitle(f"{dataset}: reliability on the test split, DP {_setting(epsilon, multiplicity, where)}", fontsize=10)
     fig.subplots_adjust(left=0.1 if len(panels) > 1 else 0.17, right=0.98, bottom=0.11, top=0.86,
                         wspace=0.3, hspace=0.08)
     _save(fig, path)
     return FigureFile(
         path=path, kind="reliability", dataset=dataset, epsilon=epsilon, multiplicity=multiplicity,
-        title=f"Reliability — {dataset}, DP {_setting(epsilon, multiplicity)}",
+        where=tuple((where or {}).items()),
+        title=f"Reliability — {dataset}, DP {_setting(epsilon, multiplicity, where)}",
         caption=("Reliability diagram on the test split: bars = accuracy per equal-width confidence bin, dots = "
                  "(mean confidence, accuracy) per bin, dashed = perfect calibration; bottom: share of test samples "
                  "per bin. Bins pooled over all seeds with recorded bins (count-weighted, i.e. all seeds' test "
@@ -338,11 +372,13 @@ def write_figures(study: Study, results: dict[str, CellResult], out_dir: Path) -
     out_dir = Path(out_dir)
     figures = []
     for dataset, eps, k in dp_settings(study):
-        figures.append(draw_figure1(study, results, dataset, eps, k, out_dir / f"{_stem('figure1', dataset, eps, k)}.png"))
-        gwa = draw_alignment(study, results, dataset, eps, k, out_dir / f"{_stem('alignment', dataset, eps, k)}.png")
-        if gwa is not None:
-            figures.append(gwa)
-        rel = draw_reliability(study, results, dataset, eps, k, out_dir / f"{_stem('reliability', dataset, eps, k)}.png")
-        if rel is not None:
-            figures.append(rel)
+        for where in figure_subsets(study, keep=(SIZE_AXIS,)):
+            figures.append(draw_figure1(study, results, dataset, eps, k,
+                                        out_dir / f"{_stem('figure1', dataset, eps, k, where)}.png", where=where))
+        for where in figure_subsets(study):
+            for kind, draw in (("alignment", draw_alignment), ("reliability", draw_reliability)):
+                drawn = draw(study, results, dataset, eps, k, out_dir / f"{_stem(kind, dataset, eps, k, where)}.png",
+                             where=where)
+                if drawn is not None:
+                    figures.append(drawn)
     return figures

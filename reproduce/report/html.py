@@ -99,7 +99,8 @@ def render_table(study: Study, table: dict, *, table_id: str) -> str:
             gap_blocks[-1][1] += 1
         else:
             gap_blocks.append([name, 1])
-    head1 = "".join(f'<th rowspan="2">{h}</th>' for h in ("dataset", "group", "parameters"))
+    axes = table.get("axes", [])
+    head1 = "".join(f'<th rowspan="2">{_e(h)}</th>' for h in ("dataset", "group", *axes, "parameters"))
     head1 += "".join(f'<th colspan="{n}">{_e(name)}</th>' for name, n in blocks + gap_blocks)
     head2 = "".join(f"<th>{_e(aug_label(c['multiplicity']))}</th>" for c in info + gap_info)
     body = []
@@ -107,6 +108,7 @@ def render_table(study: Study, table: dict, *, table_id: str) -> str:
         params = f"{r['parameters']:,}" if r["parameters"] is not None else "n/a"
         widths = "-".join(map(str, r["widths"]))
         tds = [f"<td>{_e(r['dataset'])}</td>", f"<td>{_e(r['group'])}</td>",
+               *(f"<td>{_e(r['axes'][a])}</td>" for a in axes),
                f'<td class="num" title="widths {_e(widths)}">{_e(params)}</td>']
         for label in table["columns"]:
             s = r["cells"][label]
@@ -223,10 +225,27 @@ def render_diagnostics(study: Study, results: dict[str, CellResult]) -> str:
         "cosine.</p>", f"<ul>{''.join(means)}</ul>" if means else ""])
 
 
-def render_page(study: Study, results: dict[str, CellResult], tables: list[dict], figures: list[FigureFile]) -> str:
+def render_scores(rows) -> str:
+    """The attribution scores (``reproduce.report.attribution.score_rows``) as an HTML table."""
+    if not rows:
+        return '<p class="caption">None: no attribution scores (the attribute stage has not run).</p>'
+    names = list(dict.fromkeys(n for r in rows for n in r.values))
+    head = "".join(f"<th>{_e(n)}</th>" for n in ["dataset", "group", "setting", "n", *names])
+    body = "".join("<tr>" + "".join(f"<td>{_e(x)}</td>" for x in [r.dataset, r.group, r.setting, r.n]) +
+                   "".join(f"<td>{'n/a' if r.values.get(n) is None else f'{r.values[n]:.3f}'}</td>" for n in names) +
+                   "</tr>" for r in rows)
+    return (f'<table id="attribution-scores"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+            '<p class="caption">Means over the seeded selection of test images (4 per class), then over seeds: '
+            "colocation = rank correlation of the final layer's response with Grad-CAM; top_k = their top-10% "
+            "overlap; object_share = share of the map inside the object (embedded data only; object_area = a "
+            "uniform map's share); fir = mean filter norm over every convolution.</p>")
+
+
+def render_page(study: Study, results: dict[str, CellResult], tables: list[dict], figures: list[FigureFile],
+                scores=()) -> str:
     g = study.grid
     n_cells = len(study.cells())
-    axes = " × ".join(f"{len(getattr(g, a))} {a}" for a in GRID_AXES)
+    axes = " × ".join([*(f"{len(getattr(g, a))} {a}" for a in GRID_AXES), *(f"{len(v)} {a}" for a, v in g.axes.items())])
     paper = next((t["paper"] for t in tables if t["paper"]), None)
     intro = [f"<p>{_e(study.description)}</p>" if study.description else "",
              f"<p>{n_cells} cells ({_e(axes)}); results for {sum(c.id in results for c in study.cells())} of them. "
@@ -240,11 +259,15 @@ def render_page(study: Study, results: dict[str, CellResult], tables: list[dict]
     for kind, title in (("figure1", "Figure 1: accuracy vs model size, gradient sparsity (DP)"),
                         ("alignment", "Gradient-weight alignment during training"),
                         ("reliability", "Reliability diagrams (DP, test split)"),
-                        ("diagnostics", "Optimisation diagnostics: clipping, noise and the update over steps")):
+                        ("diagnostics", "Optimisation diagnostics: clipping, noise and the update over steps"),
+                        ("trends", "Accuracy over epsilon and over training compute"),
+                        ("figure2", "Figure 2: where the models look (Grad-CAM, guided backprop)")):
         items = [f for f in figures if f.kind == kind]
         figs.append(f"<h2>{_e(title)}</h2>")
         if not items:
-            why = ("the study has no DP cells" if not any(e != NON_PRIVATE for e in g.epsilon) else
+            why = ("no attribution maps (the attribute stage has not run)" if kind == "figure2" else
+                   "no results with a training-compute estimate" if kind == "trends" else
+                   "the study has no DP cells" if not any(e != NON_PRIVATE for e in g.epsilon) else
                    "no cell recorded reliability bins (metrics_detail.reliability_test)" if kind == "reliability" else
                    "no cell recorded per-epoch alignment (epochs[*].gwa)" if kind == "alignment" else
                    "no cell recorded step diagnostics (results written before they existed)" if kind == "diagnostics" else
@@ -266,6 +289,7 @@ def render_page(study: Study, results: dict[str, CellResult], tables: list[dict]
         '<p class="caption">DP gap = non-DP mean minus DP mean at the same augmentation (percentage points). '
         "Hover a cell for its per-seed values.</p>",
         *figs,
+        "<h3>Attribution scores</h3>", render_scores(list(scores)),
         "<h2>Privacy statements</h2>", render_privacy(study, results),
         "<h2>Provenance</h2>", render_provenance(study, results),
         '<footer>Generated by <span class="mono">reproduce.report</span>. Self-check: '
@@ -274,11 +298,12 @@ def render_page(study: Study, results: dict[str, CellResult], tables: list[dict]
         "</body></html>", ""])
 
 
-def write_html(study: Study, results: dict[str, CellResult], tables: list[dict], figures: list[FigureFile], path: Path) -> Path:
+def write_html(study: Study, results: dict[str, CellResult], tables: list[dict], figures: list[FigureFile], path: Path,
+               *, scores=()) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     from reproduce.atomic import write_text_atomic
-    write_text_atomic(path, render_page(study, results, tables, figures))
+    write_text_atomic(path, render_page(study, results, tables, figures, scores))
     return path
 
 

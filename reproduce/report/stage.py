@@ -9,6 +9,12 @@ from pathlib import Path
 
 from reproduce.atomic import write_json_atomic, write_text_atomic
 from reproduce.errors import ReproduceError
+from reproduce.attribution.files import read_scores
+from reproduce.report.attribution import ScoreRow, draw_figure2, score_rows, summary_entries
+from reproduce.report.attribution import to_markdown as scores_markdown
+from reproduce.report.trends import TrendRow, compute_rows, draw_over_compute, draw_over_epsilon
+from reproduce.report.trends import summary_entries as compute_summary
+from reproduce.report.trends import to_markdown as compute_markdown
 from reproduce.report.table import TABLE_METRICS, build_table, to_csv, to_latex, to_markdown, to_summary
 from reproduce.study import Study
 from reproduce.training.result import CellResult, read_result
@@ -32,15 +38,21 @@ def build_tables(study: Study, results: dict[str, CellResult]) -> list[dict]:
 def write_tables(study: Study, *, results_dir: Path) -> list[Path]:
     """table.md, table.csv, table.tex and summary.json (flat, for `dvc metrics show`) in results_dir."""
     results_dir = Path(results_dir)
-    return _write_table_files(study, build_tables(study, read_results(study, results_dir)), results_dir)
+    results = read_results(study, results_dir)
+    return _write_table_files(study, build_tables(study, results), results_dir,
+                              score_rows(study, read_scores(results_dir)), compute_rows(study, results))
 
 
-def _write_table_files(study: Study, tables: list[dict], results_dir: Path) -> list[Path]:
+def _write_table_files(study: Study, tables: list[dict], results_dir: Path, scores: list[ScoreRow],
+                       compute: list[TrendRow]) -> list[Path]:
     md, csv_path, tex, summary = (results_dir / n for n in ("table.md", "table.csv", "table.tex", "summary.json"))
-    write_text_atomic(md, to_markdown(study, tables))
+    # Compute and the attribution scores follow Table 1 (sections of their own; the scores are absent
+    # until the attribute stage has run).
+    sections = [s for s in (compute_markdown(compute), scores_markdown(scores)) if s]
+    write_text_atomic(md, "\n".join([to_markdown(study, tables), *sections]))
     write_text_atomic(csv_path, to_csv(tables))
     write_text_atomic(tex, to_latex(study, tables))
-    write_json_atomic(summary, to_summary(tables))
+    write_json_atomic(summary, {**to_summary(tables), **compute_summary(compute), **summary_entries(scores)})
     return [md, csv_path, tex, summary]
 
 
@@ -55,10 +67,20 @@ def build_report(study: Study, *, results_dir: Path, out_dir: Path) -> list[Path
     results_dir, out_dir = Path(results_dir), Path(out_dir)
     results = read_results(study, results_dir)
     tables = build_tables(study, results)
-    table_paths = _write_table_files(study, tables, results_dir)
+    scores = score_rows(study, read_scores(results_dir))
+    compute = compute_rows(study, results)
+    table_paths = _write_table_files(study, tables, results_dir, scores, compute)
     out_dir.mkdir(parents=True, exist_ok=True)
     figures = write_figures(study, results, out_dir) + write_diagnostics_figures(study, results, out_dir)
-    index = write_html(study, results, tables, figures, out_dir / "index.html")
+    for dataset in study.grid.dataset:
+        for draw, stem in ((draw_over_epsilon, "accuracy-over-epsilon"), (draw_over_compute, "accuracy-over-compute")):
+            fig = draw(study, compute, dataset, out_dir / f"{stem}-{dataset}.png")
+            if fig is not None:
+                figures.append(fig)
+        panel = draw_figure2(study, results, results_dir, dataset, out_dir / f"figure2-{dataset}.png")
+        if panel is not None:
+            figures.append(panel)
+    index = write_html(study, results, tables, figures, out_dir / "index.html", scores=scores)
     return [*table_paths, *(f.path for f in figures), index]
 
 

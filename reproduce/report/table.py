@@ -1,4 +1,5 @@
-"""Table 1 of a study in the paper's layout: rows dataset x group, columns non-DP / DP (one block per
+"""Table 1 of a study in the paper's layout: rows dataset x group (x the values of the study's dotted
+grid axes, e.g. one row per model.widths layout; ``by`` picks which), columns non-DP / DP (one block per
 DP epsilon) x augmentation (one column per multiplicity), mean ± sample std over seeds, the best
 group per dataset and column in bold (as in the paper), DP-gap columns (non-DP minus DP, same
 augmentation), and - for studies with published numbers - the paper's value and our delta per cell.
@@ -12,12 +13,13 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import math
 import statistics
 
 from reproduce.errors import ReproduceError
 from reproduce.report.paper_values import PublishedTable, published_for
-from reproduce.study import NON_PRIVATE, Study
+from reproduce.study import NON_PRIVATE, Study, dp_only
 from reproduce.training.result import CellResult
 
 METRIC = "test_acc"
@@ -42,6 +44,18 @@ def gap_label(epsilon, multiplicity: int) -> str:
     return f"DP gap eps={epsilon:g}, {aug_label(multiplicity)}"
 
 
+def axis_value_label(value) -> str:
+    """An axis value as the table shows it: a layout [8, 16, 32] as "8-16-32" (the papers' notation)."""
+    if isinstance(value, (list, tuple)):
+        return "-".join(map(str, value))
+    return str(value)
+
+
+def _row_key(cell, by: tuple[str, ...]) -> tuple:
+    # A non-private cell has no value of a DP-only axis: it is the reference of every such row.
+    return tuple(None if not cell.private and dp_only(p) else axis_value_label(cell.axis(p)) for p in by)
+
+
 def summarise(values: list[float]) -> dict:
     """Mean and sample std (n - 1) over seeds (std 0 for one seed); NaN/None values are dropped."""
     vals = [float(v) for v in values if v is not None and not math.isnan(float(v))]
@@ -57,8 +71,12 @@ def _shown(x: float | None) -> float | None:
 
 
 def build_table(study: Study, results: dict[str, CellResult], *, metric: str = METRIC,
-                paper: PublishedTable | None | str = AUTO) -> dict:
+                paper: PublishedTable | None | str = AUTO, by: tuple[str, ...] | None = None) -> dict:
     """Aggregate over seeds. ``results`` maps cell id -> its result (from result.json).
+
+    ``by``: the dotted grid axes that split rows (default: all of the study's, in YAML order); cells
+    of axes left out are pooled with the seeds. Each row then has "axes": {path: shown value} (a
+    DP-only axis's non-DP column is the non-private reference); "axes" lists them.
 
     ``paper``: a published table to compare with, None for none, or "auto" (the matching one from
     ``published/``, if any). Values are compared only when ``metric`` is the paper's metric.
@@ -67,29 +85,40 @@ def build_table(study: Study, results: dict[str, CellResult], *, metric: str = M
     "cells": {label: {mean, std, n, values, best, paper, delta}}, "gaps": {label: value}}],
     "paper": {key, citation, url, metric, caveats} | None}; fractions, not percent.
     """
-    missing = [c.id for c in study.cells() if c.id not in results]
+    cells_all = study.cells()
+    missing = [c.id for c in cells_all if c.id not in results]
     if missing:
         raise ReproduceError(f"study {study.name}: no result for cell(s) {', '.join(missing)}; run `dvc repro` first")
     if paper == AUTO:
         paper = published_for(study)
     compare = paper if paper is not None and paper.metric == metric else None
     g = study.grid
+    by = tuple(g.axes) if by is None else tuple(by)
+    unknown = [p for p in by if p not in g.axes]
+    if unknown:
+        raise ReproduceError(f"study {study.name}: no grid axis {', '.join(unknown)} to group by (axes: {', '.join(g.axes) or 'none'})")
     # The paper's order: non-DP first, then each DP epsilon; multiplicities within each.
     epsilons = [e for e in g.epsilon if e == NON_PRIVATE] + [e for e in g.epsilon if e != NON_PRIVATE]
     columns = [(e, k) for e in epsilons for k in g.multiplicity]
     by_key: dict[tuple, list] = {}
-    for c in study.cells():
-        by_key.setdefault((c.dataset, c.group, c.epsilon, c.multiplicity), []).append(c)
+    for c in cells_all:
+        by_key.setdefault((c.dataset, c.group, c.epsilon, c.multiplicity, *_row_key(c, by)), []).append(c)
+    combos = list(itertools.product(*([axis_value_label(v) for v in g.axes[p]] for p in by)))
     rows = []
     for dataset in g.dataset:
-        for group in g.group:
-            row = {"dataset": dataset, "group": group, "widths": list(study.model.widths_for(group)),
-                   "parameters": None, "cells": {}, "gaps": {}}
+        for group, combo in itertools.product(g.group, combos):
+            first = next(c for c in cells_all if (c.dataset, c.group, *_row_key(c, by)) == (dataset, group, *combo))
+            row = {"dataset": dataset, "group": group, **({"axes": dict(zip(by, combo))} if by else {}),
+                   "widths": list(first.widths), "parameters": None, "cells": {}, "gaps": {}}
             for eps, k in columns:
-                cells = by_key[(dataset, group, eps, k)]
+                shown = tuple(None if eps == NON_PRIVATE and dp_only(p) else v for p, v in zip(by, combo))
+                cells = by_key[(dataset, group, eps, k, *shown)]
                 records = [results[c.id] for c in cells]
                 s = summarise([r.metric(metric) for r in records])
-                if compare is not None:
+                # The paper's numbers are for its one layout: rows of a width axis with another have none.
+                other_layout = (compare is not None and compare.widths is not None and "model.widths" in by
+                                and tuple(row["widths"]) != tuple(compare.widths))
+                if compare is not None and not other_layout:
                     p = compare.lookup(dataset, group, eps, k, delta=study.privacy.delta)
                     s["paper"] = None if p is None else p / compare.scale
                     s["delta"] = None if p is None or s["mean"] is None else s["mean"] - p / compare.scale
@@ -119,7 +148,7 @@ def build_table(study: Study, results: dict[str, CellResult], *, metric: str = M
         "column_info": [{"label": column_label(e, k), "epsilon": e, "multiplicity": k, "private": e != NON_PRIVATE}
                         for e, k in columns],
         "gap_columns": list(rows[0]["gaps"]) if rows else [],
-        "rows": rows, "seeds": list(g.seed),
+        "rows": rows, "seeds": list(g.seed), **({"axes": list(by)} if by else {}),
         "paper": None if compare is None else {"key": compare.key, "citation": compare.citation, "url": compare.url,
                                                "metric": compare.metric, "caveats": compare.caveats(study)},
     }
@@ -167,7 +196,8 @@ def _md_cell(s: dict) -> str:
 
 def _md_table(study: Study, table: dict, *, level: str = "##") -> list[str]:
     gap_cols = table["gap_columns"]
-    head = ["dataset", "group", "params", *table["columns"], *gap_cols]
+    axes = table.get("axes", [])
+    head = ["dataset", "group", *axes, "params", *table["columns"], *gap_cols]
     lines = [f"{level} {metric_title(table['metric']).capitalize()} (%)", "", caption(study, table), ""]
     for c in (table["paper"] or {}).get("caveats", []):
         lines.append(f"- Caveat: {c}.")
@@ -178,7 +208,8 @@ def _md_table(study: Study, table: dict, *, level: str = "##") -> list[str]:
         params = f"{r['parameters']:,}" if r["parameters"] is not None else "n/a"
         cells = [_md_cell(r["cells"][c]) for c in table["columns"]]
         gaps = [fmt_value(r["gaps"][c]) for c in gap_cols]
-        lines.append("| " + " | ".join([r["dataset"], r["group"], params, *cells, *gaps]) + " |")
+        shown = [r["axes"][a] for a in axes]
+        lines.append("| " + " | ".join([r["dataset"], r["group"], *shown, params, *cells, *gaps]) + " |")
     return lines
 
 
@@ -206,29 +237,34 @@ def to_csv(tables: dict | list[dict]) -> str:
     tables = [tables] if isinstance(tables, dict) else list(tables)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(CSV_HEADER)
+    # The dotted axes rows are split by (the same for every metric's table) come last, by path.
+    axes = tables[0].get("axes", []) if tables else []
+    w.writerow(CSV_HEADER + axes)
     for t in tables:
         info = {c["label"]: c for c in t["column_info"]}
         for r in t["rows"]:
             widths = "-".join(map(str, r["widths"]))
+            shown = [r["axes"][a] for a in axes]
             for c in t["columns"]:
                 s = r["cells"][c]
                 w.writerow([r["dataset"], r["group"], r["parameters"], c, t["metric"], _num(s["mean"]), _num(s["std"]),
                             s["n"], "cell", info[c]["epsilon"], info[c]["multiplicity"], widths, int(bool(s.get("best"))),
-                            _num(s.get("paper")), _num(s.get("delta"))])
+                            _num(s.get("paper")), _num(s.get("delta")), *shown])
             for c, v in r["gaps"].items():
                 w.writerow([r["dataset"], r["group"], r["parameters"], c, t["metric"], _num(v), "", "", "gap",
-                            "", "", widths, "", "", ""])
+                            "", "", widths, "", "", "", *shown])
     return buf.getvalue()
 
 
 def to_summary(tables: dict | list[dict]) -> dict:
-    """Flat numbers for `dvc metrics show`: "<dataset>/<group>/<metric>/<column>" -> fraction."""
+    """Flat numbers for `dvc metrics show`: "<dataset>/<group>/<metric>/<column>" -> fraction (with the
+    row's dotted axes after the group: "<dataset>/<group>/model.widths=8-16-32/<metric>/<column>")."""
     tables = [tables] if isinstance(tables, dict) else list(tables)
     out = {}
     for t in tables:
         for r in t["rows"]:
-            base = f"{r['dataset']}/{r['group']}/{t['metric']}"
+            axes = "".join(f"/{a}={v}" for a, v in r.get("axes", {}).items())
+            base = f"{r['dataset']}/{r['group']}{axes}/{t['metric']}"
             for c in t["columns"]:
                 s = r["cells"][c]
                 if s["mean"] is not None:
@@ -295,18 +331,19 @@ def to_latex(study: Study, tables: dict | list[dict]) -> str:
                     gap_blocks[-1] = (name, gap_blocks[-1][1] + 1)
                 else:
                     gap_blocks.append((name, 1))
-        top, rules, start = [" ", " ", " "], [], 4
+        axes = t.get("axes", [])
+        top, rules, start = [" "] * (3 + len(axes)), [], 4 + len(axes)
         for name, n in blocks + gap_blocks:
             top.append(rf"\multicolumn{{{n}}}{{c}}{{{name}}}")
             rules.append(rf"\cmidrule(lr){{{start}-{start + n - 1}}}")
             start += n
-        second = ["Dataset", "Group", "Params", *[_tex_aug(c["multiplicity"]) for c in info],
+        second = ["Dataset", "Group", *[tex_escape(a) for a in axes], "Params", *[_tex_aug(c["multiplicity"]) for c in info],
                   *[_tex_aug(c["multiplicity"]) for c in info if c["private"] and gaps]]
         cap = tex_escape(caption(study, t)).replace("±", r"$\pm$").replace("Δ", r"$\Delta$").replace("−", "-")
         out += ["", r"\begin{table}[t]", r"\centering", r"\small",
                 rf"\caption{{{cap}}}",
                 rf"\label{{tab:{study.name}-{t['metric'].replace('_', '-')}}}",
-                r"\begin{tabular}{ll" + "r" * (1 + len(info) + len(gaps)) + "}", r"\toprule",
+                r"\begin{tabular}{ll" + "l" * len(axes) + "r" * (1 + len(info) + len(gaps)) + "}", r"\toprule",
                 " & ".join(top) + r" \\", " ".join(rules), " & ".join(second) + r" \\", r"\midrule"]
         previous = None
         for r in t["rows"]:
@@ -317,6 +354,7 @@ def to_latex(study: Study, tables: dict | list[dict]) -> str:
             params = f"{r['parameters']:,}".replace(",", "{,}") if r["parameters"] is not None else "n/a"
             cells = [_tex_cell(r["cells"][c], with_paper=with_paper) for c in t["columns"]]
             gap_cells = [f"${fmt_value(r['gaps'][c], signed=True)}$" if r["gaps"][c] is not None else "n/a" for c in gaps]
-            out.append(" & ".join([name, tex_escape(r["group"]), params, *cells, *gap_cells]) + r" \\")
+            shown = [tex_escape(r["axes"][a]) for a in axes]
+            out.append(" & ".join([name, tex_escape(r["group"]), *shown, params, *cells, *gap_cells]) + r" \\")
         out += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
     return "\n".join(out) + "\n"

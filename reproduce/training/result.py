@@ -110,6 +110,21 @@ class EpochRecord:
 
 
 @dataclasses.dataclass(frozen=True)
+class KeptWeights:
+    """The trained weights kept beside ``result.json`` (``reproduce.models.kept``).
+
+    Attributes:
+        file: The file name in the cell's result directory (``model.pt``).
+        sha256: ``weights_checksum`` of its state dict (over the tensors, not the file's bytes).
+        ema: Whether these are the EMA weights (the ones the metrics were measured on).
+    """
+
+    file: str
+    sha256: str
+    ema: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
 class CellResult:
     """Everything one trained cell releases.
 
@@ -126,6 +141,9 @@ class CellResult:
         steps: One record per logged optimizer step.
         reliability_test: Reliability-diagram bins on the test split (single-label tasks only).
         run: This run's timings and host (``run.json``, not in ``result.json``); None when read back.
+        weights: The kept weights' record (``model.pt``); None in results written before they were kept.
+        state: The weights themselves, to be written by ``write_cell`` (never in ``result.json``;
+            None when read back).
     """
 
     cell: str
@@ -138,6 +156,8 @@ class CellResult:
     steps: tuple[StepRecord, ...] = ()
     reliability_test: tuple[ReliabilityBin, ...] | None = None
     run: RunRecord | None = None
+    weights: KeptWeights | None = None
+    state: dict[str, Any] | None = dataclasses.field(default=None, repr=False, compare=False)
 
     @property
     def widths(self) -> tuple[int, ...]:
@@ -164,7 +184,8 @@ class CellResult:
                 "epochs": [e.to_json() for e in self.epochs], "steps": [s.to_json() for s in self.steps],
                 "metrics_detail": detail,
                 "privacy": {**dataclasses.asdict(self.privacy), "statement": self.statement},
-                "provenance": self.provenance.to_json()}
+                "provenance": self.provenance.to_json(),
+                **({} if self.weights is None else {"weights": dataclasses.asdict(self.weights)})}
 
     def released(self) -> dict[str, Any]:
         """Everything written without the privacy statement (the run record as ``run``): what the
@@ -184,13 +205,15 @@ class CellResult:
             privacy["unnoised_releases"] = tuple(privacy.get("unnoised_releases", ()))
             detail = record.get("metrics_detail") or {}
             bins = detail.get("reliability_test")
+            weights = record.get("weights")
             return cls(
                 cell=record["cell"], config=record["config"], metrics=dict(record["metrics"]),
                 privacy=PrivacyStatement(**privacy), statement=statement,
                 provenance=Provenance.from_json(record["provenance"]),
                 epochs=tuple(EpochRecord.from_json(e) for e in record.get("epochs", ())),
                 steps=tuple(StepRecord.from_json(s) for s in record.get("steps", ())),
-                reliability_test=None if bins is None else tuple(ReliabilityBin(**b) for b in bins))
+                reliability_test=None if bins is None else tuple(ReliabilityBin(**b) for b in bins),
+                weights=None if weights is None else KeptWeights(**weights))
         except KeyError as e:
             raise ReproduceError(f"{where}: not a cell result: no field {e.args[0]!r}") from None
         except TypeError as e:

@@ -44,8 +44,10 @@ def conv2d_weight_grad_sample(layer: nn.Conv2d, x: torch.Tensor, grad_out: torch
     taps = layer.weight.shape[2] * layer.weight.shape[3]
     positions = grad_out.shape[2] * grad_out.shape[3]
     method = choose_dense_method(c_in)
+    if method == "conv":  # one grouped convolution over the whole batch: its result, without a copy
+        return filter_grad_sample(layer, x, grad_out, method="conv").view(n, *layer.weight.shape)
     out = grad_out.new_empty(n, c_out, c_in, taps)
-    step = chunk_size(c_out * c_in * taps + c_in * taps * positions) if method == "unfold" else n
+    step = chunk_size(c_out * c_in * taps + c_in * taps * positions)
     for s in range(0, n, step):
         e = min(n, s + step)
         filter_grad_sample(layer, x[s:e], grad_out[s:e], method=method, out=out[s:e])

@@ -1,0 +1,108 @@
+"""The attribution stage's edge: every trained cell of a study -> its maps and scores on disk.
+
+``reproduce attribute STUDY`` (a DVC stage after the train stages, before the report) loads each
+cell's kept model (``reproduce.training.kept.load_cell_model``: no retraining), attributes a fixed,
+seeded selection of test images - ``PER_CLASS`` per class, the same images for every cell of a
+dataset - and writes, into ``results/<study>/attribution/``:
+
+- ``<cell>.npz``: the selection's indices and uint8 images, and ``Attributions.arrays()``;
+- ``scores.json``: per cell, the co-location scores averaged over the selection (``score``; on the
+  embedded data also the object shares against the generator's masks) and the filter impulse
+  response: the mean expanded-kernel norm of each convolution and over all of them (``fir/*``).
+
+Multi-label datasets are skipped (Grad-CAM of one class per image has no single target there), as
+are cells without a result yet. Everything is a deterministic function of the kept weights and the
+test split, so an identical rerun writes identical bytes.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from reproduce.atomic import write_bytes_atomic, write_json_atomic
+from reproduce.attribution.attribute import attribute, score
+from reproduce.attribution.response import filter_norms
+from reproduce.attribution.files import SCORES_FILE
+from reproduce.attribution.selection import select_per_class
+from reproduce.data import load_dataset
+from reproduce.study import Study
+from reproduce.training.kept import load_cell_model
+from reproduce.training.result import read_result
+from reproduce.training.task import multi_label, to_tensor
+
+#: test images per class whose attributions are computed, and the selection's seed
+PER_CLASS = 4
+SELECTION_SEED = 0
+
+
+def fir_summary(model: torch.nn.Module) -> dict[str, float]:
+    """``fir/<layer>``: mean kernel norm over a convolution's output channels; ``fir/mean`` over all."""
+    norms = filter_norms(model)
+    out = {f"fir/{name}": float(v.mean()) for name, v in norms.items()}
+    out["fir/mean"] = float(np.concatenate(list(norms.values())).mean()) if norms else float("nan")
+    return out
+
+
+def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    # From memory, uncompressed: np.savez's zip entries then carry no time that changes between reruns.
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def attribute_study(study: Study, *, results_dir: Path, data_root: Path, out_dir: Path | None = None) -> list[Path]:
+    """Attribute every trained cell of ``study``; returns the files written (``scores.json`` last).
+
+    Args:
+        study: The study.
+        results_dir: ``results/<study>`` (its ``cells/<id>/`` hold result.json and model.pt).
+        data_root: Where the datasets are (``data/``).
+        out_dir: Default ``results_dir / "attribution"``.
+    """
+    results_dir = Path(results_dir)
+    out_dir = Path(out_dir) if out_dir is not None else results_dir / "attribution"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written, scores = [], {}
+    selections: dict[str, tuple] = {}
+    for cell in study.cells():
+        cell_dir = results_dir / "cells" / cell.id
+        if not (cell_dir / "result.json").exists():
+            continue
+        if cell.dataset not in selections:
+            splits = load_dataset(cell.dataset, root=data_root, options=study.data)
+            if multi_label(splits.info.task):
+                selections[cell.dataset] = None
+            else:
+                labels = splits.labels("test")
+                idx = select_per_class(labels, per_class=PER_CLASS, seed=SELECTION_SEED,
+                                       classes=splits.info.num_classes)
+                raw = splits.images("test")
+                masks = None
+                if cell.dataset == "embedded":
+                    from reproduce.attribution.objects import embedded_object_masks
+                    masks = embedded_object_masks("test", images=raw)[idx]
+                selections[cell.dataset] = (idx, raw[idx], labels[idx], masks)
+        if selections[cell.dataset] is None:
+            continue
+        idx, raw, labels, masks = selections[cell.dataset]
+        model = load_cell_model(cell, results_dir=cell_dir, result=read_result(cell_dir / "result.json"))
+        att = attribute(model, to_tensor(raw), labels)
+        _, means = score(att, masks=masks)
+        # An undefined score (e.g. a constant map's rank correlation) is null, not NaN (not JSON).
+        scores[cell.id] = {k: None if math.isnan(v) else v for k, v in {**means, **fir_summary(model)}.items()}
+        path = out_dir / f"{cell.id}.npz"
+        write_bytes_atomic(path, _npz_bytes({"indices": idx, "images": raw, **att.arrays()}))
+        written.append(path)
+    # Cells of an older grid leave no stale file behind (DVC would cache it with the new ones).
+    keep = {p.name for p in written} | {SCORES_FILE}
+    for stale in out_dir.iterdir():
+        if stale.name not in keep and stale.suffix in (".npz", ".json"):
+            stale.unlink()
+    path = out_dir / SCORES_FILE
+    write_json_atomic(path, {"per_class": PER_CLASS, "selection_seed": SELECTION_SEED, "cells": scores})
+    return [*written, path]

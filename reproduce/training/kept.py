@@ -1,0 +1,53 @@
+"""A trained cell's model, rebuilt from its study and its kept weights, without retraining.
+
+``load_cell_model(cell)`` reads the cell's ``result.json`` for the weights' checksum, builds the model
+exactly as the trainer did (``build_cell_model``, with the dataset table's channels and classes) and
+loads ``model.pt`` after verifying it (``reproduce.models.kept``). The attribution stage, audits and
+anyone analysing a published cell use it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+
+from reproduce.data import dataset_source
+from reproduce.errors import ReproduceError
+from reproduce.models import build_cell_model
+from reproduce.models.kept import load_weights
+from reproduce.study import Cell
+from reproduce.training.result import CellResult, read_result
+
+
+def cell_dir(cell: Cell, results_root: Path | str = "results") -> Path:
+    """``results/<study>/cells/<cell id>``, where the train stage writes the cell's outputs."""
+    return Path(results_root) / cell.study.name / "cells" / cell.id
+
+
+def load_cell_model(cell: Cell, *, results_dir: Path | str | None = None,
+                    result: CellResult | None = None) -> nn.Module:
+    """The trained model of ``cell`` in eval mode, on the CPU, its weights' checksum verified.
+
+    Args:
+        cell: The cell (``study.cell(id)``).
+        results_dir: The cell's result directory (default ``results/<study>/cells/<id>``).
+        result: Its ``result.json`` when already read.
+
+    Raises:
+        ReproduceError: no result or weights (train or pull the cell first), a result written before
+            weights were kept, or weights that do not verify.
+    """
+    directory = Path(results_dir) if results_dir is not None else cell_dir(cell)
+    if result is None:
+        path = directory / "result.json"
+        if not path.exists():
+            raise ReproduceError(f"{path}: cell {cell.id} has no result; run `dvc repro` (or `dvc pull`) first")
+        result = read_result(path)
+    if result.weights is None:
+        raise ReproduceError(f"{directory}/result.json: written before trained weights were kept; "
+                             f"rerun the cell (`dvc repro -f` its train stage)")
+    info = dataset_source(cell.dataset).info(cell.study.data.size)
+    model = build_cell_model(cell, in_channels=info.n_channels, num_classes=info.num_classes)
+    load_weights(model, directory / result.weights.file, sha256=result.weights.sha256)
+    return model.eval()
