@@ -100,6 +100,41 @@ def _halvable(group: str) -> bool:
     return bool(m) and int(m.group(1)) % 2 == 0
 
 
+class ClippingConfig(_Strict):
+    """The per-sample clipping rule of DP cells; each rule reads only its own parameters.
+
+    - ``flat``: min(1, C / ||g||), opacus's (today's and every earlier study's).
+    - ``automatic``: g * C / (||g|| + gamma) for every sample (Bu et al. 2023, AUTO-S); sensitivity C.
+    - ``adaptive``: flat, with C (starting at privacy.max_grad_norm) following the target quantile
+      of per-sample norms from a noised unclipped count (Andrew et al. 2021); the count's noise is
+      accounted with the gradient's (Theorem 1), so the study's target epsilon covers both.
+    """
+
+    rule: Literal["flat", "automatic", "adaptive"] = "flat"
+    gamma: float = Field(0.01, gt=0, description="automatic: stability constant (Bu et al.: 0.01)")
+    target_quantile: float = Field(0.5, ge=0, le=1, description="adaptive: share of samples left unclipped")
+    clip_learning_rate: float = Field(0.2, gt=0, description="adaptive: eta_C of C <- C exp(-eta_C (b - q))")
+    # None: the expected batch size / 20, Andrew et al.'s recommendation; it must exceed half the
+    # calibrated noise multiplier (else the count alone would spend the budget: an error says so).
+    count_noise_std: float | None = Field(None, gt=0, description="adaptive: sigma_b, std of the count's noise")
+    # Divide the noised mean by C before the optimizer (jax_privacy's option; post-processing): SGD's
+    # step then does not grow with an adaptive C (no effect at C = 1).
+    rescale_to_unit_norm: bool = False
+
+    def count_noise_for(self, expected_batch_size: int) -> float:
+        """sigma_b for a logical batch of ``expected_batch_size`` samples."""
+        return self.count_noise_std if self.count_noise_std is not None else expected_batch_size / 20
+
+    def rule_parameters(self, *, expected_batch_size: int) -> dict[str, float]:
+        """The keyword arguments of ``reproduce.privacy.clipping.make_clipping_rule`` for ``rule``."""
+        if self.rule == "automatic":
+            return {"gamma": self.gamma}
+        if self.rule == "adaptive":
+            return {"target_quantile": self.target_quantile, "learning_rate": self.clip_learning_rate,
+                    "count_noise_std": self.count_noise_for(expected_batch_size)}
+        return {}
+
+
 class PrivacyConfig(_Strict):
     """DP-SGD settings for every cell whose grid epsilon is a number."""
 
@@ -112,13 +147,66 @@ class PrivacyConfig(_Strict):
     # How the hyperparameters were chosen, quoted by every private cell's privacy statement (the
     # guarantee covers one run; tuning on the private data is not accounted for).
     hyperparameter_selection: str | None = Field(None, min_length=1)
+    # How each sample's gradient is bounded by max_grad_norm (reproduce.privacy.clipping).
+    clipping: ClippingConfig = ClippingConfig()
+
+
+OPTIMIZER_NAMES = ("sgd", "adam", "dp_adambc")
+# The hyperparameters each optimizer reads (the builders of reproduce.privacy.optimizers); the
+# others are ignored, so a grid may sweep the name over one optimizer section.
+OPTIMIZER_HYPERPARAMETERS = {
+    "sgd": ("momentum", "weight_decay"),
+    "adam": ("betas", "eps", "weight_decay"),
+    "dp_adambc": ("betas", "gamma_prime", "weight_decay"),
+}
 
 
 class OptimizerConfig(_Strict):
-    name: Literal["sgd", "adam"] = "sgd"
-    lr: float = Field(0.1, gt=0)
-    momentum: float = Field(0.0, ge=0, lt=1)
+    """An optimizer and its hyperparameters (each read only by the optimizers that have it).
+
+    ``dp_adambc`` is DP-AdamBC (Tang et al. 2024): Adam whose second moment has the DP noise variance
+    (sigma C / B)^2 taken out, floored at ``gamma_prime`` (post-processing). In a non-private cell
+    the variance is 0 and it is Adam with ``gamma_prime`` under the root in place of ``eps``.
+    ``lr`` may be one rate or a rate per optimizer name, for grids that sweep ``name``.
+    """
+
+    name: Literal[OPTIMIZER_NAMES] = "sgd"  # type: ignore[valid-type]
+    lr: Union[float, dict[Literal[OPTIMIZER_NAMES], float]] = 0.1  # type: ignore[valid-type]
+    momentum: float = Field(0.0, ge=0, lt=1, description="sgd: heavy-ball momentum")
     weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = Field((0.9, 0.999), description="adam, dp_adambc: moment decays")
+    eps: float = Field(1e-8, gt=0, description="adam: added to the root of the second moment")
+    gamma_prime: float = Field(1e-8, gt=0, description="dp_adambc: floor of the corrected second moment")
+
+    @field_validator("lr")
+    @classmethod
+    def _positive_lr(cls, v):
+        rates = v.values() if isinstance(v, dict) else [v]
+        if any(not r > 0 for r in rates):
+            raise ValueError(f"learning rates must be > 0, got {v}")
+        return v
+
+    @field_validator("betas")
+    @classmethod
+    def _betas(cls, v):
+        if not all(0 <= b < 1 for b in v):
+            raise ValueError(f"betas must lie in [0, 1), got {list(v)}")
+        return v
+
+    @model_validator(mode="after")
+    def _lr_for_name(self):
+        if isinstance(self.lr, dict) and self.name not in self.lr:
+            raise ValueError(f"lr gives no rate for optimizer {self.name!r} (rates for: {', '.join(self.lr)})")
+        return self
+
+    @property
+    def learning_rate(self) -> float:
+        """The rate of ``name``."""
+        return float(self.lr[self.name]) if isinstance(self.lr, dict) else float(self.lr)
+
+    def hyperparameters(self) -> dict[str, Any]:
+        """The keyword arguments of ``reproduce.privacy.optimizers.make_optimizer`` for ``name``."""
+        return {"lr": self.learning_rate, **{k: getattr(self, k) for k in OPTIMIZER_HYPERPARAMETERS[self.name]}}
 
 
 class TrainingConfig(_Strict):

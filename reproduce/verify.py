@@ -4,7 +4,7 @@ Ground truth is independent of every per-sample rule: one ``torch.autograd.grad`
 that sample's own loss (the mean over its K views), through an unmodified copy of the model. The
 checked step is the trainer's own: the study's model (``build_cell_model``), the trainer's tensors
 (``to_tensor``), and ``PrivateTrainer`` itself - its Poisson loader and micro-batches, its K views,
-its backward and view averaging, opacus's DPOptimizer step - for a copy of the cell with one small
+its backward and view averaging, its DP optimizer's step (the study's clipping rule) - for a copy of the cell with one small
 Poisson batch (noise off, so the clipped mean is compared). Since a rule must not depend on memory
 layout, the same step is also run with every trainable layer's input forced channels-last and as a
 non-contiguous slice. Both per-sample paths are checked: the output-gradient engine the trainer uses
@@ -172,12 +172,13 @@ def verify_case(cell: Cell, model: nn.Module, train_set: TensorDataset, *, task:
     # per parameter tensor (a wrong bias must not hide behind its layer's larger weight gradient)
     errors = {name: float(_relative(a.double(), b.double()).max()) if n else 0.0
               for (name, _), a, b in zip(named, ours, truth)}
-    # opacus's clipping: factor min(1, C / (||g_i|| + 1e-6)) on the norm over all parameters. The
-    # reference arithmetic is float64: torch's float32 norm of one 2.4M-entry row is off by ~1e-4
-    # (measured on the CIFAR-10 ResNet-9), more than the tolerance.
+    # The study's clipping rule on the norm over all parameters (flat: opacus's min(1, C / (||g_i|| +
+    # 1e-6)); an adaptive rule's first step clips at its initial C). The reference arithmetic is
+    # float64: torch's float32 norm of one 2.4M-entry row is off by ~1e-4 (measured on the CIFAR-10
+    # ResNet-9), more than the tolerance.
     privacy = cell.study.privacy
     full = torch.cat(truth, 1).double()
-    factor = (privacy.max_grad_norm / (full.norm(dim=1) + 1e-6)).clamp(max=1.0)
+    factor = trainer.optimizer.clipping.clip_factors(full.norm(dim=1), privacy.max_grad_norm)
     expected = (factor[:, None] * full).sum(0) / batch_size
     applied = torch.cat([p.grad.flatten() for p in params]).double()
     # Relative to the size of the terms (sum of clipped norms / B), not of their mean: a few clipped

@@ -42,6 +42,13 @@ INVALID = [
     ("name differs from file", _edit("name: tiny", "name: other"), 1, "must equal the file name"),
     ("not a mapping", "- just\n- a list\n", 1, "must be a YAML mapping"),
     ("widths for a group missing", _edit("widths: [4, 8, 8]", "widths: {C4: [4, 8, 8]}"), 1, "no layout for group"),
+    ("unknown optimizer", _edit("name: sgd,", "name: lamb,"), 9, "'sgd', 'adam' or 'dp_adambc'"),
+    ("no rate for the optimizer", _edit("lr: 0.1,", "lr: {adam: 0.001},"), 9, "lr gives no rate for optimizer 'sgd'"),
+    ("unknown clipping rule", _edit("  accountant: rdp", "  accountant: rdp\n  clipping: {rule: psac}"), 8,
+     "'flat', 'automatic' or 'adaptive'"),
+    ("quantile above 1", _edit("  accountant: rdp", "  accountant: rdp\n  clipping: {rule: adaptive, target_quantile: 1.5}"),
+     8, "privacy.clipping.target_quantile"),
+    ("beta of 1", _edit("lr: 0.1,", "lr: 0.1, betas: [0.9, 1.0],"), 9, "betas must lie in [0, 1)"),
 ]
 
 
@@ -89,3 +96,22 @@ def test_cell_ids_match_dvc_matrix_keys():
     assert proc.returncode == 0, proc.stderr
     dvc_keys = sorted(line.split()[0].removeprefix("train@") for line in proc.stdout.splitlines() if line.startswith("train@"))
     assert dvc_keys == sorted(c.id for c in load_study(REPO / "studies/default.yaml").cells())
+
+
+def test_optimizer_hyperparameters_are_each_optimizers_own():
+    opt = parse_study(_edit("{name: sgd, lr: 0.1, momentum: 0.9}",
+                            "{name: dp_adambc, lr: {sgd: 0.5, dp_adambc: 0.002}, momentum: 0.9, gamma_prime: 1.0e-7}"))
+    cfg = opt.training.optimizer
+    assert cfg.learning_rate == 0.002
+    assert cfg.hyperparameters() == {"lr": 0.002, "betas": (0.9, 0.999), "gamma_prime": 1e-7, "weight_decay": 0.0}
+    sgd = cfg.model_copy(update={"name": "sgd"})
+    assert sgd.hyperparameters() == {"lr": 0.5, "momentum": 0.9, "weight_decay": 0.0}
+
+
+def test_clipping_defaults_to_flat_and_adaptive_count_noise_to_batch_over_20():
+    study = parse_study(VALID)
+    assert study.privacy.clipping.rule == "flat"
+    assert study.privacy.clipping.rule_parameters(expected_batch_size=64) == {}
+    adaptive = study.privacy.clipping.model_copy(update={"rule": "adaptive"})
+    assert adaptive.rule_parameters(expected_batch_size=64) == {"target_quantile": 0.5, "learning_rate": 0.2,
+                                                                "count_noise_std": 3.2}

@@ -24,6 +24,10 @@ Diagnostics (``clipping_diagnostics``; None where a norm in a denominator is 0, 
   mean unclipped gradient;
 - ``max_grad_norm``: C (changes only under adaptive clipping).
 
+Without clipping (non-private training) only ``update_cosine`` is defined, with the batch's mean
+gradient for the mean unclipped one (``update_cosine``): it shows what momentum and Adam's
+preconditioning do to the step, the reference for the private cells' cosine.
+
 Every diagnostic but ``max_grad_norm`` reads the training data without noise, as l0 sparsity of the
 clipped sum and gradient-weight alignment do: the privacy statement must list them
 (``reproduce.privacy.released.UNNOISED``). ``max_grad_norm`` is a function of noised counts.
@@ -38,6 +42,16 @@ import torch
 
 # Quantile levels of the per-sample norms reported per step.
 NORM_QUANTILES = (0.1, 0.5, 0.9)
+
+
+def quantile_key(level: float) -> str:
+    """The row key of a norm quantile: 0.1 -> ``grad_norm_q10``."""
+    return f"grad_norm_q{round(100 * level)}"
+
+
+# The keys of ``ClippingDiagnostics.as_row`` at the default levels, in its order.
+DIAGNOSTIC_KEYS = ("share_clipped", *(quantile_key(q) for q in NORM_QUANTILES), "clip_bias_cosine",
+                   "clip_bias_norm_ratio", "noise_to_signal", "update_cosine", "max_grad_norm")
 
 
 def _f64(x: torch.Tensor) -> torch.Tensor:
@@ -111,7 +125,7 @@ class ClippingDiagnostics:
     def as_row(self) -> dict[str, float | None]:
         """Flat, JSON-ready keys for a step row: ``grad_norm_q10`` etc. for the quantiles."""
         row = {"share_clipped": self.share_clipped}
-        row.update({f"grad_norm_q{round(100 * q)}": v for q, v in zip(self.levels, self.grad_norm_quantiles)})
+        row.update({quantile_key(q): v for q, v in zip(self.levels, self.grad_norm_quantiles)})
         row.update(clip_bias_cosine=self.clip_bias_cosine, clip_bias_norm_ratio=self.clip_bias_norm_ratio,
                    noise_to_signal=self.noise_to_signal, update_cosine=self.update_cosine,
                    max_grad_norm=self.max_grad_norm)
@@ -138,3 +152,18 @@ def clipping_diagnostics(record: StepRecord, levels: Sequence[float] = NORM_QUAN
         max_grad_norm=float(record.max_grad_norm),
         levels=tuple(levels),
     )
+
+
+def update_cosine(*, before: Sequence[torch.Tensor], after: Sequence[torch.Tensor],
+                  gradient: Sequence[torch.Tensor]) -> float | None:
+    """cos(theta_t - theta_{t+1}, gradient) for parameters ``before`` and ``after`` a step on ``gradient``.
+
+    Args:
+        before: The parameters before the step, one tensor per parameter.
+        after: The same parameters after it.
+        gradient: The gradient the step was taken on (the batch's mean gradient).
+
+    Returns:
+        The cosine; None when the step or the gradient is zero.
+    """
+    return cosine(flatten([b - a for b, a in zip(before, after)]), flatten(gradient))

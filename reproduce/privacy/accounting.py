@@ -72,6 +72,15 @@ class PrivacyStatement:
     hyperparameter_selection: str | None = None
     unnoised_releases: tuple[str, ...] = ()
     unit: str = "sample-level (add/remove one training image)"
+    # The clipping rule (reproduce.privacy.clipping) and its parameters; None for the flat rule's
+    # (and for results written before rules existed, which all clipped flat).
+    clipping: str | None = None
+    clipping_gamma: float | None = None            # automatic
+    target_quantile: float | None = None           # adaptive
+    clip_learning_rate: float | None = None        # adaptive
+    count_noise_std: float | None = None           # adaptive: sigma_b
+    gradient_noise_multiplier: float | None = None  # adaptive: sigma_grad (noise_multiplier is sigma_eff)
+    rescaled_to_unit_norm: bool | None = None      # the noised mean divided by C (post-processing)
 
     def sentence(self) -> str:
         """The statement in words: guarantee, its assumptions, its randomness, what it does not cover."""
@@ -81,10 +90,30 @@ class PrivacyStatement:
 
     def _guarantee(self) -> str:
         return (f"({self.epsilon_spent:.3f}, {self.delta:g})-DP at {self.unit} by DP-SGD: "
-                f"{self.sampling} sampling q={self.sample_rate:.6g}, {self.steps} steps, per-sample clipping "
-                f"to {self.max_grad_norm:g}, Gaussian noise multiplier {self.noise_multiplier:.4f} "
-                f"(std {self.noise_multiplier * self.max_grad_norm:.4g}); {self.accountant.upper()} accountant "
-                f"(target epsilon {self.target_epsilon:g}).")
+                f"{self.sampling} sampling q={self.sample_rate:.6g}, {self.steps} steps, {self._clipping_and_noise()}; "
+                f"{self.accountant.upper()} accountant (target epsilon {self.target_epsilon:g}).")
+
+    def _clipping_and_noise(self) -> str:
+        text = self._clipping()
+        if self.rescaled_to_unit_norm:
+            text += ", the noised mean divided by the clipping norm before the optimizer (post-processing)"
+        return text
+
+    def _clipping(self) -> str:
+        sigma, C = self.noise_multiplier, self.max_grad_norm
+        if self.clipping == "automatic":
+            return (f"automatic per-sample clipping g C / (||g|| + {self.clipping_gamma:g}) with C={C:g} (Bu et al. "
+                    f"2023; every sample scaled, each norm below C), Gaussian noise multiplier {sigma:.4f} "
+                    f"(std {sigma * C:.4g})")
+        if self.clipping == "adaptive":
+            grad = self.gradient_noise_multiplier
+            return (f"per-sample clipping to an adaptive norm C_t (Andrew et al. 2021: from C_0={C:g} towards the "
+                    f"{self.target_quantile:g} quantile of per-sample gradient norms, step {self.clip_learning_rate:g}; "
+                    f"C_t is released, as post-processing of a count of unclipped samples noised with std "
+                    f"{self.count_noise_std:.4g}), Gaussian gradient noise multiplier {grad:.4f} (std {grad:.4f} C_t); "
+                    f"gradient and count accounted together as one Gaussian mechanism with noise multiplier "
+                    f"{sigma:.4f} (Theorem 1)")
+        return f"per-sample clipping to {C:g}, Gaussian noise multiplier {sigma:.4f} (std {sigma * C:.4g})"
 
     def _assumptions(self) -> str:
         if self.hyperparameter_selection:

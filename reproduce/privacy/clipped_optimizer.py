@@ -9,6 +9,8 @@ micro-batch protocol (``signal_skip_step``, ``p.summed_grad``, ``_is_last_step_s
   opacus's numbers bit for bit), and the rule sees every micro-batch's norms;
 - ``add_noise``: gradient noise ``gradient_noise_multiplier * C`` and, for adaptive clipping, the
   count's noise ``N(0, sigma_b^2)``, from one source (the seeded generator, the OS in secure mode);
+- ``scale_grad``: with ``rescale_to_unit_norm``, the noised mean is also divided by C (jax_privacy's
+  option of that name; post-processing), so that the step size of SGD does not grow with an adaptive C;
 - ``pre_step``: once per logical batch, after the noise and the accountant hook, hands DP-AdamBC
   the variance of the noise just added and lets the rule pick the next C.
 
@@ -80,12 +82,13 @@ class ClippingDPOptimizer(DPOptimizer):
         secure_mode: Draw all noise from the OS (``reproduce.privacy.secure_rng``); no generator then.
         noise_source: ``(std, reference) -> noise like reference``, replacing both of the above.
         record_diagnostics: Record a ``StepRecord`` of each logical step that starts while it is True.
+        rescale_to_unit_norm: Divide the noised mean by C before the inner optimizer sees it.
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, *, clipping: ClippingRule, noise_multiplier: float,
                  max_grad_norm: float, expected_batch_size: int, loss_reduction: str = "mean", generator=None,
                  secure_mode: bool = False, noise_source: Optional[NoiseSource] = None,
-                 record_diagnostics: bool = False):
+                 record_diagnostics: bool = False, rescale_to_unit_norm: bool = False):
         if secure_mode and (generator is not None or noise_source is not None):
             raise ReproduceError("secure mode draws its noise from the OS and takes no generator or noise source")
         super().__init__(optimizer, noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
@@ -93,11 +96,8 @@ class ClippingDPOptimizer(DPOptimizer):
                          generator=generator, secure_mode=False)
         self.clipping = clipping
         self.secure_mode = secure_mode
-        if clipping.count_noise_std > 0:
-            self.gradient_noise_multiplier = gradient_noise_multiplier(
-                effective_noise_multiplier=noise_multiplier, count_noise_std=clipping.count_noise_std)
-        else:
-            self.gradient_noise_multiplier = noise_multiplier
+        self.rescale_to_unit_norm = rescale_to_unit_norm
+        self.gradient_noise_multiplier  # refuses a count noise too small for the budget, now
         if noise_source is None and secure_mode:
             from reproduce.privacy.secure_rng import os_gaussian_noise
             noise_source = os_gaussian_noise
@@ -107,6 +107,17 @@ class ClippingDPOptimizer(DPOptimizer):
         self.applied_max_grad_norm: float | None = None  # the C of the last completed logical step
         self._acc: _Accumulator | None = None
         self._count_noise = 0.0
+
+    @property
+    def gradient_noise_multiplier(self) -> float:
+        """sigma_grad: ``noise_multiplier`` itself, or under a noised count the Theorem 1 split of it.
+
+        Derived on every read, so that setting ``noise_multiplier`` (e.g. to 0, for a noiseless
+        check) sets the gradient noise too."""
+        sigma_b = self.clipping.count_noise_std
+        if sigma_b > 0 and self.noise_multiplier > 0:
+            return gradient_noise_multiplier(effective_noise_multiplier=self.noise_multiplier, count_noise_std=sigma_b)
+        return self.noise_multiplier
 
     def _noise(self, std: float, reference: torch.Tensor) -> torch.Tensor:
         if self._noise_source is not None:
@@ -153,14 +164,22 @@ class ClippingDPOptimizer(DPOptimizer):
             count = torch.zeros((), dtype=torch.float64, device=self.params[0].device)
             self._count_noise = float(self._noise(sigma_b, count))
 
+    def scale_grad(self) -> None:
+        super().scale_grad()
+        if self.rescale_to_unit_norm:
+            for p in self.params:
+                p.grad /= self.max_grad_norm
+
     def pre_step(self, closure: Optional[Callable[[], float]] = None) -> bool:
         stepped = super().pre_step(closure)
         if stepped and self.params:   # (no parameters: opacus steps as a plain optimizer)
             # The noise just added, per coordinate of the average the inner optimizer sees.
             divisor = self.expected_batch_size * self.accumulated_iterations
             if hasattr(self.original_optimizer, "set_noise_variance"):
+                # (rescaled by 1 / C, the noise's std in the mean is sigma / B)
                 self.original_optimizer.set_noise_variance(dp_noise_variance(
-                    noise_multiplier=self.gradient_noise_multiplier, max_grad_norm=self.max_grad_norm,
+                    noise_multiplier=self.gradient_noise_multiplier,
+                    max_grad_norm=1.0 if self.rescale_to_unit_norm else self.max_grad_norm,
                     expected_batch_size=divisor))
             self.applied_max_grad_norm = self.max_grad_norm
             self.max_grad_norm = self.clipping.next_max_grad_norm(

@@ -1,8 +1,10 @@
 """DP-SGD from opacus's own parts, wired so that what is accounted is exactly what runs.
 
 ``PrivacyEngine.make_private`` derives q from ``1/len(loader)``, which differs from B/N whenever N
-is not a multiple of B. We assemble the same components (GradSampleModule, DPOptimizer, the Poisson
-DPDataLoader, an accountant hooked to every optimizer step) with one q = B/N throughout.
+is not a multiple of B. We assemble the same components (GradSampleModule, a DPOptimizer, the Poisson
+DPDataLoader, an accountant hooked to every optimizer step) with one q = B/N throughout. The
+DPOptimizer is ``ClippingDPOptimizer``: opacus's, with the clipping rule a parameter (flat clipping
+is opacus's own, bit for bit).
 
 Per-sample gradients come from ``OutputGradientEngine`` (one backward pass to the layer outputs,
 then opacus's registered rule per layer), not from ``GradSampleModule``'s hooks: the same rules and
@@ -20,13 +22,14 @@ import torch
 from opacus import GradSampleModule
 from opacus.accountants import create_accountant
 from opacus.data_loader import DPDataLoader
-from opacus.optimizers import DPOptimizer
 from torch import nn
 from torch.utils.data import DataLoader
 
 from reproduce.privacy.accounting import calibrate_noise, poisson_steps_per_epoch
+from reproduce.privacy.clipped_optimizer import ClippingDPOptimizer
+from reproduce.privacy.clipping import ClippingRule, FlatClipping
 from reproduce.privacy.fast_engine import OutputGradientEngine
-from reproduce.privacy.secure_rng import SecureDPOptimizer, secure_poisson_loader
+from reproduce.privacy.secure_rng import secure_poisson_loader
 from reproduce.privacy.grad_samplers import make_registry_layout_safe
 
 
@@ -34,10 +37,10 @@ from reproduce.privacy.grad_samplers import make_registry_layout_safe
 class PrivateTraining:
     model: nn.Module  # what to call forward on: the caller's model, or opacus's GradSampleModule ("hooks")
     engine: OutputGradientEngine | None  # None in "hooks" mode
-    optimizer: DPOptimizer
+    optimizer: ClippingDPOptimizer
     loader: DataLoader  # opacus's seeded DPDataLoader, or secure_poisson_loader's in secure mode
     accountant: object
-    noise_multiplier: float
+    noise_multiplier: float  # the accounted one (sigma_eff under adaptive clipping)
     sample_rate: float
     steps: int
 
@@ -59,7 +62,8 @@ def _parameters_device(model: nn.Module) -> torch.device:
 def make_private(model: nn.Module, optimizer: torch.optim.Optimizer, dataset, *, batch_size: int,
                  epochs: int | None = None, steps: int | None = None, target_epsilon: float, delta: float, max_grad_norm: float,
                  accountant: str, seed: int, secure_mode: bool = False,
-                 per_sample_gradients: str = "engine") -> PrivateTraining:
+                 per_sample_gradients: str = "engine", clipping: ClippingRule | None = None,
+                 rescale_to_unit_norm: bool = False) -> PrivateTraining:
     """Wrap model/optimizer for DP-SGD with Poisson sampling at q = batch_size / len(dataset).
 
     Noise is calibrated for exactly ``steps`` optimizer steps (default: ``epochs`` full epochs of
@@ -67,7 +71,11 @@ def make_private(model: nn.Module, optimizer: torch.optim.Optimizer, dataset, *,
     (``OutputGradientEngine``) or "hooks" (opacus's ``GradSampleModule``); both refuse, by name, any
     layer without an exact rule and any batch norm, before anything else happens. ``secure_mode``
     draws the Poisson sample and the noise from the OS (``reproduce.privacy.secure_rng``), never
-    from generators seeded with ``seed``.
+    from generators seeded with ``seed``. ``clipping``: the per-sample clipping rule
+    (``reproduce.privacy.clipping``; default flat, opacus's). The noise multiplier calibrated for the
+    target is the accounted one; under adaptive clipping the optimizer raises the gradient noise so
+    that gradient and count together are accounted at it (Andrew et al., Theorem 1).
+    ``rescale_to_unit_norm``: the optimizer sees the noised mean divided by C (post-processing).
 
     Device: the model's. The seeded noise is drawn by a generator on that device (on CUDA, Philox:
     other numbers than the CPU's, reproducible on the same GPU and versions); secure-mode noise is
@@ -101,9 +109,10 @@ def make_private(model: nn.Module, optimizer: torch.optim.Optimizer, dataset, *,
     else:
         make_registry_layout_safe()  # rules registered after import see contiguous tensors too
         engine, forward = None, GradSampleModule(model, batch_first=True, loss_reduction="mean")
-    dp_class = SecureDPOptimizer if secure_mode else DPOptimizer
-    dp_optimizer = dp_class(optimizer, noise_multiplier=sigma, max_grad_norm=max_grad_norm,
-                            expected_batch_size=batch_size, loss_reduction="mean", generator=noise_gen)
+    dp_optimizer = ClippingDPOptimizer(optimizer, clipping=clipping or FlatClipping(), noise_multiplier=sigma,
+                                       max_grad_norm=max_grad_norm, expected_batch_size=batch_size,
+                                       loss_reduction="mean", generator=noise_gen, secure_mode=secure_mode,
+                                       rescale_to_unit_norm=rescale_to_unit_norm)
     acc = create_accountant(accountant)
     dp_optimizer.attach_step_hook(acc.get_optimizer_hook_fn(sample_rate=sample_rate))
     return PrivateTraining(forward, engine, dp_optimizer, loader, acc, sigma, sample_rate, steps)

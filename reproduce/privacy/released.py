@@ -23,6 +23,7 @@ COVERED = (
     "metrics_detail.reliability_test*",                   # weights evaluated on the test split
     "epochs[].epoch", "steps[].step", "steps[].epoch",
     "steps[].l0_update",                                  # sparsity of the noised update: post-processing
+    "steps[].max_grad_norm",                              # C: fixed, or adaptive from noised counts
     "provenance.study", "provenance.study_sha256", "provenance.cell", "provenance.seed",
     "provenance.data.name", "provenance.data.source", "provenance.versions.*",
     "provenance.device*",                                 # reproduce.device.device_facts (or "cpu")
@@ -37,6 +38,10 @@ UNNOISED = (
     "run.train_seconds", "run.samples_per_second",  # run.json: depend on the sampled batch sizes
     "epochs[].loss", "epochs[].gwa", "epochs[].gwa_mean", "epochs[].gwa_excess_kurtosis",
     "steps[].loss", "steps[].l0_clipped", "steps[].gwa", "steps[].gwa_mean",  # l0_clipped: before noise
+    # reproduce.metrics.clipping: per-sample gradient norms, the unclipped and clipped sums before
+    # noise, the noise itself, and the update against the unclipped mean gradient.
+    "steps[].share_clipped", "steps[].grad_norm_q*", "steps[].clip_bias_cosine", "steps[].clip_bias_norm_ratio",
+    "steps[].noise_to_signal", "steps[].update_cosine",
     "provenance.data.sha256",             # checksum of the dataset file, training set included
     "run.finished_utc",                   # run.json: end time, which moves with the training time
 )

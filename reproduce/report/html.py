@@ -194,6 +194,37 @@ def render_provenance(study: Study, results: dict[str, CellResult]) -> str:
             "<code>results/&lt;study&gt;/cells/&lt;cell&gt;/run.json</code> (not versioned).</p>")
 
 
+def render_diagnostics(study: Study, results: dict[str, CellResult]) -> str:
+    """The diagnostics summary (``reproduce.report.diagnostics``): a row per DP line and reference, then
+    the means per value of each DP-only axis; empty when no result recorded step diagnostics."""
+    from reproduce.report.diagnostics import SUMMARY_KEYS, axis_means, diagnostics_summary, has_diagnostics
+    if not has_diagnostics(results):
+        return ""
+    rows = diagnostics_summary(study, results)
+    axes = list(dict.fromkeys(a for r in rows for a in [*r["where"], *r["axes"]]))
+    cols = ["test_acc", *SUMMARY_KEYS, "max_grad_norm_last"]
+    head = "".join(f"<th>{_e(h)}</th>" for h in ("dataset", "ε", "group", *axes, "n", *cols))
+    body = []
+    for r in rows:
+        values = {**r["where"], **r["axes"]}
+        tds = [_e(r["dataset"]), _e(_eps_name(r["epsilon"])), _e(r["group"]),
+               *(_e("" if values.get(a) is None else values[a]) for a in axes), str(r["n"])]
+        tds += [_num(None if r[c] is None else (100 * r[c] if c == "test_acc" else r[c]), ".1f" if c == "test_acc" else ".3g")
+                for c in cols]
+        body.append("<tr>" + "".join(f"<td>{t}</td>" for t in tds) + "</tr>")
+    means = []
+    for axis, per in axis_means(study, rows).items():
+        parts = [f"{_e(v)}: {100 * m['test_acc']:.1f}% test accuracy, {m['share_clipped']:.2f} clipped"
+                 for v, m in per.items() if m["test_acc"] is not None and m["share_clipped"] is not None]
+        if parts:
+            means.append(f"<li><b>{_e(axis)}</b> (mean over the other axes' DP rows): {'; '.join(parts)}</li>")
+    return "\n".join([
+        '<table class="diagnostics"><thead><tr>' + head + "</tr></thead><tbody>", *body, "</tbody></table>",
+        '<p class="caption">Means over seeds of the test accuracy (%) and, over logged steps, of each diagnostic; '
+        "max_grad_norm_last: the clipping norm at the last logged step. Non-private rows have only the update's "
+        "cosine.</p>", f"<ul>{''.join(means)}</ul>" if means else ""])
+
+
 def render_scores(rows) -> str:
     """The attribution scores (``reproduce.report.attribution.score_rows``) as an HTML table."""
     if not rows:
@@ -228,6 +259,7 @@ def render_page(study: Study, results: dict[str, CellResult], tables: list[dict]
     for kind, title in (("figure1", "Figure 1: accuracy vs model size, gradient sparsity (DP)"),
                         ("alignment", "Gradient-weight alignment during training"),
                         ("reliability", "Reliability diagrams (DP, test split)"),
+                        ("diagnostics", "Optimisation diagnostics: clipping, noise and the update over steps"),
                         ("trends", "Accuracy over epsilon and over training compute"),
                         ("figure2", "Figure 2: where the models look (Grad-CAM, guided backprop)")):
         items = [f for f in figures if f.kind == kind]
@@ -238,8 +270,11 @@ def render_page(study: Study, results: dict[str, CellResult], tables: list[dict]
                    "the study has no DP cells" if not any(e != NON_PRIVATE for e in g.epsilon) else
                    "no cell recorded reliability bins (metrics_detail.reliability_test)" if kind == "reliability" else
                    "no cell recorded per-epoch alignment (epochs[*].gwa)" if kind == "alignment" else
+                   "no cell recorded step diagnostics (results written before they existed)" if kind == "diagnostics" else
                    "no DP results")
             figs.append(f'<p class="caption">None: {_e(why)}.</p>')
+        if kind == "diagnostics":
+            figs.append(render_diagnostics(study, results))
         for f in items:
             figs.append(f'<figure><img src="{data_uri(f.path)}" alt="{_e(f.title)}">'
                         f"<figcaption><b>{_e(f.title)}.</b> {_e(f.caption)}</figcaption></figure>")

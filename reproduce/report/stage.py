@@ -61,6 +61,7 @@ def build_report(study: Study, *, results_dir: Path, out_dir: Path) -> list[Path
 
     Reads only existing results (no training); returns every path written, index.html last.
     """
+    from reproduce.report.diagnostics import write_diagnostics_figures
     from reproduce.report.figures import write_figures
     from reproduce.report.html import write_html
     results_dir, out_dir = Path(results_dir), Path(out_dir)
@@ -70,7 +71,7 @@ def build_report(study: Study, *, results_dir: Path, out_dir: Path) -> list[Path
     compute = compute_rows(study, results)
     table_paths = _write_table_files(study, tables, results_dir, scores, compute)
     out_dir.mkdir(parents=True, exist_ok=True)
-    figures = write_figures(study, results, out_dir)
+    figures = write_figures(study, results, out_dir) + write_diagnostics_figures(study, results, out_dir)
     for dataset in study.grid.dataset:
         for draw, stem in ((draw_over_epsilon, "accuracy-over-epsilon"), (draw_over_compute, "accuracy-over-compute")):
             fig = draw(study, compute, dataset, out_dir / f"{stem}-{dataset}.png")

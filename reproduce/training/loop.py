@@ -1,7 +1,8 @@
 """The one training loop: epochs of micro-batches through a ``Trainer``, private or not.
 
 Per micro-batch: gradients over its K views, a divergence check, alignment cosines, the step.
-Per optimizer step: EMA update and diagnostics. Per epoch: its record and, with ``save``, a
+Per optimizer step: EMA update and diagnostics (the trainer is told beforehand which steps are
+logged, so it records clipping and update diagnostics on those only). Per epoch: its record and, with ``save``, a
 checkpoint. The loop never asks whether the trainer is private.
 """
 
@@ -55,6 +56,7 @@ def train(trainer: Trainer, *, model: torch.nn.Module, tracker: StepTracker, ema
         tracker.rows = list(resume.steps)
     t0 = time.perf_counter()
     bar = tqdm(total=trainer.steps, initial=step, desc=label, unit="step", disable=not progress, dynamic_ncols=True)
+    trainer.record_next_step(tracker.due(step + 1))
     for epoch in range(epoch0, trainer.epochs):
         for x, y in trainer.batches():
             if step == trainer.steps:
@@ -71,7 +73,8 @@ def train(trainer: Trainer, *, model: torch.nn.Module, tracker: StepTracker, ema
             step += 1
             if ema is not None:
                 ema.update()
-            tracker.after_step(step, epoch, loss, clipped=trainer.clipped_update)
+            tracker.after_step(step, epoch, loss, clipped=trainer.clipped_update, diagnostics=trainer.step_diagnostics)
+            trainer.record_next_step(tracker.due(step + 1))   # before the next step's first micro-batch
             bar.update(1)
             bar.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}")
         epochs.append(EpochRecord(epoch=epoch, loss=finite(loss), alignment=tracker.end_epoch()))

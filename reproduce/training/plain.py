@@ -8,6 +8,7 @@ from typing import Any, Iterator
 import torch
 from torch.utils.data import DataLoader
 
+from reproduce.metrics.clipping import update_cosine
 from reproduce.privacy.accounting import PrivacyStatement
 from reproduce.training.trainer import Trainer, make_optimizer
 
@@ -21,6 +22,7 @@ class PlainTrainer(Trainer):
                          optimizer=optimizer, task=task, steps=tr.steps or tr.epochs * len(loader),
                          steps_per_epoch=len(loader))
         self.loader = loader
+        self._record, self._diagnostics = False, None
 
     @classmethod
     def for_cell(cls, cell, model: torch.nn.Module, train_set, *, task: str) -> PlainTrainer:
@@ -39,8 +41,20 @@ class PlainTrainer(Trainer):
         loss.backward()
 
     def step(self) -> bool:
+        before = [p.detach().clone() for p in self.params] if self._record else None
         self.optimizer.step()
+        # Nothing is clipped or noised: of the step diagnostics only the update's cosine with the
+        # batch gradient is defined (the reference for the private cells').
+        self._diagnostics = None if before is None else {
+            "update_cosine": update_cosine(before=before, after=[p.detach() for p in self.params],
+                                           gradient=[torch.zeros_like(p) if p.grad is None else p.grad for p in self.params])}
         return True
+
+    def record_next_step(self, record: bool) -> None:
+        self._record = record
+
+    def step_diagnostics(self) -> dict[str, float | None] | None:
+        return self._diagnostics
 
     def state(self) -> dict[str, Any]:
         return {"optimizer": self.optimizer.state_dict(), "sampler_gen": self.loader.generator.get_state(),

@@ -17,7 +17,9 @@ from opacus.utils.batch_memory_manager import wrap_data_loader
 
 from reproduce.data.augment import average_view_grad_samples
 from reproduce.errors import ReproduceError
+from reproduce.metrics.clipping import clipping_diagnostics
 from reproduce.privacy.accounting import PrivacyStatement
+from reproduce.privacy.clipping import make_clipping_rule
 from reproduce.privacy.dp_sgd import PrivateTraining, make_private
 from reproduce.privacy.released import unnoised_releases
 from reproduce.training.trainer import Trainer, make_optimizer
@@ -37,7 +39,8 @@ class _LogicalBatchEnds:
 
 
 class PrivateTrainer(Trainer):
-    """DP-SGD through opacus: per-sample clipping to ``max_grad_norm``, Gaussian noise per step."""
+    """DP training through opacus's parts: per-sample clipping by the study's rule to ``max_grad_norm``,
+    Gaussian noise per logical step, then the study's optimizer (SGD, Adam, DP-AdamBC) on the result."""
 
     def __init__(self, cell, dp: PrivateTraining, *, params, task: str, training_set_size: int):
         super().__init__(cell, model=dp.model, params=params, optimizer=dp.optimizer, task=task,
@@ -55,10 +58,13 @@ class PrivateTrainer(Trainer):
         """
         tr, p = cell.study.training, cell.study.privacy
         optimizer = make_optimizer(model.parameters(), tr.dp_optimizer or tr.optimizer)
+        # B in the adaptive rule's count is the expected batch size, never the realised one.
+        rule = make_clipping_rule(p.clipping.rule, **p.clipping.rule_parameters(expected_batch_size=tr.batch_size))
         dp = make_private(model, optimizer, train_set, batch_size=tr.batch_size, epochs=tr.epochs, steps=tr.steps,
                           target_epsilon=float(cell.epsilon), delta=p.delta, max_grad_norm=p.max_grad_norm,
                           accountant=p.accountant, seed=cell.seed, secure_mode=p.secure_mode,
-                          per_sample_gradients=per_sample_gradients)
+                          per_sample_gradients=per_sample_gradients, clipping=rule,
+                          rescale_to_unit_norm=p.clipping.rescale_to_unit_norm)
         params = [q for q in model.parameters() if q.requires_grad]
         return cls(cell, dp, params=params, task=task, training_set_size=len(train_set))
 
@@ -90,11 +96,22 @@ class PrivateTrainer(Trainer):
         B = self.optimizer.expected_batch_size
         return [p.summed_grad / B for p in self.params if getattr(p, "summed_grad", None) is not None]
 
+    def record_next_step(self, record: bool) -> None:
+        # Read when the next logical batch's first micro-batch is clipped.
+        self.optimizer.record_diagnostics = record
+
+    def step_diagnostics(self) -> dict[str, float | None] | None:
+        record = self.optimizer.last_step_record
+        return None if record is None else clipping_diagnostics(record).as_row()
+
     def state(self) -> dict[str, Any]:
         # In secure mode the sampler and the noise read the OS and have no state: a resumed run
         # draws fresh bytes.
         sampler, noise = self.dp.loader.batch_sampler.generator, self.optimizer.generator
+        # The inner optimizer's state holds DP-AdamBC's moments and noise variance; the clipping
+        # state holds adaptive clipping's C (saved at a logical batch's end: no count pending).
         return {"optimizer": self.optimizer.original_optimizer.state_dict(),
+                "clipping": self.optimizer.clipping_state_dict(),
                 "accountant_history": list(self.dp.accountant.history),
                 "sampler_gen": None if sampler is None else sampler.get_state(),
                 "noise_gen": None if noise is None else noise.get_state(),
@@ -103,6 +120,7 @@ class PrivateTrainer(Trainer):
 
     def load_state(self, state: dict[str, Any]) -> None:
         self.optimizer.original_optimizer.load_state_dict(state["optimizer"])
+        self.optimizer.load_clipping_state_dict(state["clipping"])
         self.dp.accountant.history = list(state["accountant_history"])
         sampler, noise = self.dp.loader.batch_sampler.generator, self.optimizer.generator
         if sampler is not None:
@@ -127,8 +145,21 @@ class PrivateTrainer(Trainer):
             sample_rate=dp.sample_rate, steps=sum(s for _, _, s in dp.accountant.history),
             max_grad_norm=p.max_grad_norm, sampling="Poisson", secure_mode=p.secure_mode,
             training_set_size=self.training_set_size, seed=self.cell.seed,
-            hyperparameter_selection=p.hyperparameter_selection, unnoised_releases=tuple(unnoised_releases(record)))
+            hyperparameter_selection=p.hyperparameter_selection, unnoised_releases=tuple(unnoised_releases(record)),
+            **_clipping_fields(p.clipping, self.optimizer))
         if statement.steps != dp.steps:
             raise ReproduceError(f"cell {self.cell.id}: ran {statement.steps} private steps but calibrated "
                                  f"for {dp.steps}")
         return statement
+
+
+def _clipping_fields(clipping, optimizer) -> dict[str, Any]:
+    """The statement's clipping fields for the study's rule (none for flat unrescaled: earlier statements' form)."""
+    out = {"rescaled_to_unit_norm": True} if clipping.rescale_to_unit_norm else {}
+    if clipping.rule == "automatic":
+        return {**out, "clipping": "automatic", "clipping_gamma": clipping.gamma}
+    if clipping.rule == "adaptive":
+        return {**out, "clipping": "adaptive", "target_quantile": clipping.target_quantile,
+                "clip_learning_rate": clipping.clip_learning_rate, "count_noise_std": optimizer.clipping.count_noise_std,
+                "gradient_noise_multiplier": optimizer.gradient_noise_multiplier}
+    return out

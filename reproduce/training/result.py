@@ -17,6 +17,7 @@ from typing import Any
 
 from reproduce.errors import ReproduceError
 from reproduce.metrics.calibration import ReliabilityBin
+from reproduce.metrics.clipping import DIAGNOSTIC_KEYS
 from reproduce.privacy.accounting import PrivacyStatement
 from reproduce.provenance import Provenance, RunRecord
 
@@ -41,6 +42,9 @@ class StepRecord:
     ``loss`` is None for an empty Poisson batch; ``l0_update`` is the share of near-zero entries of
     the applied update, ``l0_clipped`` that of the clipped sum before noise (DP only, else None);
     ``alignment`` that of the step's samples (None where not tracked: multi-label tasks).
+    ``diagnostics``: what clipping, noise and the optimizer did (``reproduce.metrics.clipping``:
+    every ``DIAGNOSTIC_KEYS`` entry for DP steps, ``update_cosine`` alone for non-private ones),
+    None where not recorded (results written before they existed).
     """
 
     step: int
@@ -49,6 +53,7 @@ class StepRecord:
     l0_update: float
     l0_clipped: float | None = None
     alignment: Alignment | None = None
+    diagnostics: dict[str, float | None] | None = None
 
     @property
     def gwa(self) -> float | None:
@@ -64,6 +69,8 @@ class StepRecord:
             out["l0_clipped"] = self.l0_clipped
         if self.alignment is not None:
             out.update(gwa=self.alignment.gwa, gwa_mean=self.alignment.gwa_mean)
+        if self.diagnostics is not None:
+            out.update(self.diagnostics)
         return out
 
     @classmethod
@@ -71,7 +78,8 @@ class StepRecord:
         row = dict(row)
         tracked = "gwa" in row or "gwa_mean" in row
         alignment = Alignment(row.pop("gwa", None), row.pop("gwa_mean", None)) if tracked else None
-        return cls(**row, alignment=alignment)
+        diagnostics = {k: row.pop(k) for k in list(row) if k in DIAGNOSTIC_KEYS or k.startswith("grad_norm_q")}
+        return cls(**row, alignment=alignment, diagnostics=diagnostics or None)
 
 
 @dataclasses.dataclass(frozen=True)

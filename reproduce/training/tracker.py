@@ -1,4 +1,5 @@
-"""Per-step and per-epoch training diagnostics: gradient sparsity and gradient-weight alignment."""
+"""Per-step and per-epoch training diagnostics: gradient sparsity, gradient-weight alignment, and
+what clipping, noise and the optimizer did to the step (``reproduce.metrics.clipping``)."""
 
 from __future__ import annotations
 
@@ -29,6 +30,8 @@ class StepTracker:
     cosine between each sample's final-layer update direction and the weights, taken in every
     training forward pass (every micro-batch, at the weights the gradient is taken at), summarised
     per logged step (``gwa``, ``gwa_mean``) and per epoch (``end_epoch``, as the authors do).
+    On the same steps, the trainer's step diagnostics (``Trainer.step_diagnostics``), which it records
+    for the steps ``due`` says are logged.
     """
 
     def __init__(self, model: torch.nn.Module, *, task: str, every: int):
@@ -56,19 +59,25 @@ class StepTracker:
         self._step_cosines.append(cosines)
         self._epoch_cosines.append(cosines)
 
+    def due(self, step: int) -> bool:
+        """Whether optimizer step ``step`` (1-based) is logged: the first and every ``every``-th."""
+        return step == 1 or step % self.every == 0
+
     def after_step(self, step: int, epoch: int, loss: torch.Tensor,
-                   clipped: Callable[[], list[torch.Tensor] | None]) -> None:
+                   clipped: Callable[[], list[torch.Tensor] | None],
+                   diagnostics: Callable[[], dict[str, float | None] | None] = lambda: None) -> None:
         """Close optimizer step ``step``; log it if due. ``clipped`` gives the step's clipped mean
-        gradient before noise (``Trainer.clipped_update``: None without clipping), read only if logged."""
+        gradient before noise (``Trainer.clipped_update``: None without clipping), ``diagnostics``
+        the step's diagnostics row (``Trainer.step_diagnostics``); both read only if logged."""
         cosines, self._step_cosines = self._step_cosines, []
-        if step % self.every and step != 1:
+        if not self.due(step):
             return
         clipped_mean = clipped()
         self.rows.append(StepRecord(
             step=step, epoch=epoch, loss=finite(loss),
             l0_update=l0_eps([p.grad for p in self.params if p.grad is not None]),
             l0_clipped=None if clipped_mean is None else l0_eps(clipped_mean),
-            alignment=_alignment(cosines, per_epoch=False)))
+            alignment=_alignment(cosines, per_epoch=False), diagnostics=diagnostics()))
 
     def end_epoch(self) -> Alignment | None:
         """Gradient-weight alignment over every training sample (view) of the epoch; None if not tracked."""

@@ -16,15 +16,14 @@ import torch
 from torch import nn
 
 from reproduce.data.augment import augmentation_kind, training_views
+from reproduce.privacy import optimizers
 from reproduce.privacy.accounting import PrivacyStatement
 from reproduce.training.task import loss_fn
 
 
 def make_optimizer(params, cfg) -> torch.optim.Optimizer:
-    """The torch optimizer of a study's ``OptimizerConfig``."""
-    if cfg.name == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    """The optimizer of a study's ``OptimizerConfig``, from the registry (``reproduce.privacy.optimizers``)."""
+    return optimizers.make_optimizer(cfg.name, params, **cfg.hyperparameters())
 
 
 class Trainer(abc.ABC):
@@ -87,6 +86,14 @@ class Trainer(abc.ABC):
     def clipped_update(self) -> list[torch.Tensor] | None:
         """The clipped mean gradient before noise of the last step; None without clipping."""
         return None
+
+    @abc.abstractmethod
+    def record_next_step(self, record: bool) -> None:
+        """Whether the next optimizer step records its diagnostics (called before its first micro-batch)."""
+
+    @abc.abstractmethod
+    def step_diagnostics(self) -> dict[str, float | None] | None:
+        """The last step's diagnostics row (``reproduce.metrics.clipping``); None if it recorded none."""
 
     @abc.abstractmethod
     def state(self) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from reproduce.metrics.clipping import (
     norm_quantiles,
     norm_ratio,
     share_clipped,
+    update_cosine,
 )
 
 NORMS = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0])
@@ -63,3 +64,11 @@ def test_an_empty_noise_only_step_has_undefined_diagnostics_but_its_C():
 
 def test_flatten_concatenates_parameters_in_order():
     assert flatten([torch.tensor([[1.0, 2.0]]), torch.tensor([3.0])]).tolist() == [1.0, 2.0, 3.0]
+
+
+def test_update_cosine_of_a_step_by_hand():
+    before = [torch.tensor([1.0, 1.0]), torch.tensor([2.0])]
+    after = [torch.tensor([0.0, 1.0]), torch.tensor([2.0])]       # descent (1, 0, 0)
+    gradient = [torch.tensor([1.0, 1.0]), torch.tensor([0.0])]    # cos = 1 / sqrt(2)
+    assert update_cosine(before=before, after=after, gradient=gradient) == pytest.approx(2 ** -0.5, rel=1e-15)
+    assert update_cosine(before=before, after=before, gradient=gradient) is None   # no step taken

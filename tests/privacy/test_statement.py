@@ -78,3 +78,16 @@ def test_repository_studies_state_how_their_hyperparameters_were_chosen():
         assert load_study(path).privacy.hyperparameter_selection, path.name
     for name in ("default", "ci"):   # tuned by this suite on the embedded data, and they say so
         assert "tuned by this suite" in load_study(REPO / f"studies/{name}.yaml").privacy.hyperparameter_selection.lower()
+
+
+def test_statement_names_the_clipping_rule_and_adaptive_clippings_two_noises():
+    assert "per-sample clipping to 1, Gaussian noise multiplier 1.1000 (std 1.1)" in _sentence()   # flat: as before
+    automatic = _sentence(clipping="automatic", clipping_gamma=0.01)
+    assert "automatic per-sample clipping g C / (||g|| + 0.01) with C=1 (Bu et al. 2023" in automatic
+    adaptive = _sentence(clipping="adaptive", target_quantile=0.5, clip_learning_rate=0.2, count_noise_std=3.2,
+                         gradient_noise_multiplier=1.2, rescaled_to_unit_norm=True)
+    assert "adaptive norm C_t (Andrew et al. 2021: from C_0=1 towards the 0.5 quantile" in adaptive
+    assert "count of unclipped samples noised with std 3.2" in adaptive
+    assert "Gaussian gradient noise multiplier 1.2000 (std 1.2000 C_t)" in adaptive
+    assert "one Gaussian mechanism with noise multiplier 1.1000 (Theorem 1)" in adaptive
+    assert "noised mean divided by the clipping norm" in adaptive and "divided" not in _sentence()
