@@ -96,14 +96,15 @@ def test_studies_sharing_a_downloaded_dataset_fetch_it_once_and_outlive_each_oth
                 "rewrote pipelines/dvc.yaml"} == set(out.split("\n")) - {""}
         # DVC itself runs the shared fetch stage upstream of the study's cells.
         out = run(["dvc", "repro", "pipelines/pair_a/dvc.yaml"], repo, env=env).stdout
-        assert stages_run(out) == ["pipelines/dvc.yaml:fetch_retinamnist", "pipelines/pair_a/dvc.yaml:report",
+        assert stages_run(out) == ["pipelines/dvc.yaml:fetch_retinamnist", "pipelines/pair_a/dvc.yaml:attribute",
+                                   "pipelines/pair_a/dvc.yaml:report",
                                    "pipelines/pair_a/dvc.yaml:train@retinamnist-e-non-private-1-0"]
         # The second study on the dataset finds it fetched; the embedded one fetches nothing.
         out = run(["reproduce", "repro", "studies/pair_b.yaml"], repo, env=env).stdout
-        assert stages_run(out) == ["pipelines/pair_b/dvc.yaml:report",
+        assert stages_run(out) == ["pipelines/pair_b/dvc.yaml:attribute", "pipelines/pair_b/dvc.yaml:report",
                                    "pipelines/pair_b/dvc.yaml:train@retinamnist-e-8-1-0"]
         out = run(["reproduce", "repro", "studies/solo.yaml"], repo, env=env).stdout
-        assert stages_run(out) == ["pipelines/solo/dvc.yaml:report",
+        assert stages_run(out) == ["pipelines/solo/dvc.yaml:attribute", "pipelines/solo/dvc.yaml:report",
                                    "pipelines/solo/dvc.yaml:train@embedded-e-non-private-1-0"]
         assert server.requests == [("/retinamnist.npz", None)]   # one download for both studies
         assert sorted(p.name for p in (repo / "data/retinamnist").iterdir()) == ["retinamnist.npz"]

@@ -48,6 +48,19 @@ def fir_summary(model: torch.nn.Module) -> dict[str, float]:
     return out
 
 
+def _selection(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """``PER_CLASS`` seeded test images per class (``select_per_class``); fewer, the same number for
+    every class, where a small test split has fewer; only the classes the split has."""
+    flat = np.asarray(labels).reshape(-1)
+    counts = np.bincount(flat, minlength=num_classes)
+    per_class = int(min(PER_CLASS, counts[counts > 0].min()))
+    if (counts > 0).all():
+        return select_per_class(flat, per_class=per_class, seed=SELECTION_SEED, classes=num_classes)
+    present = np.flatnonzero(counts)   # relabel the present classes 0..k-1; indices stay the split's
+    return select_per_class(np.searchsorted(present, flat), per_class=per_class, seed=SELECTION_SEED,
+                            classes=len(present))
+
+
 def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
     # From memory, uncompressed: np.savez's zip entries then carry no time that changes between reruns.
     buffer = io.BytesIO()
@@ -79,8 +92,7 @@ def attribute_study(study: Study, *, results_dir: Path, data_root: Path, out_dir
                 selections[cell.dataset] = None
             else:
                 labels = splits.labels("test")
-                idx = select_per_class(labels, per_class=PER_CLASS, seed=SELECTION_SEED,
-                                       classes=splits.info.num_classes)
+                idx = _selection(labels, splits.info.num_classes)
                 raw = splits.images("test")
                 masks = None
                 if cell.dataset == "embedded":

@@ -97,3 +97,13 @@ def test_figure2_shows_the_conventional_and_the_best_equivariant_model():
     results = {c.id: R(accs[c.group] if c.private else 0.0) for c in study.cells()}
     assert panel_columns(study, results, "embedded", 1) == [
         ("e", "non-private"), ("e", 8), ("C8", "non-private"), ("C8", 8)]
+
+
+def test_a_small_test_split_gets_fewer_images_per_class():
+    from reproduce.attribution.stage import _selection
+    labels = np.array([0, 0, 1, 2, 2, 2, 0, 1]).reshape(-1, 1)
+    idx = _selection(labels, 4)            # class 3 absent, class 1 has two images
+    assert sorted(labels[idx, 0].tolist()) == [0, 0, 1, 1, 2, 2]
+    full = np.repeat(np.arange(3), 6)
+    np.testing.assert_array_equal(_selection(full, 3), _selection(full, 3))
+    assert len(_selection(full, 3)) == 3 * PER_CLASS
