@@ -90,7 +90,7 @@ def test_ci_pipeline_forced_rerun_is_clean_and_an_experiment_is_one_readable_row
     out = run(["dvc", "exp", "run", pipeline, "-S", "studies/ci.yaml:grid.epsilon=[non-private, 8]",
                "-n", "nonprivate"], repo).stdout
     ran = sorted(line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage"))
-    assert ran == [f"{pipeline}:report", f"{pipeline}:train@{new_cell}"], ran
+    assert ran == [f"{pipeline}:attribute", f"{pipeline}:report", f"{pipeline}:train@{new_cell}"], ran
 
     table = run([sys.executable, "-m", "reproduce", "exp", "show", "studies/ci.yaml"], repo).stdout
     header, _, *rows = table.split("\n\n")[0].splitlines()   # then a blank line and what the columns share
