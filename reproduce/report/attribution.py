@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from reproduce.attribution.files import read_maps
-from reproduce.report.grouping import axes_label, axes_path, seed_groups
+from reproduce.report.grouping import axes_path, seed_groups, setting_label
 from reproduce.study import NON_PRIVATE, Study
 
 SHOWN = 4
@@ -46,12 +46,6 @@ class ScoreRow:
     n: int                  # seeds with scores
     values: dict[str, float | None]
     axes: tuple = ()        # the dotted grid axes' values (Cell.axes)
-
-
-def setting_label(epsilon, multiplicity: int, axes=()) -> str:
-    aug = "no aug" if multiplicity == 1 else f"aug x{multiplicity}"
-    label = f"non-DP, {aug}" if epsilon == NON_PRIVATE else f"DP eps={epsilon}, {aug}"
-    return label + (f", {axes_label(axes)}" if axes else "")
 
 
 def score_rows(study: Study, scores: dict[str, dict]) -> list[ScoreRow]:

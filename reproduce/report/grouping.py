@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from reproduce.study import Cell, Study, id_token
+from reproduce.study import NON_PRIVATE, Cell, Study, id_token
 
 
 def seed_groups(study: Study, available) -> list[tuple[tuple, list[Cell]]]:
@@ -26,3 +26,10 @@ def axes_label(axes) -> str:
 def axes_path(axes) -> str:
     """``path=value/`` segments for summary.json keys ("" without axes)."""
     return "".join(f"{path}={id_token(v)}/" for path, v in axes)
+
+
+def setting_label(epsilon, multiplicity: int, axes=()) -> str:
+    """``non-DP, no aug`` / ``DP eps=8, aug x4``, then the dotted axes' values when there are any."""
+    aug = "no aug" if multiplicity == 1 else f"aug x{multiplicity}"
+    label = f"non-DP, {aug}" if epsilon == NON_PRIVATE else f"DP eps={epsilon}, {aug}"
+    return label + (f", {axes_label(axes)}" if axes else "")

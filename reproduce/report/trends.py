@@ -24,7 +24,7 @@ from pathlib import Path
 
 import yaml
 
-from reproduce.report.grouping import axes_label, axes_path, seed_groups
+from reproduce.report.grouping import axes_label, axes_path, seed_groups, setting_label
 from reproduce.study import NON_PRIVATE, Study
 
 ANCHORS = Path(__file__).resolve().parent / "anchors" / "dp_accuracy.yaml"
@@ -82,12 +82,6 @@ def compute_rows(study: Study, results: dict) -> list[TrendRow]:
     return rows
 
 
-def _setting(eps, k: int, axes=()) -> str:
-    aug = "no aug" if k == 1 else f"aug x{k}"
-    label = f"non-DP, {aug}" if eps == NON_PRIVATE else f"DP eps={eps}, {aug}"
-    return label + (f", {axes_label(axes)}" if axes else "")
-
-
 def to_markdown(rows: list[TrendRow]) -> str:
     """table.md's compute section; empty without rows."""
     if not rows:
@@ -103,13 +97,13 @@ def to_markdown(rows: list[TrendRow]) -> str:
             "" if r.test_acc_std is None else f" ± {100 * r.test_acc_std:.2f}")
         flops = "n/a" if r.train_flops is None else f"{r.train_flops / 1e15:.4g}"
         params = "n/a" if r.parameters is None else f"{r.parameters:,}"
-        lines.append(f"| {r.dataset} | {r.group} | {_setting(r.epsilon, r.multiplicity, r.axes)} | {r.n} | {params} | {flops} | {acc} |")
+        lines.append(f"| {r.dataset} | {r.group} | {setting_label(r.epsilon, r.multiplicity, r.axes)} | {r.n} | {params} | {flops} | {acc} |")
     return "\n".join(lines) + "\n"
 
 
 def summary_entries(rows: list[TrendRow]) -> dict[str, float]:
     """``<dataset>/<group>/train_pflop/<setting>`` -> estimated PFLOP, for summary.json."""
-    return {f"{r.dataset}/{r.group}/{axes_path(r.axes)}train_pflop/{_setting(r.epsilon, r.multiplicity)}": round(r.train_flops / 1e15, 9)
+    return {f"{r.dataset}/{r.group}/{axes_path(r.axes)}train_pflop/{setting_label(r.epsilon, r.multiplicity)}": round(r.train_flops / 1e15, 9)
             for r in rows if r.train_flops is not None}
 
 
