@@ -8,7 +8,8 @@ and re-validated, so training reads ``cell.study.privacy.max_grad_norm`` and nev
 Axes of DP-only settings (``DP_ONLY``) are not expanded for non-private cells.
 
 A cell id is the fixed axes' values joined by "-" in the order of ``GRID_AXES``, then the extra axes'
-tokens in YAML order - exactly the ``${key}`` DVC gives the stage (see reproduce/pipeline.py).
+tokens in YAML order, then ``audit`` for the cells of a study with an ``audit`` section - exactly the
+``${key}`` DVC gives the stage (see reproduce/pipeline.py).
 """
 
 from __future__ import annotations
@@ -30,11 +31,14 @@ from reproduce.errors import StudyError
 GRID_AXES = ("dataset", "group", "epsilon", "multiplicity", "seed")
 # Sections whose fields a dotted grid axis may name. data.* is not one: data/<dataset> is fetched once
 # per study (pipelines/dvc.yaml), so its sources cannot vary by cell; name/grid/checks are no settings.
-AXIS_SECTIONS = ("model", "privacy", "training")
+AXIS_SECTIONS = ("model", "privacy", "training", "audit")
 # Settings that only DP training reads: their axes multiply private cells only (one non-private
 # reference per remaining combination).
 DP_ONLY = ("privacy", "training.dp_optimizer")
 NON_PRIVATE = "non-private"
+# The last token of an audited cell's id: its canaries change the model, so it is never the id of an
+# unaudited cell.
+AUDIT_TOKEN = "audit"
 GROUP_PATTERN = re.compile(r"^(e|C[1-9][0-9]*|D[1-9][0-9]*|O2|SO2)$")
 GROUP_HELP = 'e (conventional CNN), C<N> or D<N> with N >= 1, O2, SO2'
 # Datasets a study may name: the dataset table's (reproduce.data.registry), which also resolves them.
@@ -149,6 +153,54 @@ class PrivacyConfig(_Strict):
     hyperparameter_selection: str | None = Field(None, min_length=1)
     # How each sample's gradient is bounded by max_grad_norm (reproduce.privacy.clipping).
     clipping: ClippingConfig = ClippingConfig()
+
+
+# The audit's canary kinds (reproduce.audit.canaries.INPUT_CANARY_KINDS / GRADIENT_CANARY_KINDS).
+AUDIT_KINDS = ("input", "gradient")
+INPUT_CANARIES = ("mislabeled", "ood")
+GRADIENT_CANARIES = ("dirac", "gaussian")
+# Default guesses: k "in" and k "out" for each share k/m (Bonferroni-corrected over them; fixed
+# before any score is seen). Small shares win when the signal is weak, m/2 each when it is perfect.
+DEFAULT_GUESS_SHARES = (0.01, 0.05, 0.1, 0.25, 0.5)
+
+
+class AuditConfig(_Strict):
+    """An opt-in one-run privacy audit of every cell (Steinke, Nasr & Jagielski 2023; reproduce.audit).
+
+    ``canaries`` extra records, each in the training set independently with probability 1/2 (as
+    ordinary samples: the Poisson sampler and the accountant's N count the included ones), then one
+    guess per canary from the final model and an epsilon lower bound at ``confidence``. An audited
+    cell has its own id (suffix ``audit``): canaries change the model, so it never stands in for an
+    unaudited cell. ``kind``: ``input`` (black box: ``input_canary`` records, scored by their loss
+    under the final model) or ``gradient`` (white box: each canary's per-sample gradient is
+    ``gradient_norm`` times a fixed ``gradient_canary`` direction, scored by the weights' move
+    along it). A norm above privacy.max_grad_norm makes a missing clip visible.
+    """
+
+    canaries: int = Field(1000, ge=2, description="m, the number of canaries")
+    kind: Literal[AUDIT_KINDS] = "gradient"  # type: ignore[valid-type]
+    input_canary: Literal[INPUT_CANARIES] = "mislabeled"  # type: ignore[valid-type]
+    gradient_canary: Literal[GRADIENT_CANARIES] = "dirac"  # type: ignore[valid-type]
+    gradient_norm: float = Field(1.0, gt=0, description="norm of a gradient canary before clipping")
+    confidence: float = Field(0.95, gt=0, lt=1, description="of the reported lower bound (1 - beta)")
+    # (k_pos, k_neg) pairs: "in" for the k_pos highest scores, "out" for the k_neg lowest; the best
+    # bound over them is reported, Bonferroni-corrected. Default: DEFAULT_GUESS_SHARES of m each.
+    guesses: list[tuple[Annotated[int, Field(ge=0)], Annotated[int, Field(ge=0)]]] | None = Field(None, min_length=1)
+
+    @model_validator(mode="after")
+    def _guesses_fit(self):
+        for i, (k_pos, k_neg) in enumerate(self.guesses or ()):
+            if k_pos + k_neg > self.canaries or k_pos + k_neg == 0:
+                raise ValueError(f"guesses[{i}] = [{k_pos}, {k_neg}]: between 1 and canaries = {self.canaries} "
+                                 "guesses in all")
+        return self
+
+    def guess_counts(self) -> list[tuple[int, int]]:
+        """The candidate (k_pos, k_neg) pairs the audit tries."""
+        if self.guesses is not None:
+            return [tuple(g) for g in self.guesses]
+        shares = [max(1, int(share * self.canaries)) for share in DEFAULT_GUESS_SHARES]
+        return [(k, k) for k in dict.fromkeys(min(k, self.canaries // 2) for k in shares)]
 
 
 OPTIMIZER_NAMES = ("sgd", "adam", "dp_adambc")
@@ -337,6 +389,8 @@ class Study(_Strict):
     privacy: PrivacyConfig = PrivacyConfig()
     training: TrainingConfig = TrainingConfig()
     checks: ChecksConfig = ChecksConfig()
+    # None: no audit (every study before audits existed).
+    audit: AuditConfig | None = None
     grid: GridConfig
 
     @model_validator(mode="after")
@@ -549,7 +603,13 @@ class Cell:
 
     @property
     def id(self) -> str:
-        return "-".join([*(_token(getattr(self, a)) for a in GRID_AXES), *(_token(v) for _, v in self.axes)])
+        tokens = [*(_token(getattr(self, a)) for a in GRID_AXES), *(_token(v) for _, v in self.axes)]
+        return "-".join(tokens + [AUDIT_TOKEN] * self.audited)
+
+    @property
+    def audited(self) -> bool:
+        """Whether this cell trains with canaries and audits itself (its study has an ``audit`` section)."""
+        return self.study.audit is not None
 
     def axis(self, name: str) -> Any:
         """The cell's value of any grid axis, fixed or dotted (None: a DP-only axis of a non-private cell)."""
@@ -575,6 +635,7 @@ class Cell:
             "privacy": s.privacy.model_dump(mode="json") if self.private else None,
             "training": s.training.model_dump(mode="json"),
             "data": s.data.model_dump(mode="json"),
+            **({"audit": s.audit.model_dump(mode="json")} if self.audited else {}),
             # The extra axes' values (already part of the sections above), only for studies that have them.
             **({"axes": {p: _thawed(v) for p, v in self.axes}} if self.axes else {}),
         }

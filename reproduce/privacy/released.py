@@ -44,6 +44,9 @@ UNNOISED = (
     "steps[].noise_to_signal", "steps[].update_cosine",
     "provenance.data.sha256",             # checksum of the dataset file, training set included
     "run.finished_utc",                   # run.json: end time, which moves with the training time
+    # An audited cell's audit (reproduce.audit): its counts read the canaries' inclusion mask, and
+    # input canaries' scores are losses on canary records (mislabeled copies of training images).
+    "audit.*",
 )
 
 

@@ -15,6 +15,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from reproduce.audit.record import AuditRecord
 from reproduce.errors import ReproduceError
 from reproduce.metrics.calibration import ReliabilityBin
 from reproduce.metrics.clipping import DIAGNOSTIC_KEYS
@@ -142,6 +143,7 @@ class CellResult:
         reliability_test: Reliability-diagram bins on the test split (single-label tasks only).
         run: This run's timings and host (``run.json``, not in ``result.json``); None when read back.
         weights: The kept weights' record (``model.pt``); None in results written before they were kept.
+        audit: The privacy audit of an audited cell (``reproduce.audit``); None for every other cell.
         state: The weights themselves, to be written by ``write_cell`` (never in ``result.json``;
             None when read back).
     """
@@ -157,6 +159,7 @@ class CellResult:
     reliability_test: tuple[ReliabilityBin, ...] | None = None
     run: RunRecord | None = None
     weights: KeptWeights | None = None
+    audit: AuditRecord | None = None
     state: dict[str, Any] | None = dataclasses.field(default=None, repr=False, compare=False)
 
     @property
@@ -172,9 +175,12 @@ class CellResult:
         return float(value)
 
     def numbers(self) -> dict[str, int | float]:
-        """The metrics that are numbers (``metrics.json``, for ``dvc metrics``)."""
-        return {k: v for k, v in self.metrics.items()
-                if isinstance(v, (int, float)) and not (isinstance(v, float) and math.isnan(v))}
+        """The metrics that are numbers, and an audit's lower bound (``metrics.json``, for ``dvc metrics``)."""
+        numbers = {k: v for k, v in self.metrics.items()
+                   if isinstance(v, (int, float)) and not (isinstance(v, float) and math.isnan(v))}
+        if self.audit is not None:
+            numbers["audit_epsilon_lower"] = self.audit.epsilon_lower
+        return numbers
 
     def to_json(self) -> dict[str, Any]:
         """The ``result.json`` record: deterministic for a seeded cell on one platform (no ``run``)."""
@@ -185,7 +191,8 @@ class CellResult:
                 "metrics_detail": detail,
                 "privacy": {**dataclasses.asdict(self.privacy), "statement": self.statement},
                 "provenance": self.provenance.to_json(),
-                **({} if self.weights is None else {"weights": dataclasses.asdict(self.weights)})}
+                **({} if self.weights is None else {"weights": dataclasses.asdict(self.weights)}),
+                **({} if self.audit is None else {"audit": self.audit.to_json()})}
 
     def released(self) -> dict[str, Any]:
         """Everything written without the privacy statement (the run record as ``run``): what the
@@ -205,7 +212,7 @@ class CellResult:
             privacy["unnoised_releases"] = tuple(privacy.get("unnoised_releases", ()))
             detail = record.get("metrics_detail") or {}
             bins = detail.get("reliability_test")
-            weights = record.get("weights")
+            weights, audit = record.get("weights"), record.get("audit")
             return cls(
                 cell=record["cell"], config=record["config"], metrics=dict(record["metrics"]),
                 privacy=PrivacyStatement(**privacy), statement=statement,
@@ -213,7 +220,8 @@ class CellResult:
                 epochs=tuple(EpochRecord.from_json(e) for e in record.get("epochs", ())),
                 steps=tuple(StepRecord.from_json(s) for s in record.get("steps", ())),
                 reliability_test=None if bins is None else tuple(ReliabilityBin(**b) for b in bins),
-                weights=None if weights is None else KeptWeights(**weights))
+                weights=None if weights is None else KeptWeights(**weights),
+                audit=None if audit is None else AuditRecord.from_json(audit))
         except KeyError as e:
             raise ReproduceError(f"{where}: not a cell result: no field {e.args[0]!r}") from None
         except TypeError as e:
