@@ -20,6 +20,9 @@ from reproduce.study import Study, dp_only, id_token
 SMOKE_TRAINING = {"batch_size": 16, "physical_batch_size": 8, "epochs": None, "steps": 2,
                   "max_train_samples": 64, "eval_batch_size": 64, "log_every": 1}
 SPLIT_SIZES = {"train": 64, "val": 16, "test": 16}
+# An audited study's smoke cells audit with few canaries (mislabeled ones copy distinct training
+# images, of which the stand-in has 64) and the default guesses (the study's may exceed them).
+SMOKE_AUDIT = {"canaries": 16, "guesses": None}
 
 
 def dataset_shape(name: str, *, size: int) -> tuple[DatasetInfo, int]:
@@ -47,7 +50,8 @@ def stand_in(name: str, *, size: int, seed: int = 0) -> Splits:
 def smoke_study(study: Study) -> Study:
     """The study with tiny training settings; model, privacy and grid unchanged."""
     training = study.training.model_copy(update=SMOKE_TRAINING)
-    return study.model_copy(update={"training": training})
+    audit = None if study.audit is None else study.audit.model_copy(update=SMOKE_AUDIT)
+    return study.model_copy(update={"training": training, "audit": audit})
 
 
 def smoke_cells(study: Study):

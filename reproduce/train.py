@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from reproduce.atomic import write_json_atomic
+from reproduce.audit import parameter_vector
 from reproduce.checkpoint import load_checkpoint, save_checkpoint
 from reproduce.data import load_dataset
 from reproduce.data.base import Splits
@@ -26,6 +27,7 @@ from reproduce.models.kept import WEIGHTS_FILE, cpu_state, save_weights, weights
 from reproduce.privacy.accounting import PrivacyStatement
 from reproduce.provenance import provenance, run_record
 from reproduce.study import Cell
+from reproduce.training.audit import CellAudit
 from reproduce.training.ema import EMA
 from reproduce.training.evaluate import evaluate
 from reproduce.training.loop import train
@@ -40,14 +42,25 @@ from reproduce.training.tracker import StepTracker
 __all__ = ["run_cell", "write_cell", "checkpoint_key", "loss_fn", "predict_proba", "to_targets", "to_tensor"]
 
 
-def training_set(splits: Splits, *, max_samples: int | None, task: str,
-                 device: torch.device = torch.device("cpu")) -> TensorDataset:
-    """The training split as tensors, cut to its first ``max_samples`` when the study says so; held
-    on ``device`` when it fits there (``reproduce.device.resident``)."""
+def training_records(splits: Splits, *, max_samples: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """The training split's (images, labels), cut to the first ``max_samples`` when the study says so."""
     x, y = splits.images("train"), splits.labels("train")
     if max_samples:
         x, y = x[:max_samples], y[:max_samples]
-    return TensorDataset(*resident((to_tensor(x), to_targets(y, task)), device))
+    return x, y
+
+
+def training_set(splits: Splits, *, max_samples: int | None, task: str,
+                 device: torch.device = torch.device("cpu"), audit: CellAudit | None = None) -> TensorDataset:
+    """The training split as tensors, cut to its first ``max_samples`` when the study says so; held
+    on ``device`` when it fits there (``reproduce.device.resident``). With ``audit``, its included
+    canaries join it (``CellAudit.training_arrays``; gradient canaries' ids as a third tensor)."""
+    x, y = training_records(splits, max_samples=max_samples)
+    ids = None
+    if audit is not None:
+        x, y, ids = audit.training_arrays(x, y)
+    tensors = (to_tensor(x), to_targets(y, task), *(() if ids is None else (torch.from_numpy(ids),)))
+    return TensorDataset(*resident(tensors, device))
 
 
 def run_cell(cell: Cell, *, data_root: Path, progress: bool = True, checkpoint: Path | None = None,
@@ -67,10 +80,17 @@ def run_cell(cell: Cell, *, data_root: Path, progress: bool = True, checkpoint: 
     if splits is None:
         splits = load_dataset(cell.dataset, root=data_root, options=cell.study.data)
     info = splits.info
-    train_set = training_set(splits, max_samples=tr.max_train_samples, task=info.task, device=device)
     # Built on the CPU (same initial weights on every device), then moved with escnn's hidden bases.
     model = build_cell_model(cell, in_channels=info.n_channels, num_classes=info.num_classes).to(device)
-    trainer = (PrivateTrainer if cell.private else PlainTrainer).for_cell(cell, model, train_set, task=info.task)
+    audit = theta_initial = None
+    if cell.audited:
+        audit = CellAudit.prepare(cell, *training_records(splits, max_samples=tr.max_train_samples), task=info.task,
+                                  num_classes=info.num_classes, num_params=count_parameters(model))
+        theta_initial = parameter_vector(model)   # the initial weights, also on a resumed run
+    train_set = training_set(splits, max_samples=tr.max_train_samples, task=info.task, device=device, audit=audit)
+    trainer = (PrivateTrainer if cell.private else PlainTrainer).for_cell(
+        cell, model, train_set, task=info.task, canaries=None if audit is None else audit.gradients(
+            [p for p in model.parameters() if p.requires_grad]))
     tracker = StepTracker(model, task=info.task, every=tr.log_every)
     ema = EMA(trainer.params, decay=tr.ema_decay) if tr.ema_decay else None
 
@@ -94,6 +114,9 @@ def run_cell(cell: Cell, *, data_root: Path, progress: bool = True, checkpoint: 
     epsilon = trainer.epsilon_spent()
     if epsilon is not None:
         metrics["epsilon"] = epsilon
+    # The audit reads the weights the metrics describe (post-processing), before the statement that lists it.
+    audited = None if audit is None else audit.record(audit.scores(model, theta_initial=theta_initial, task=info.task,
+                                                                  batch_size=tr.eval_batch_size))
     # The weights the metrics describe (evaluate left the EMA weights in the model), kept as model.pt.
     state = cpu_state(model)
     weights = KeptWeights(file=WEIGHTS_FILE, sha256=weights_checksum(state), ema=ema is not None)
@@ -101,7 +124,7 @@ def run_cell(cell: Cell, *, data_root: Path, progress: bool = True, checkpoint: 
                        statement="", provenance=provenance(cell=cell, data=info, device=device), epochs=run.epochs,
                        run=run_record(seconds=run.seconds, seen=run.seen),
                        steps=run.step_records, reliability_test=evaluation.reliability_test,
-                       weights=weights, state=state)
+                       weights=weights, audit=audited, state=state)
     # The statement lists what the rest of the result releases without noise.
     statement = trainer.privacy_statement(draft.released())
     return dataclasses.replace(draft, privacy=statement, statement=statement.sentence())

@@ -12,7 +12,7 @@ from tests.conftest import REPO
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["bridging_the_gap", "sparser_models_cifar10", "pathmnist_width"])
+@pytest.mark.parametrize("name", ["bridging_the_gap", "sparser_models_cifar10", "pathmnist_width", "privacy_audit"])
 def test_paper_study_smoke(name, tmp_path, monkeypatch):
     study = load_study(REPO / "studies" / f"{name}.yaml")
     monkeypatch.chdir(tmp_path)

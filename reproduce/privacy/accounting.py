@@ -81,12 +81,15 @@ class PrivacyStatement:
     count_noise_std: float | None = None           # adaptive: sigma_b
     gradient_noise_multiplier: float | None = None  # adaptive: sigma_grad (noise_multiplier is sigma_eff)
     rescaled_to_unit_norm: bool | None = None      # the noised mean divided by C (post-processing)
+    # An audited run (reproduce.audit): canaries made, and of them in the training set (in N).
+    audit_canaries: int | None = None
+    audit_included: int | None = None
 
     def sentence(self) -> str:
         """The statement in words: guarantee, its assumptions, its randomness, what it does not cover."""
         if not self.private:
             return "Trained WITHOUT differential privacy (non-private baseline): no privacy guarantee."
-        return " ".join([self._guarantee(), self._assumptions(), self._randomness(), self._coverage()])
+        return " ".join([self._guarantee(), self._assumptions(), self._randomness(), self._coverage(), *self._audit()])
 
     def _guarantee(self) -> str:
         return (f"({self.epsilon_spent:.3f}, {self.delta:g})-DP at {self.unit} by DP-SGD: "
@@ -133,6 +136,13 @@ class PrivacyStatement:
         return (f"NOT secure: the Poisson sample and the noise come from generators seeded with the seed "
                 f"recorded in this result ({self.seed}), so anyone who has it can regenerate the noise and the "
                 "guarantee does not hold against them: for research reproduction, not for release.")
+
+    def _audit(self) -> list[str]:
+        if self.audit_canaries is None:
+            return []
+        return [f"Audited run: N counts {self.audit_included} canaries (of {self.audit_canaries} made, each included "
+                "with probability 1/2) trained on as ordinary records; the guarantee covers them as it covers every "
+                "record, and the audit's lower bound is measured on this run, not on an unaudited one."]
 
     def _coverage(self) -> str:
         unnoised = ", ".join(self.unnoised_releases) or "none"

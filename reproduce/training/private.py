@@ -42,19 +42,20 @@ class PrivateTrainer(Trainer):
     """DP training through opacus's parts: per-sample clipping by the study's rule to ``max_grad_norm``,
     Gaussian noise per logical step, then the study's optimizer (SGD, Adam, DP-AdamBC) on the result."""
 
-    def __init__(self, cell, dp: PrivateTraining, *, params, task: str, training_set_size: int):
+    def __init__(self, cell, dp: PrivateTraining, *, params, task: str, training_set_size: int, canaries=None):
         super().__init__(cell, model=dp.model, params=params, optimizer=dp.optimizer, task=task,
-                         steps=dp.steps, steps_per_epoch=len(dp.loader))
+                         steps=dp.steps, steps_per_epoch=len(dp.loader), canaries=canaries)
         self.dp, self.cell, self.training_set_size = dp, cell, training_set_size
         self.physical_batch_size = cell.study.training.physical_batch_size
         self._ends = _LogicalBatchEnds(dp.optimizer)
 
     @classmethod
     def for_cell(cls, cell, model: torch.nn.Module, train_set, *, task: str,
-                 per_sample_gradients: str = "engine") -> PrivateTrainer:
+                 per_sample_gradients: str = "engine", canaries=None) -> PrivateTrainer:
         """The cell's DP training of ``model`` on ``train_set``, as its study configures it.
 
         ``per_sample_gradients``: "engine" (training) or "hooks" (opacus's own; ``reproduce verify``).
+        ``canaries``: an audited cell's gradient canaries (``reproduce.training.audit.CanaryGradients``).
         """
         tr, p = cell.study.training, cell.study.privacy
         optimizer = make_optimizer(model.parameters(), tr.dp_optimizer or tr.optimizer)
@@ -66,7 +67,7 @@ class PrivateTrainer(Trainer):
                           per_sample_gradients=per_sample_gradients, clipping=rule,
                           rescale_to_unit_norm=p.clipping.rescale_to_unit_norm)
         params = [q for q in model.parameters() if q.requires_grad]
-        return cls(cell, dp, params=params, task=task, training_set_size=len(train_set))
+        return cls(cell, dp, params=params, task=task, training_set_size=len(train_set), canaries=canaries)
 
     def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         # Poisson batches of random size, split into micro-batches of at most physical_batch_size;
@@ -74,7 +75,7 @@ class PrivateTrainer(Trainer):
         yield from self._on_device(wrap_data_loader(data_loader=self.dp.loader, max_batch_size=self.physical_batch_size,
                                                     optimizer=self._ends))
 
-    def forward_backward(self, x, y):
+    def _gradients(self, x, y):
         if len(x) == 0:
             # An empty Poisson batch: a noise-only DP step with zero per-sample gradients, in either
             # per-sample-gradient mode (opacus's own nn.Conv2d rule mis-shapes a batch of zero).
@@ -82,7 +83,12 @@ class PrivateTrainer(Trainer):
             for p in self.params:
                 p.grad_sample = p.new_zeros((0, *p.shape))
             return torch.tensor(float("nan"), device=self.device), y
-        return super().forward_backward(x, y)
+        return super()._gradients(x, y)
+
+    def _add_canaries(self, rows, *, real):
+        # The canaries are the micro-batch's last samples: clipped, summed and noised with the rest.
+        for p, block in zip(self.params, rows):
+            p.grad_sample = torch.cat([p.grad_sample, block])
 
     def _backward(self, loss):
         self.dp.backward(loss)                                   # per-sample gradients only
@@ -146,11 +152,17 @@ class PrivateTrainer(Trainer):
             max_grad_norm=p.max_grad_norm, sampling="Poisson", secure_mode=p.secure_mode,
             training_set_size=self.training_set_size, seed=self.cell.seed,
             hyperparameter_selection=p.hyperparameter_selection, unnoised_releases=tuple(unnoised_releases(record)),
+            **_audit_fields(record.get("audit")),
             **_clipping_fields(p.clipping, self.optimizer))
         if statement.steps != dp.steps:
             raise ReproduceError(f"cell {self.cell.id}: ran {statement.steps} private steps but calibrated "
                                  f"for {dp.steps}")
         return statement
+
+
+def _audit_fields(audit: dict[str, Any] | None) -> dict[str, Any]:
+    """The statement's audit fields for an audited run's record (none otherwise: earlier statements' form)."""
+    return {} if audit is None else {"audit_canaries": audit["canaries"], "audit_included": audit["included"]}
 
 
 def _clipping_fields(clipping, optimizer) -> dict[str, Any]:

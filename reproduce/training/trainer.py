@@ -39,8 +39,10 @@ class Trainer(abc.ABC):
     """
 
     def __init__(self, cell, *, model: nn.Module, params: list[nn.Parameter], optimizer: torch.optim.Optimizer,
-                 task: str, steps: int, steps_per_epoch: int):
+                 task: str, steps: int, steps_per_epoch: int, canaries=None):
         self.model, self.params, self.optimizer, self.task = model, params, optimizer, task
+        # An audited cell's gradient canaries (reproduce.training.audit.CanaryGradients), else None.
+        self.canaries = canaries
         self.steps, self.steps_per_epoch = steps, steps_per_epoch
         self.epochs = cell.study.training.epochs or math.ceil(steps / steps_per_epoch)
         self.multiplicity = cell.multiplicity
@@ -59,21 +61,38 @@ class Trainer(abc.ABC):
         # A training set resident on the device gives device batches already (no copy); one left on
         # the host (too big, reproduce.device.resident) is copied per micro-batch; an empty Poisson
         # batch (opacus makes it on the CPU) costs nothing to move.
-        for x, y in loader:
+        # Gradient canaries' placeholder rows (a third tensor names them) leave the micro-batch here:
+        # the model never sees them, the trainer adds their gradients (forward_backward).
+        for x, y, *ids in loader:
+            if self.canaries is not None:
+                x, y = self.canaries.split(x, y, ids[0])
             yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
     def forward_backward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Gradients of micro-batch (x, y) over its K views; returns (mean loss, the views' targets).
 
         Clears the previous micro-batch's gradients first (a private trainer keeps its clipped sum
-        until the logical batch ends).
+        until the logical batch ends). An audited cell's gradient canaries drawn into this
+        micro-batch are added last, as its last samples (``_add_canaries``).
         """
         self.optimizer.zero_grad(set_to_none=True)
+        loss, targets = self._gradients(x, y)
+        rows = None if self.canaries is None else self.canaries.rows()
+        if rows is not None:
+            self._add_canaries(rows, real=len(x))
+        return loss, targets
+
+    def _gradients(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         views, targets = training_views(x, y, self.multiplicity, kind=self.augmentation,
                                         generator=self.views_generator)
         loss = loss_fn(self.model(views), targets, self.task)
         self._backward(loss)
         return loss, targets
+
+    def _add_canaries(self, rows: list[torch.Tensor], *, real: int) -> None:
+        """Add k canaries' per-sample gradients (per parameter [k, *shape]) to the micro-batch's
+        gradients of ``real`` real samples."""
+        raise NotImplementedError(f"{type(self).__name__} cannot train with gradient canaries")
 
     @abc.abstractmethod
     def _backward(self, loss: torch.Tensor) -> None:
