@@ -8,7 +8,8 @@ means the implementation breaks its guarantee (a sample not clipped, noise not a
 other than the accounted one).
 
 Modules: ``bounds`` (the bound and the guess rule, scipy only), ``canaries`` (seeded canaries, the
-inclusion mask and the scores). Both are pure; nothing here reads files or trains.
+inclusion mask and the scores), ``record`` (an audited cell's ``audit`` record). All pure; nothing
+here reads files or trains.
 
 Why scipy and not jax_privacy: ``jax_privacy.auditing.CanaryScoreAuditor.epsilon_one_run`` is the
 maintained reference, but jax-privacy pulls in JAX and needs numpy>=2, which the suite's pin
@@ -17,9 +18,8 @@ computed here with scipy as the reference does, and tests/audit checks it agains
 outputs recorded on a grid of inputs (tests/audit/data/reference_bounds.json, made by
 tests/audit/data/make_reference_bounds.py in a throwaway environment with jax-privacy 2.0.0).
 
-How a trainer runs an audited cell (the wiring into the study schema, trainer and report is
-separate work; the schema in reproduce/study.py will hold m, the kind, the seed, the confidence and
-the candidate guess counts, as it holds every other default):
+How a trainer runs an audited cell (``reproduce.training.audit`` does this for a study's ``audit``
+section, ``AuditConfig`` in reproduce/study.py; ``record.AuditRecord`` is what the cell writes):
 
 1. Before training: ``included = inclusion_mask(m, seed=audit_seed)``.
 
@@ -32,10 +32,10 @@ the candidate guess counts, as it holds every other default):
    - Gradient canaries (white box): ``canaries = GradientCanaries(m=m, num_params=
      parameter_vector(model).size, seed=audit_seed, kind="dirac")``; append one placeholder record
      per included canary to the training set (N grows by ``included.sum()`` exactly as above) and
-     keep ``theta_initial = parameter_vector(model)`` before the first step. In every step, after
-     the per-sample gradients and before clipping, overwrite the per-sample gradient of each batch
-     row that is canary i's placeholder with ``canaries.gradient(i, norm=...)`` (split back in
-     ``model.parameters()`` order); clipping, summing and noise then proceed unchanged. A norm above
+     keep ``theta_initial = parameter_vector(model)`` before the first step. In every step, take the
+     placeholders out of the micro-batch before the forward pass and append
+     ``canaries.gradient(i, norm=...)`` (split back in ``model.parameters()`` order) as the
+     per-sample gradient of each canary i drawn; clipping, summing and noise then proceed unchanged. A norm above
      max_grad_norm makes a missing clip visible; a correct clip makes it irrelevant.
 
 2. After training, one score per canary (all m, included or not), higher meaning "in":
