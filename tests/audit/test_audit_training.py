@@ -191,3 +191,14 @@ def test_audit_is_written_and_read_back(data_root, tmp_path):
     assert "audit.*" in record["privacy"]["unnoised_releases"]
     from reproduce.training.result import read_result
     assert read_result(tmp_path / "result.json").audit == audit
+
+
+@pytest.mark.slow
+def test_a_resumed_audited_cell_audits_from_the_initial_weights(data_root, tmp_path, honest):
+    """The white-box scores measure the move from the initial weights, also when the run resumed."""
+    cell, (first, _) = tiny().cells()[0], honest[0]
+    checkpoint = tmp_path / "checkpoint.pt"
+    run_cell(cell, data_root=data_root, progress=False, checkpoint=checkpoint)
+    # Resumes after the last epoch: trains nothing, restores the final weights, audits again.
+    again = run_cell(cell, data_root=data_root, progress=False, checkpoint=checkpoint)
+    assert again.audit == first.audit and again.metrics == first.metrics
