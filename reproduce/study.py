@@ -187,13 +187,15 @@ class AuditConfig(_Strict):
     # bound over them is reported, Bonferroni-corrected. Default: DEFAULT_GUESS_SHARES of m each.
     guesses: list[tuple[Annotated[int, Field(ge=0)], Annotated[int, Field(ge=0)]]] | None = Field(None, min_length=1)
 
-    @model_validator(mode="after")
-    def _guesses_fit(self):
-        for i, (k_pos, k_neg) in enumerate(self.guesses or ()):
-            if k_pos + k_neg > self.canaries or k_pos + k_neg == 0:
-                raise ValueError(f"guesses[{i}] = [{k_pos}, {k_neg}]: between 1 and canaries = {self.canaries} "
-                                 "guesses in all")
-        return self
+    @field_validator("guesses")
+    @classmethod
+    def _guesses_fit(cls, v, info: ValidationInfo):
+        m = info.data.get("canaries")   # absent when canaries itself is invalid (reported there)
+        for i, (k_pos, k_neg) in enumerate(v or ()):
+            if m is not None and not 0 < k_pos + k_neg <= m:
+                raise ValueError(f"entry {i} is [{k_pos}, {k_neg}]: each candidate makes between 1 and "
+                                 f"canaries = {m} guesses in all")
+        return v
 
     def guess_counts(self) -> list[tuple[int, int]]:
         """The candidate (k_pos, k_neg) pairs the audit tries."""

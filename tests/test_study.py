@@ -49,6 +49,12 @@ INVALID = [
     ("quantile above 1", _edit("  accountant: rdp", "  accountant: rdp\n  clipping: {rule: adaptive, target_quantile: 1.5}"),
      8, "privacy.clipping.target_quantile"),
     ("beta of 1", _edit("lr: 0.1,", "lr: 0.1, betas: [0.9, 1.0],"), 9, "betas must lie in [0, 1)"),
+    ("unknown audit kind", _edit("grid:", "audit: {kind: whitebox}\ngrid:"), 14, "audit.kind: got 'whitebox'"),
+    ("more guesses than canaries", _edit("grid:", "audit:\n  canaries: 10\n  guesses: [[6, 6]]\ngrid:"), 16,
+     "audit.guesses: entry 0 is [6, 6]"),
+    ("audit confidence of 1", _edit("grid:", "audit: {confidence: 1.0}\ngrid:"), 14, "audit.confidence"),
+    ("audit axis without an audit", _edit("seed: [0]", "seed: [0]\n  audit.kind: [input, gradient]"), 20,
+     "audit is not set in the study"),
 ]
 
 
