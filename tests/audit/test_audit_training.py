@@ -24,6 +24,7 @@ from reproduce.privacy.clipping import FlatClipping
 from reproduce.study import parse_study
 from reproduce.train import run_cell, training_records, training_set, write_cell
 from reproduce.training.audit import CellAudit
+from reproduce.training.plain import PlainTrainer
 from reproduce.training.private import PrivateTrainer
 from tests.conftest import REPO
 
@@ -68,7 +69,7 @@ def test_audited_cells_have_their_own_ids_and_config():
     assert not plain.cells()[0].audited and plain.cells()[0].id == "embedded-e-1-1-0"
 
 
-def _trainer(cell, data_root, kind):
+def _trainer(cell, data_root, kind, trainer_class=PrivateTrainer):
     from reproduce.data import load_dataset
     splits = load_dataset(cell.dataset, root=data_root, options=cell.study.data)
     torch.manual_seed(cell.seed)
@@ -78,7 +79,7 @@ def _trainer(cell, data_root, kind):
                               num_params=sum(p.numel() for p in model.parameters()))
     train_set = training_set(splits, max_samples=256, task=splits.info.task, audit=audit)
     params = [p for p in model.parameters() if p.requires_grad]
-    trainer = PrivateTrainer.for_cell(cell, model, train_set, task=splits.info.task, canaries=audit.gradients(params))
+    trainer = trainer_class.for_cell(cell, model, train_set, task=splits.info.task, canaries=audit.gradients(params))
     return audit, train_set, trainer
 
 
@@ -121,15 +122,8 @@ def test_gradient_canaries_are_the_last_per_sample_gradients_before_clipping(dat
 
 def test_non_private_control_adds_canary_gradients_to_the_batch_mean(data_root):
     cell = tiny(epsilon="non-private").cells()[0]
-    from reproduce.data import load_dataset
-    from reproduce.training.plain import PlainTrainer
-    splits = load_dataset(cell.dataset, root=data_root, options=cell.study.data)
-    model = build_cell_model(cell, in_channels=3, num_classes=8)
-    audit = CellAudit.prepare(cell, *training_records(splits, max_samples=256), task=splits.info.task,
-                              num_classes=8, num_params=sum(p.numel() for p in model.parameters()))
-    train_set = training_set(splits, max_samples=256, task=splits.info.task, audit=audit)
-    params = [p for p in model.parameters() if p.requires_grad]
-    trainer = PlainTrainer.for_cell(cell, model, train_set, task=splits.info.task, canaries=audit.gradients(params))
+    audit, _, trainer = _trainer(cell, data_root, "gradient", PlainTrainer)
+    params = trainer.params
     x, y = next(iter(trainer.batches()))
     pending = list(trainer.canaries._pending)
     assert pending and len(x) + len(pending) == 64
