@@ -15,7 +15,7 @@ import numpy as np
 
 from reproduce.data.base import DatasetInfo, Splits, from_npz_arrays
 from reproduce.data.registry import dataset_source
-from reproduce.study import Study, dp_only, id_token
+from reproduce.study import GridConfig, Study, dp_only, id_token
 
 SMOKE_TRAINING = {"batch_size": 16, "physical_batch_size": 8, "epochs": None, "steps": 2,
                   "max_train_samples": 64, "eval_batch_size": 64, "log_every": 1}
@@ -51,7 +51,13 @@ def smoke_study(study: Study) -> Study:
     """The study with tiny training settings; model, privacy and grid unchanged."""
     training = study.training.model_copy(update=SMOKE_TRAINING)
     audit = None if study.audit is None else study.audit.model_copy(update=SMOKE_AUDIT)
-    return study.model_copy(update={"training": training, "audit": audit})
+    # Axes of the settings fixed here go: each of their cells would apply its value on top (an
+    # epochs axis on top of the smoke's steps is invalid), and their cells would differ in nothing.
+    fixed = {*(f"training.{k}" for k in SMOKE_TRAINING), *(f"audit.{k}" for k in SMOKE_AUDIT)}
+    grid = study.grid
+    if fixed & set(grid.axes):
+        grid = GridConfig.model_validate({k: v for k, v in grid.model_dump().items() if k not in fixed})
+    return study.model_copy(update={"training": training, "audit": audit, "grid": grid})
 
 
 def smoke_cells(study: Study):

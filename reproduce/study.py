@@ -557,11 +557,17 @@ def axis_problems(study: "Study") -> list[tuple[tuple, str]]:
             problems.append((loc, f"{parent} is not set in the study; give it (every field the DP cells need) "
                                   f"to sweep {path}"))
             continue
+        settings: dict[str, int] = {}    # each value as the schema reads it -> its index
         for i, value in enumerate(values):
             try:
-                study.with_overrides({path: value})
+                setting = repr(_get(study.with_overrides({path: value}), path))
             except ValidationError as e:
                 problems += [(_relocate(loc, path, i), msg) for loc, msg in map(_describe, e.errors())]
+                continue
+            if setting in settings:   # 1 and 1.0: two cell ids, one setting trained twice
+                problems.append((_relocate(loc, path, i), f"is the same setting as entry {settings[setting]} "
+                                                          f"({_token(values[settings[setting]])}): duplicate cells"))
+            settings.setdefault(setting, i)
     if problems or len(axes) < 2:
         return problems
     for combo in itertools.product(*axes.values()):      # settings that are only wrong together

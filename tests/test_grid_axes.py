@@ -99,6 +99,8 @@ INVALID_AXES = [
     ("unset parent", "training.dp_optimizer.lr: [1]", 20, "training.dp_optimizer is not set"),
     ("not a list", "privacy.max_grad_norm: 2", 20, "non-empty list"),
     ("duplicate values", "privacy.max_grad_norm: [2, 2]", 20, "duplicate cell ids"),
+    ("one value spelled twice", "privacy.max_grad_norm: [1, 2, 1.0]", 20,
+     "grid.privacy.max_grad_norm.2: is the same setting as entry 0 (1): duplicate cells"),
     ("unknown plain key", "seeds: [1]", 20, "grid.seeds: unknown key"),
     ("conflicting axes", "training.steps: [3]", 20, "training needs exactly one of epochs or steps"),
 ]
@@ -183,6 +185,15 @@ def test_table_and_figures_split_by_a_dotted_axis(tmp_path):
     figures = write_figures(study, results, tmp_path)
     assert sorted(f.path.name for f in figures if f.kind == "figure1") == [
         "figure1-embedded-eps8-k1-privacy_max_grad_norm0.5.png", "figure1-embedded-eps8-k1-privacy_max_grad_norm2.png"]
+
+
+def test_smoke_runs_a_study_with_an_epochs_axis(tmp_path, monkeypatch):
+    """The smoke run fixes the steps; an epochs axis on top of them would be invalid (it was)."""
+    from reproduce.smoke import run_smoke, smoke_cells, smoke_study
+    study = parse_study(with_axes("training.epochs: [1, 2]"))
+    assert [c.id for c in smoke_cells(smoke_study(study))] == ["embedded-e-8-1-0", "embedded-e-non-private-1-0"]
+    monkeypatch.chdir(tmp_path)
+    assert run_smoke(study, data_root=REPO / "data", max_cells=1) == 0
 
 
 def test_smoke_covers_every_axis_value():
