@@ -8,7 +8,9 @@ means the implementation breaks its guarantee (a sample not clipped, noise not a
 other than the accounted one).
 
 Modules: ``bounds`` (the bound and the guess rule, scipy only), ``canaries`` (seeded canaries, the
-inclusion mask and the scores). Both are pure; nothing here reads files or trains.
+inclusion mask and the scores), ``record`` (what an audited cell writes), ``verdict`` (a cell's bound
+against its accountant's epsilon: what the report shows and ``reproduce check`` fails on). All pure;
+nothing here reads files or trains.
 
 Why scipy and not jax_privacy: ``jax_privacy.auditing.CanaryScoreAuditor.epsilon_one_run`` is the
 maintained reference, but jax-privacy pulls in JAX and needs numpy>=2, which the suite's pin
