@@ -7,6 +7,11 @@ A metric passes when |now - baseline| <= max(abs, std * seed_std), where seed_st
 standard deviation of that metric over the seeds of the cell's row (same dataset, group, epsilon,
 multiplicity). Metrics without a declared tolerance are not checked.
 
+``audit_check`` is the privacy check of an audited study (one with an ``audit`` section): a cell
+whose measured epsilon lower bound exceeds its accountant's epsilon broke its guarantee, and fails
+the check whether or not a baseline exists. ``audit_epsilon_lower`` is a metric like any other for
+the tolerances (``checks.tolerances.audit_epsilon_lower``).
+
 ``reproduced_by_hash`` is the exact check beside it: each cell's outputs against the DVC hashes in the
 study's committed ``dvc.lock`` (``git show HEAD:<lock>``). On the platform that produced the lock a
 rerun matches bit for bit; elsewhere float rounding may differ, which the tolerances judge, so a hash
@@ -24,8 +29,9 @@ from pathlib import Path
 
 import yaml
 
+from reproduce.audit.verdict import AuditVerdict, audit_verdicts
 from reproduce.study import Study
-from reproduce.training.result import read_result
+from reproduce.training.result import CellResult, read_result
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,22 +50,30 @@ class Verdict:
 
 
 def _row(cell_id: str) -> str:
-    return cell_id.rsplit("-", 1)[0]   # the id without its seed
+    return cell_id.rsplit("-", 1)[0]   # the id without its seed, when the seed is its last token
 
 
-def seed_stds(baseline: dict[str, dict[str, float]]) -> dict[tuple[str, str], float]:
-    """Std over seeds of each metric, per row (cell id without the seed)."""
-    rows: dict[tuple[str, str], list[float]] = {}
+def seed_rows(study: Study) -> dict[str, str]:
+    """Cell id -> its row: the id with ``*`` for its seed (dotted axes and the ``audit`` suffix follow
+    the seed, so it is not always the last token)."""
+    return {c.id: dataclasses.replace(c, seed="*").id for c in study.cells()}
+
+
+def seed_stds(baseline: dict[str, dict[str, float]], rows: dict[str, str] | None = None) -> dict[tuple[str, str], float]:
+    """Std over seeds of each metric, per row (``rows``: cell id -> row, default the id without its last token)."""
+    out: dict[tuple[str, str], list[float]] = {}
     for cell, metrics in baseline.items():
+        row = (rows or {}).get(cell) or _row(cell)
         for m, v in metrics.items():
-            rows.setdefault((_row(cell), m), []).append(v)
-    return {k: statistics.stdev(v) if len(v) > 1 else 0.0 for k, v in rows.items()}
+            out.setdefault((row, m), []).append(v)
+    return {k: statistics.stdev(v) if len(v) > 1 else 0.0 for k, v in out.items()}
 
 
 def compare(study: Study, baseline: dict[str, dict[str, float]], now: dict[str, dict[str, float]]) -> list[Verdict]:
     """One verdict per (cell, checked metric), plus one per missing or extra cell."""
     tolerances = study.checks.tolerances
-    stds = seed_stds(baseline)
+    rows = seed_rows(study)
+    stds = seed_stds(baseline, rows)
     out = []
     expected = [c.id for c in study.cells()]
     for cell in expected:
@@ -76,7 +90,7 @@ def compare(study: Study, baseline: dict[str, dict[str, float]], now: dict[str, 
             if b is None or n is None:
                 out.append(Verdict(cell, metric, b, n, None, False, "metric missing"))
                 continue
-            allowed = max(tol.abs, tol.std * stds.get((_row(cell), metric), 0.0))
+            allowed = max(tol.abs, tol.std * stds.get((rows[cell], metric), 0.0))
             out.append(Verdict(cell, metric, b, n, allowed, abs(n - b) <= allowed))
     for cell in sorted(set(baseline) - set(expected)):
         out.append(Verdict(cell, "*", None, None, None, False, "extra cell in baseline, not in the study"))
@@ -96,15 +110,45 @@ def render(verdicts: list[Verdict]) -> str:
     return "\n".join(lines)
 
 
+def read_results(study: Study, results_dir: Path) -> dict[str, CellResult]:
+    """The result of every cell of ``study`` that has one in ``results_dir``."""
+    paths = {c.id: Path(results_dir) / "cells" / c.id / "result.json" for c in study.cells()}
+    return {cell: read_result(path) for cell, path in paths.items() if path.exists()}
+
+
+def checked_metrics(study: Study, results: dict[str, CellResult]) -> dict[str, dict[str, float]]:
+    """The checked metrics (those with a tolerance) of each result, the audit's lower bound included."""
+    out = {}
+    for cell, result in results.items():
+        metrics = dict(result.metrics)
+        if result.audit is not None:
+            metrics["audit_epsilon_lower"] = result.audit.epsilon_lower
+        out[cell] = {k: v for k, v in metrics.items() if k in study.checks.tolerances}
+    return out
+
+
 def current_metrics(study: Study, results_dir: Path) -> dict[str, dict[str, float]]:
     """The checked metrics of every cell of ``study`` with a result in ``results_dir``."""
-    out = {}
-    for cell in study.cells():
-        path = results_dir / "cells" / cell.id / "result.json"
-        if path.exists():
-            metrics = read_result(path).metrics
-            out[cell.id] = {k: v for k, v in metrics.items() if k in study.checks.tolerances}
-    return out
+    return checked_metrics(study, read_results(study, results_dir))
+
+
+def audit_check(study: Study, results: dict[str, CellResult]) -> list[AuditVerdict]:
+    """The audited cells' verdicts (lower bound vs accountant's epsilon), in cell order."""
+    return audit_verdicts([c.id for c in study.cells()], results)
+
+
+def render_audit(study: Study, verdicts: list[AuditVerdict]) -> str:
+    """The audit check in words: every violation first and loud, then the consistent cells, then a count."""
+    bad = [v for v in verdicts if v.violated]
+    lines = [f"Privacy audit ({len(verdicts)} of {len(study.cells())} audited cells have a result): "
+             "each lower bound against the accountant's epsilon"]
+    if bad:
+        lines.append(f"!!! {len(bad)} PRIVACY VIOLATION(S): the measured lower bound exceeds the accountant's "
+                     "epsilon, so the run did not do what its privacy proof assumes !!!")
+    lines += [f"  {v.message()}" for v in bad]
+    lines += [f"  {v.message()}" for v in verdicts if not v.violated]
+    lines.append(f"{len(verdicts) - len(bad)} consistent, {len(bad)} violated")
+    return "\n".join(lines)
 
 
 def baseline_path(study: Study, root: Path = Path(".")) -> Path:

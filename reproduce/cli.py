@@ -205,27 +205,48 @@ def cmd_verify(args) -> int:
 
 
 def cmd_check(args) -> int:
-    from reproduce.check import (baseline_path, committed_lock, compare, current_metrics, lock_path, render,
-                                 render_hashes, reproduced_by_hash, update_baseline)
+    from reproduce.check import (audit_check, baseline_path, checked_metrics, committed_lock, compare, lock_path,
+                                 read_results, render, render_audit, render_hashes, reproduced_by_hash, update_baseline)
     from reproduce.study import load_study
     study = load_study(args.study)
-    now = current_metrics(study, Path(args.results or f"results/{study.name}"))
+    results = read_results(study, Path(args.results or f"results/{study.name}"))
+    now = checked_metrics(study, results)
     path = baseline_path(study)
+    # An audited study's privacy check comes first and runs in every mode, baseline or not: a lower
+    # bound above the accountant's epsilon is a broken guarantee, never a tolerance question.
+    audited = audit_check(study, results) if study.audit is not None else []
+    violated = [v.cell for v in audited if v.violated]
+    if study.audit is not None:
+        print(render_audit(study, audited))
     if args.update:
         missing = [c.id for c in study.cells() if c.id not in now]
         if missing:
             raise ReproduceError(f"cannot update the baseline: no result for {', '.join(missing)}")
         print(f"updated {path}:\n{update_baseline(study, now, path)}")
-        return 0
+        return _audit_exit(violated)
     if not path.exists():
-        raise ReproduceError(f"no baseline {path}; create it deliberately with `reproduce check {args.study} --update`")
+        if study.audit is None or not audited:
+            raise ReproduceError(f"no baseline {path}; create it deliberately with `reproduce check {args.study} --update`")
+        print(f"no baseline {path}: only the privacy audit was checked (create one deliberately with "
+              f"`reproduce check {args.study} --update`)")
+        return _audit_exit(violated)
     verdicts = compare(study, json.loads(path.read_text()), now)
     print(render(verdicts))
     # The exact check: outputs vs the committed dvc.lock; informative only (platforms round differently).
     lock = committed_lock(study)
     print(render_hashes(study, reproduced_by_hash(study, lock, verdicts)) if lock else
           f"no committed {lock_path(study)}: nothing to compare by DVC hash")
-    return 0 if all(v.ok for v in verdicts) else 1
+    return max(_audit_exit(violated), 0 if all(v.ok for v in verdicts) else 1)
+
+
+def _audit_exit(violated: list[str]) -> int:
+    """1 (and a line on stderr) when any audited cell violated its guarantee, else 0."""
+    if violated:
+        print(f"error: PRIVACY VIOLATION in {len(violated)} audited cell(s) ({', '.join(violated)}): the measured "
+              "epsilon lower bound exceeds the accountant's epsilon; the implementation breaks its guarantee",
+              file=sys.stderr)
+        return 1
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,7 +8,7 @@ import os
 import subprocess
 import sys
 
-import hashlib
+import pytest
 
 from reproduce.check import Verdict, cell_hashes, compare, render_hashes, reproduced_by_hash, seed_stds
 from reproduce.study import parse_study
@@ -121,3 +121,80 @@ def test_hash_check_names_each_cell_reproduced_differing_within_or_beyond_tolera
                    "embedded-e-8-1-3": "not in the committed dvc.lock"}
     text = render_hashes(study, reproduced_by_hash(study, lock, verdicts, root=tmp_path))
     assert "1 of 4 cells reproduced bit for bit" in text and "pipelines/chk/dvc.lock" in text
+
+
+# ---------------------------------------------------------------- the privacy audit
+
+AUDIT_CHECK_STUDY = """\
+name: chk_audit
+training: {epochs: 1}
+audit: {canaries: 40}
+checks:
+  tolerances:
+    epsilon: {abs: 1.0e-6}
+    audit_epsilon_lower: {abs: 0.05, std: 2.0}
+grid:
+  dataset: [embedded]
+  group: [e]
+  epsilon: [non-private, 2]
+  multiplicity: [1]
+  seed: [0, 1]
+  audit.kind: [gradient]
+"""
+BROKEN = "embedded-e-2-1-1-gradient-audit"
+
+
+def _check(tmp_path, monkeypatch, capsys, *args):
+    """`reproduce check studies/chk_audit.yaml ARGS` in tmp_path (in process): (exit code, stdout, stderr)."""
+    from reproduce.cli import main
+    monkeypatch.chdir(tmp_path)
+    code = main(["check", "studies/chk_audit.yaml", *args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def _audited(tmp_path, bounds=None):
+    from tests.report.conftest import write_audited_results
+    (tmp_path / "studies").mkdir(exist_ok=True)
+    (tmp_path / "studies" / "chk_audit.yaml").write_text(AUDIT_CHECK_STUDY)
+    write_audited_results(tmp_path / "results" / "chk_audit", parse_study(AUDIT_CHECK_STUDY), bounds=bounds)
+
+
+def test_check_of_an_audited_study_without_baseline_runs_the_audit_and_passes_when_consistent(tmp_path, monkeypatch, capsys):
+    _audited(tmp_path)
+    code, out, err = _check(tmp_path, monkeypatch, capsys)
+    assert code == 0, out + err
+    assert "only the privacy audit was checked" in out and "4 consistent, 0 violated" in out
+    assert "VIOLATION" not in out + err
+
+
+def test_a_violation_fails_check_loudly_with_or_without_a_baseline(tmp_path, monkeypatch, capsys):
+    _audited(tmp_path, bounds={BROKEN: 2.5})       # the accountant says 1.98
+    code, out, err = _check(tmp_path, monkeypatch, capsys)
+    assert code == 1
+    line = next(ln for ln in out.splitlines() if BROKEN in ln)
+    assert line.strip().startswith(f"VIOLATION {BROKEN}") and "2.5" in line and "1.98" in line
+    assert "breaks its privacy guarantee" in line
+    assert "PRIVACY VIOLATION" in err and BROKEN in err and "3 consistent, 1 violated" in out
+    # A baseline recording the very same numbers does not make it pass: a violation is no tolerance question.
+    assert _check(tmp_path, monkeypatch, capsys, "--update")[0] == 1
+    code, out, err = _check(tmp_path, monkeypatch, capsys)
+    assert code == 1 and "6 ok, 0 failed" in out and "PRIVACY VIOLATION" in err
+
+
+def test_audit_lower_bound_has_tolerances_like_any_metric_pooled_over_the_seeds_of_audited_ids(tmp_path, monkeypatch, capsys):
+    from reproduce.check import seed_rows
+    study = parse_study(AUDIT_CHECK_STUDY)
+    rows = seed_rows(study)      # the seed is not the last token of an audited id
+    assert rows["embedded-e-2-1-0-gradient-audit"] == rows["embedded-e-2-1-1-gradient-audit"] == "embedded-e-2-1-*-gradient-audit"
+    _audited(tmp_path)
+    assert _check(tmp_path, monkeypatch, capsys, "--update")[0] == 0
+    baseline = json.loads((tmp_path / "baselines" / "chk_audit.json").read_text())
+    assert baseline["embedded-e-2-1-1-gradient-audit"] == {"epsilon": 1.98, "audit_epsilon_lower": pytest.approx(0.4)}
+    # Seeds 0.3 and 0.4: std 0.0707, so 2 std = 0.141 is allowed; 0.4 -> 0.53 passes, 0.4 -> 0.6 fails.
+    _audited(tmp_path, bounds={"embedded-e-2-1-1-gradient-audit": 0.53})
+    assert _check(tmp_path, monkeypatch, capsys)[0] == 0
+    _audited(tmp_path, bounds={"embedded-e-2-1-1-gradient-audit": 0.6})
+    code, out, _ = _check(tmp_path, monkeypatch, capsys)
+    line = next(ln for ln in out.splitlines() if ln.startswith("embedded-e-2-1-1-gradient-audit") and "audit_epsilon" in ln)
+    assert code == 1 and "FAIL" in line

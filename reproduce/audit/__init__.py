@@ -8,8 +8,9 @@ means the implementation breaks its guarantee (a sample not clipped, noise not a
 other than the accounted one).
 
 Modules: ``bounds`` (the bound and the guess rule, scipy only), ``canaries`` (seeded canaries, the
-inclusion mask and the scores), ``record`` (an audited cell's ``audit`` record). All pure; nothing
-here reads files or trains.
+inclusion mask and the scores), ``record`` (what an audited cell writes), ``verdict`` (a cell's bound
+against its accountant's epsilon: what the report shows and ``reproduce check`` fails on). All pure;
+nothing here reads files or trains.
 
 Why scipy and not jax_privacy: ``jax_privacy.auditing.CanaryScoreAuditor.epsilon_one_run`` is the
 maintained reference, but jax-privacy pulls in JAX and needs numpy>=2, which the suite's pin
@@ -45,10 +46,11 @@ section, ``AuditConfig`` in reproduce/study.py; ``record.AuditRecord`` is what t
 3. ``result = one_run_audit(scores, included, guess_counts=[(k_pos, k_neg), ...], delta=delta,
    confidence=0.95)``: guesses "in" for the k_pos highest scores and "out" for the k_neg lowest,
    the best bound over the candidates, Bonferroni-corrected over them (fix them in the study file,
-   never from the scores). ``result.as_metrics()`` gives ``audit_*`` columns for the result row;
-   the report shows ``audit_epsilon_lower_bound`` next to the accountant's epsilon, flags
-   ``result.exceeds(epsilon)`` as a broken guarantee, and can show
-   ``max_epsilon_lower_bound(m=m, delta=delta, confidence=...)``, the most m canaries can show.
+   never from the scores). ``record.AuditRecord.of(result, ...)`` is what the cell writes
+   (``audit`` in result.json, ``audit_epsilon_lower`` in metrics.json); the report shows the bound
+   next to the accountant's epsilon, ``verdict`` flags ``AuditRecord.violates(epsilon)`` as a
+   broken guarantee, and ``epsilon_lower_max`` is ``max_epsilon_lower_bound``, the most m canaries
+   can show.
 """
 
 from reproduce.audit.bounds import (OneRunAudit, epsilon_lower_bound, guesses, max_epsilon_lower_bound,

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from reproduce.device import device_label
 from reproduce.report.figures import FigureFile
+from reproduce.report.grouping import setting_label
 from reproduce.report.table import aug_label, caption, fmt_mean_std, fmt_value, metric_title
 from reproduce.study import GRID_AXES, NON_PRIVATE, Study
 from reproduce.training.result import CellResult
@@ -241,8 +242,36 @@ def render_scores(rows) -> str:
             "uniform map's share); fir = mean filter norm over every convolution.</p>")
 
 
+def render_audit(study: Study, rows, figures: list[FigureFile]) -> str:
+    """The privacy-audit section (``reproduce.report.audit``): violations first, the table, the figures."""
+    from reproduce.report.audit import caption as audit_caption
+    from reproduce.report.audit import fmt_epsilon, verdict_text, violation_lines
+    parts = ["<h2>Privacy audit: measured lower bound vs the accountant's epsilon</h2>",
+             f'<p class="caption">{_e(audit_caption(study))}</p>']
+    parts += [f'<p class="warn">{_e(line.replace("**", ""))}</p>' for line in violation_lines(rows)]
+    if not rows:
+        parts.append('<p class="caption">None: no audited cell has a result yet.</p>')
+        return "\n".join(parts)
+    head = "".join(f"<th>{_e(h)}</th>" for h in ("dataset", "group", "setting", "canaries", "n", "accountant ε",
+                                                  "audit ε lower bound", "most m can show", "verdict"))
+    body = []
+    for r in rows:
+        per_seed = "; ".join(f"{v.cell}: {v.record.epsilon_lower:.3f}" for v in r.verdicts)
+        verdict = f'<td class="warn">{_e(verdict_text(r))}</td>' if r.violations else f"<td>{_e(verdict_text(r))}</td>"
+        body.append("<tr>" + "".join(f"<td>{_e(x)}</td>" for x in (
+            r.dataset, r.group, setting_label(r.epsilon, r.multiplicity, r.axes), r.canaries, r.n)) +
+            f'<td class="num">{_e(fmt_epsilon(r.accountant))}</td>'
+            f'<td class="num" title="per seed: {_e(per_seed)}">{_e(fmt_epsilon(r.bound))}</td>'
+            f'<td class="num">{r.bound_max:.3f}</td>{verdict}</tr>')
+    parts.append(f'<table id="audit" data-check="1"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>')
+    parts += [f'<figure><img src="{data_uri(f.path)}" alt="{_e(f.title)}">'
+              f"<figcaption><b>{_e(f.title)}.</b> {_e(f.caption)}</figcaption></figure>"
+              for f in figures if f.kind == "audit"]
+    return "\n".join(parts)
+
+
 def render_page(study: Study, results: dict[str, CellResult], tables: list[dict], figures: list[FigureFile],
-                scores=()) -> str:
+                scores=(), audit=()) -> str:
     g = study.grid
     n_cells = len(study.cells())
     axes = " × ".join([*(f"{len(getattr(g, a))} {a}" for a in GRID_AXES), *(f"{len(v)} {a}" for a, v in g.axes.items())])
@@ -288,6 +317,8 @@ def render_page(study: Study, results: dict[str, CellResult], tables: list[dict]
         *[render_table(study, t, table_id=f"table-{t['metric']}") for t in tables],
         '<p class="caption">DP gap = non-DP mean minus DP mean at the same augmentation (percentage points). '
         "Hover a cell for its per-seed values.</p>",
+        # Audited studies only: other studies' pages stay as they were.
+        *([render_audit(study, list(audit), figures)] if study.audit is not None else []),
         *figs,
         "<h3>Attribution scores</h3>", render_scores(list(scores)),
         "<h2>Privacy statements</h2>", render_privacy(study, results),
@@ -299,11 +330,11 @@ def render_page(study: Study, results: dict[str, CellResult], tables: list[dict]
 
 
 def write_html(study: Study, results: dict[str, CellResult], tables: list[dict], figures: list[FigureFile], path: Path,
-               *, scores=()) -> Path:
+               *, scores=(), audit=()) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     from reproduce.atomic import write_text_atomic
-    write_text_atomic(path, render_page(study, results, tables, figures, scores))
+    write_text_atomic(path, render_page(study, results, tables, figures, scores, audit))
     return path
 
 

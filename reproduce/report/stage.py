@@ -12,6 +12,10 @@ from reproduce.errors import ReproduceError
 from reproduce.attribution.files import read_scores
 from reproduce.report.attribution import ScoreRow, draw_figure2, score_rows, summary_entries
 from reproduce.report.attribution import to_markdown as scores_markdown
+from reproduce.report.audit import AuditRow, audit_rows, csv_rows, draw_audit
+from reproduce.report.audit import summary_entries as audit_summary
+from reproduce.report.audit import to_latex as audit_latex
+from reproduce.report.audit import to_markdown as audit_markdown
 from reproduce.report.trends import TrendRow, compute_rows, draw_over_compute, draw_over_epsilon
 from reproduce.report.trends import summary_entries as compute_summary
 from reproduce.report.trends import to_markdown as compute_markdown
@@ -40,19 +44,21 @@ def write_tables(study: Study, *, results_dir: Path) -> list[Path]:
     results_dir = Path(results_dir)
     results = read_results(study, results_dir)
     return _write_table_files(study, build_tables(study, results), results_dir,
-                              score_rows(study, read_scores(results_dir)), compute_rows(study, results))
+                              score_rows(study, read_scores(results_dir)), compute_rows(study, results),
+                              audit_rows(study, results))
 
 
 def _write_table_files(study: Study, tables: list[dict], results_dir: Path, scores: list[ScoreRow],
-                       compute: list[TrendRow]) -> list[Path]:
+                       compute: list[TrendRow], audit: list[AuditRow]) -> list[Path]:
     md, csv_path, tex, summary = (results_dir / n for n in ("table.md", "table.csv", "table.tex", "summary.json"))
-    # Compute and the attribution scores follow Table 1 (sections of their own; the scores are absent
-    # until the attribute stage has run).
-    sections = [s for s in (compute_markdown(compute), scores_markdown(scores)) if s]
+    # The privacy audit (audited studies only), compute and the attribution scores follow Table 1
+    # (sections of their own; the scores are absent until the attribute stage has run).
+    sections = [s for s in (audit_markdown(study, audit), compute_markdown(compute), scores_markdown(scores)) if s]
     write_text_atomic(md, "\n".join([to_markdown(study, tables), *sections]))
-    write_text_atomic(csv_path, to_csv(tables))
-    write_text_atomic(tex, to_latex(study, tables))
-    write_json_atomic(summary, {**to_summary(tables), **compute_summary(compute), **summary_entries(scores)})
+    write_text_atomic(csv_path, to_csv(tables) + csv_rows(audit, tables[0].get("axes", []) if tables else []))
+    write_text_atomic(tex, to_latex(study, tables) + audit_latex(study, audit))
+    write_json_atomic(summary, {**to_summary(tables), **audit_summary(audit), **compute_summary(compute),
+                                **summary_entries(scores)})
     return [md, csv_path, tex, summary]
 
 
@@ -69,7 +75,8 @@ def build_report(study: Study, *, results_dir: Path, out_dir: Path) -> list[Path
     tables = build_tables(study, results)
     scores = score_rows(study, read_scores(results_dir))
     compute = compute_rows(study, results)
-    table_paths = _write_table_files(study, tables, results_dir, scores, compute)
+    audit = audit_rows(study, results)
+    table_paths = _write_table_files(study, tables, results_dir, scores, compute, audit)
     out_dir.mkdir(parents=True, exist_ok=True)
     figures = write_figures(study, results, out_dir) + write_diagnostics_figures(study, results, out_dir)
     for dataset in study.grid.dataset:
@@ -77,10 +84,13 @@ def build_report(study: Study, *, results_dir: Path, out_dir: Path) -> list[Path
             fig = draw(study, compute, dataset, out_dir / f"{stem}-{dataset}.png")
             if fig is not None:
                 figures.append(fig)
+        drawn = draw_audit(study, audit, dataset, out_dir / f"audit-{dataset}.png")
+        if drawn is not None:
+            figures.append(drawn)
         panel = draw_figure2(study, results, results_dir, dataset, out_dir / f"figure2-{dataset}.png")
         if panel is not None:
             figures.append(panel)
-    index = write_html(study, results, tables, figures, out_dir / "index.html", scores=scores)
+    index = write_html(study, results, tables, figures, out_dir / "index.html", scores=scores, audit=audit)
     return [*table_paths, *(f.path for f in figures), index]
 
 

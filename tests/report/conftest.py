@@ -83,6 +83,48 @@ def fake_result(cell, *, reliability: bool = True, steps: bool = True) -> dict:
     return out
 
 
+# A small audited study: e and C4 at epsilon 2 and without DP, both canary kinds, two seeds.
+AUDIT_STUDY = """\
+name: fake_audit
+privacy: {delta: 1.0e-5}
+training: {epochs: 1}
+audit: {canaries: 40}
+grid:
+  dataset: [embedded]
+  group: [e, C4]
+  epsilon: [non-private, 2]
+  multiplicity: [1]
+  seed: [0, 1]
+  audit.kind: [input, gradient]
+"""
+
+
+def audit_record(cell, epsilon_lower: float) -> dict:
+    """An ``audit`` record of ``result.json`` (``AuditRecord.to_json``) with the given bound."""
+    kind = cell.study.audit.kind
+    return {"kind": kind, "canary": "mislabeled" if kind == "input" else "dirac", "canaries": 40, "included": 21,
+            "guesses": 10, "correct": 8, "k_pos": 5, "k_neg": 5, "candidates": 3, "confidence": 0.95,
+            "delta": 1e-5, "epsilon_lower": epsilon_lower, "epsilon_lower_max": 2.6}
+
+
+def audited_result(cell, *, epsilon_lower: float | None = None) -> dict:
+    """A fake result of an audited cell: accountant epsilon 1.98 (DP), bound 0.3 + 0.1 x seed unless given."""
+    out = fake_result(cell, reliability=False)
+    if cell.private:
+        out["metrics"]["epsilon"] = out["privacy"]["epsilon_spent"] = 1.98
+    bound = (0.3 if cell.private else 2.2) + 0.1 * cell.seed if epsilon_lower is None else epsilon_lower
+    return {**out, "audit": audit_record(cell, bound)}
+
+
+def write_audited_results(root: Path, study, *, bounds: dict[str, float] | None = None) -> Path:
+    """result.json of every cell of the audited ``study`` under root/cells; ``bounds``: cell id -> its bound."""
+    for cell in study.cells():
+        d = root / "cells" / cell.id
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "result.json").write_text(json.dumps(audited_result(cell, epsilon_lower=(bounds or {}).get(cell.id))))
+    return root
+
+
 def partial_result(**record) -> CellResult:
     """A CellResult from only the sections a test cares about (``steps``, ``metrics``, ``widths``, ...)."""
     widths = record.pop("widths", [8, 16, 32])
