@@ -29,7 +29,7 @@ from pathlib import Path
 
 import yaml
 
-from reproduce.audit.verdict import AuditVerdict, audit_verdicts
+from reproduce.audit_verdict import AuditVerdict, audit_verdicts
 from reproduce.study import Study
 from reproduce.training.result import CellResult, read_result
 

@@ -8,9 +8,9 @@ means the implementation breaks its guarantee (a sample not clipped, noise not a
 other than the accounted one).
 
 Modules: ``bounds`` (the bound and the guess rule, scipy only), ``canaries`` (seeded canaries, the
-inclusion mask and the scores), ``record`` (what an audited cell writes), ``verdict`` (a cell's bound
-against its accountant's epsilon: what the report shows and ``reproduce check`` fails on). All pure;
-nothing here reads files or trains.
+inclusion mask and the scores), ``record`` (what an audited cell writes). All pure;
+nothing here reads files or trains. A cell's bound against its accountant's epsilon, what the
+report shows and ``reproduce check`` fails on, is ``reproduce.audit_verdict`` (it reads results).
 
 Why scipy and not jax_privacy: ``jax_privacy.auditing.CanaryScoreAuditor.epsilon_one_run`` is the
 maintained reference, but jax-privacy pulls in JAX and needs numpy>=2, which the suite's pin
@@ -48,7 +48,7 @@ section, ``AuditConfig`` in reproduce/study.py; ``record.AuditRecord`` is what t
    the best bound over the candidates, Bonferroni-corrected over them (fix them in the study file,
    never from the scores). ``record.AuditRecord.of(result, ...)`` is what the cell writes
    (``audit`` in result.json, ``audit_epsilon_lower`` in metrics.json); the report shows the bound
-   next to the accountant's epsilon, ``verdict`` flags ``AuditRecord.violates(epsilon)`` as a
+   next to the accountant's epsilon, ``reproduce.audit_verdict`` flags ``AuditRecord.violates(epsilon)`` as a
    broken guarantee, and ``epsilon_lower_max`` is ``max_epsilon_lower_bound``, the most m canaries
    can show.
 """

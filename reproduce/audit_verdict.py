@@ -4,7 +4,8 @@ The accountant's epsilon is an upper bound; the audit's is a lower bound on the 
 bound above the upper one is impossible for a correct implementation (up to the audit's 1 -
 confidence), so it means the run broke its guarantee: a sample not clipped, noise not added, a
 sample rate other than the accounted one. ``reproduce check`` fails on it; the report shows it.
-Pure: reads ``CellResult`` objects, never files.
+Pure: reads ``CellResult`` objects, never files. Here, not in ``reproduce.audit``: that package is
+below training (training writes its records), this module reads training's results.
 """
 
 from __future__ import annotations
