@@ -33,6 +33,7 @@ from torch import nn
 from reproduce.errors import ReproduceError
 from reproduce.privacy.exactness import check_exact_per_sample_gradients
 from reproduce.privacy.grad_samplers import rule_for
+from reproduce.privacy.heap import keep_freed_memory
 
 
 class Capture(NamedTuple):
@@ -60,6 +61,9 @@ class OutputGradientEngine:
         if loss_reduction not in ("mean", "sum"):
             raise ValueError(f"loss_reduction must be 'mean' or 'sum', got {loss_reduction!r}")
         check_exact_per_sample_gradients(model)
+        # The per-sample gradients are large and freed every step: without this glibc maps and
+        # zeroes them afresh each time (reproduce.privacy.heap; process-wide, numbers unchanged).
+        keep_freed_memory()
         self.loss_reduction = loss_reduction
         self.layers: List[Tuple[str, nn.Module]] = [
             (name, m) for name, m in model.named_modules()

@@ -119,3 +119,18 @@ def test_conv2d_with_non_zero_padding_mode_is_refused(mode):
 def test_conv2d_rule_on_an_empty_batch_has_zero_samples(layer):
     out = rule_for(nn.Conv2d)(layer, [torch.randn(0, layer.in_channels, 5, 5)], torch.randn(0, 4, 5, 5))
     assert all(g.shape == (0, *p.shape) for p, g in out.items())
+
+
+@pytest.mark.parametrize("shape", [(6, 8, 28, 28), (5, 4, 3, 3), (4, 6), (3, 4, 5)])
+def test_group_norm_rule_is_opacus_arithmetic_bit_for_bit(shape):
+    """The suite's GroupNorm rule only saves a temporary: the same numbers as opacus's, so trained
+    weights do not move (and an [n, C] input, without positions, is not summed over channels)."""
+    from opacus.grad_sample.group_norm import compute_group_norm_grad_sample as opacus_rule
+    layer = nn.GroupNorm(2, shape[1])
+    gen = torch.Generator().manual_seed(2)
+    x, g = torch.randn(shape, generator=gen), torch.randn(shape, generator=gen)
+    expected = opacus_rule(layer, [x], g)
+    got = rule_for(nn.GroupNorm)(layer, [x], g)
+    assert rule_for(nn.GroupNorm).__wrapped__ is not opacus_rule
+    for p in (layer.weight, layer.bias):
+        assert torch.equal(got[p], expected[p])

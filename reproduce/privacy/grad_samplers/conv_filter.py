@@ -24,8 +24,10 @@ import torch.nn.functional as F
 
 # Feature maps with at least this many output positions get the filter gradient from a grouped
 # convolution; smaller ones from unfold + bmm (measured on CPU: grouped conv wins 2-5x at 28x28 and
-# 14x14 and loses 3-30x at 7x7 and below).
-GROUPED_CONV_MIN_POSITIONS = 144
+# 14x14, and loses 1.3-3x at 3x3; at 7x7, once freed memory is reused (reproduce.privacy.heap), it
+# wins 1.1-1.2x on the C4 ResNet-9s' 7x7 layers with 64 and 128 channels, batches 64 to 256, where
+# unfold's im2col copy had been cheap next to mapping fresh pages).
+GROUPED_CONV_MIN_POSITIONS = 49
 GROUPED_CONV_MIN_CHANNELS = 16  # oneDNN's grouped weight gradient is slow for few input channels
 # Chunks of samples whose largest intermediate has about this many elements stay in cache.
 CHUNK_ELEMENTS = 2 ** 20
