@@ -25,6 +25,7 @@ from reproduce.metrics.compute import training_flops
 from reproduce.models import build_cell_model, count_parameters
 from reproduce.models.kept import WEIGHTS_FILE, cpu_state, save_weights, weights_checksum
 from reproduce.privacy.accounting import PrivacyStatement
+from reproduce.privacy.heap import keep_freed_memory
 from reproduce.provenance import provenance, run_record
 from reproduce.study import Cell
 from reproduce.training.audit import CellAudit
@@ -74,6 +75,8 @@ def run_cell(cell: Cell, *, data_root: Path, progress: bool = True, checkpoint: 
     """
     device = device if isinstance(device, torch.device) else resolve_device(requested_device(device))
     configure_determinism(device)
+    # Both trainers alike (the DP engine asks for it anyway): their throughputs compare one allocator.
+    keep_freed_memory()
     tr = cell.study.training
     torch.manual_seed(cell.seed)
     np.random.seed(cell.seed)
