@@ -120,10 +120,7 @@ def checked_metrics(study: Study, results: dict[str, CellResult]) -> dict[str, d
     """The checked metrics (those with a tolerance) of each result, the audit's lower bound included."""
     out = {}
     for cell, result in results.items():
-        metrics = dict(result.metrics)
-        if result.audit is not None:
-            metrics["audit_epsilon_lower"] = result.audit.epsilon_lower
-        out[cell] = {k: v for k, v in metrics.items() if k in study.checks.tolerances}
+        out[cell] = {k: v for k, v in result.flat_metrics().items() if k in study.checks.tolerances}
     return out
 
 

@@ -174,13 +174,15 @@ class CellResult:
             return None
         return float(value)
 
+    def flat_metrics(self) -> dict[str, Any]:
+        """The metrics, and an audited cell's lower bound as ``audit_epsilon_lower``: what metrics.json
+        and ``reproduce check`` read."""
+        return self.metrics if self.audit is None else {**self.metrics, "audit_epsilon_lower": self.audit.epsilon_lower}
+
     def numbers(self) -> dict[str, int | float]:
-        """The metrics that are numbers, and an audit's lower bound (``metrics.json``, for ``dvc metrics``)."""
-        numbers = {k: v for k, v in self.metrics.items()
-                   if isinstance(v, (int, float)) and not (isinstance(v, float) and math.isnan(v))}
-        if self.audit is not None:
-            numbers["audit_epsilon_lower"] = self.audit.epsilon_lower
-        return numbers
+        """The flat metrics that are numbers (``metrics.json``, for ``dvc metrics``)."""
+        return {k: v for k, v in self.flat_metrics().items()
+                if isinstance(v, (int, float)) and not (isinstance(v, float) and math.isnan(v))}
 
     def to_json(self) -> dict[str, Any]:
         """The ``result.json`` record: deterministic for a seeded cell on one platform (no ``run``)."""
