@@ -79,7 +79,7 @@ def render_pipeline(study: Study) -> str:
     train = {
         "cmd": f"python -m reproduce train {path} --cell ${{key}}",
         "deps": ["data/${item.dataset}", *TRAIN_CODE],
-        "params": [{path: ["name", "model", "privacy", "training", *(["audit"] if study.audit else [])]}],
+        "params": [{path: ["name", *_tracked_sections(study)]}],
         # Every output of a train stage is cached: DVC's run-cache (which `reproduce run` uses to bring
         # cells home from its workspaces) skips stages with an uncached output. The committed numbers
         # are the report stage's tables and summary. metrics.json is a plain output, not a DVC metric,
@@ -120,11 +120,16 @@ def render_pipeline(study: Study) -> str:
             "`reproduce pipeline` after editing\n"
             "# the grid adds or removes exactly those cells; each key is the cell id (`reproduce cells`). Shared sections\n")
     header = (f"{GENERATED} from {path} - edit the study, not this file.\n" + grid +
-              "# (model, privacy, training) are tracked params: editing one reruns every cell.\n"
+              f"# ({', '.join(_tracked_sections(study))}) are tracked params: editing one reruns every cell.\n"
               f"# data/<dataset>: data.dvc (embedded) or its fetch stage in {DATA_PIPELINE}, shared by every study.\n"
               "# Versioning: each cell's result.json, metrics.json, steps.json, model.pt and reports/ live in the DVC cache\n"
               "# (dvc push/pull); the tables, summary.json (the one DVC metric) and dvc.lock are committed with git.\n")
     return _dump(header, {"vars": [path if top else f"../../{path}"], "stages": stages})
+
+
+def _tracked_sections(study: Study) -> list[str]:
+    """The study sections every cell's train stage tracks as params (the header names the same list)."""
+    return ["model", "privacy", "training", *(["audit"] if study.audit else [])]
 
 
 def _written_out(study: Study) -> bool:

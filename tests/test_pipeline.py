@@ -111,6 +111,17 @@ def test_every_train_stage_tracks_shared_sections_and_keys_cells_by_grid():
     assert other.grid.seed == [0] and render_pipeline(other) == text
 
 
+def test_the_header_names_exactly_the_sections_each_train_stage_tracks():
+    for name in ("bridging_the_gap", "privacy_audit"):   # DVC's matrix, and a written-out foreach (audited)
+        text = render_pipeline(load_study(REPO / f"studies/{name}.yaml"))
+        stage = yaml.safe_load(text)["stages"]["train"]
+        stage = stage.get("do", stage)
+        (sections,) = [v for entry in stage["params"] for v in entry.values()]
+        sections = [s for s in sections if s != "name"]
+        assert f"# ({', '.join(sections)}) are tracked params" in text
+        assert ("audit" in sections) == (name == "privacy_audit")
+
+
 def test_validate_warns_about_stale_pipelines(repo, monkeypatch, capsys):
     monkeypatch.chdir(repo)
     assert main(["validate", "studies/ci.yaml"]) == 0
