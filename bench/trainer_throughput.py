@@ -119,8 +119,12 @@ def main() -> None:
           f"{args.threads} threads, {args.steps} timed logical steps per trainer")
     for group in groups:
         mine = [c for c in cells if c.group == group and c.multiplicity == cells[0].multiplicity]
-        private = next(c for c in mine if c.private)
-        plain = next(c for c in mine if not c.private and c.seed == private.seed and c.dataset == private.dataset)
+        private = next((c for c in mine if c.private), None)
+        plain = None if private is None else next(
+            (c for c in mine if not c.private and c.seed == private.seed and c.dataset == private.dataset), None)
+        if plain is None:
+            print(f"  {group}: skipped (the study has no DP cell with a non-private twin for it)")
+            continue
         splits = load_dataset(private.dataset, root=Path(args.data_root), options=study.data)
         runs = {"non-private": _Run(plain, splits, study), "DP": _Run(private, splits, study)}
         for i in range(args.warmup + args.steps):
