@@ -5,10 +5,11 @@ non-private twin) is one run of each, minutes apart; on a shared 2-core VM one s
 10-15 % between runs. This benchmark measures the same thing in one process with the two runs
 interleaved: the cells' own ``PrivateTrainer`` and ``PlainTrainer`` (``for_cell``: Poisson batches
 split into the study's micro-batches, the exact per-sample rules, clipping, noise and the DP
-optimizer; shuffled batches and SGD), each driven by the loop's per-micro-batch calls
-(``forward_backward``, the tracker's alignment cosines, ``step``), one logical step of one, then one
-of the other, alternating which goes first. Per group it prints microseconds per training sample of
-each phase (data, forward+backward, alignment, step) and the DP/non-private ratio three ways: of the
+optimizer; shuffled batches and SGD), each driven by the loop's calls (per micro-batch
+``forward_backward``, the tracker's alignment cosines and ``step``; per optimizer step the tracker's
+``after_step``), one logical step of one, then one of the other, alternating which goes first. Per
+group it prints microseconds per training sample of each phase (data, forward+backward, alignment,
+step with ``after_step``) and the DP/non-private ratio three ways: of the
 totals (what ``samples_per_second`` compares), of the medians over logical steps, and of the fastest
 steps (the machine's quietest moments: the cost of the arithmetic itself).
 
@@ -71,7 +72,7 @@ class _Run:
             t0 = time.perf_counter()
             x, y = next(self._batches)
             t1 = time.perf_counter()
-            _, targets = self.trainer.forward_backward(x, y)
+            loss, targets = self.trainer.forward_backward(x, y)
             t2 = time.perf_counter()
             self.tracker.record_batch(targets)
             t3 = time.perf_counter()
@@ -85,6 +86,12 @@ class _Run:
                 self.micro_batches += 1
             if stepped:
                 break
+        # what the loop does after each optimizer step (logged steps: sparsity, clipping diagnostics)
+        t0 = time.perf_counter()
+        self.tracker.after_step(self._step, 0, loss, clipped=self.trainer.clipped_update,
+                                diagnostics=self.trainer.step_diagnostics)
+        if timed:
+            self.totals["step"] += time.perf_counter() - t0
         if timed and samples:
             self.per_sample.append((time.perf_counter() - start) / samples)
 

@@ -31,7 +31,7 @@ import yaml
 
 from reproduce.audit_verdict import AuditVerdict, audit_verdicts
 from reproduce.study import Study
-from reproduce.training.result import CellResult, read_result
+from reproduce.training.result import CellResult, read_results
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,12 +108,6 @@ def render(verdicts: list[Verdict]) -> str:
     bad = sum(not v.ok for v in verdicts)
     lines.append(f"{len(verdicts) - bad} ok, {bad} failed")
     return "\n".join(lines)
-
-
-def read_results(study: Study, results_dir: Path) -> dict[str, CellResult]:
-    """The result of every cell of ``study`` that has one in ``results_dir``."""
-    paths = {c.id: Path(results_dir) / "cells" / c.id / "result.json" for c in study.cells()}
-    return {cell: read_result(path) for cell, path in paths.items() if path.exists()}
 
 
 def checked_metrics(study: Study, results: dict[str, CellResult]) -> dict[str, dict[str, float]]:

@@ -21,17 +21,7 @@ from reproduce.report.trends import summary_entries as compute_summary
 from reproduce.report.trends import to_markdown as compute_markdown
 from reproduce.report.table import TABLE_METRICS, build_table, to_csv, to_latex, to_markdown, to_summary
 from reproduce.study import Study
-from reproduce.training.result import CellResult, read_result
-
-
-def read_results(study: Study, results_dir: Path) -> dict[str, CellResult]:
-    """Results of exactly the study's current cells (stale cells from older grids are ignored)."""
-    out = {}
-    for cell in study.cells():
-        path = Path(results_dir) / "cells" / cell.id / "result.json"
-        if path.exists():
-            out[cell.id] = read_result(path)
-    return out
+from reproduce.training.result import CellResult, read_results  # noqa: F401 (read_results: this module's API too)
 
 
 def build_tables(study: Study, results: dict[str, CellResult]) -> list[dict]:

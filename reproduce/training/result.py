@@ -237,3 +237,10 @@ def read_result(path: Path) -> CellResult:
     except json.JSONDecodeError as e:
         raise ReproduceError(f"{path}: corrupt result ({e}); delete it and rerun `dvc repro`") from None
     return CellResult.from_json(record, where=str(path))
+
+
+def read_results(study, results_dir: Path) -> dict[str, CellResult]:
+    """The result of every current cell of ``study`` that has one under ``results_dir``
+    (``cells/<id>/result.json``; stale cells from older grids are ignored)."""
+    paths = {c.id: Path(results_dir) / "cells" / c.id / "result.json" for c in study.cells()}
+    return {cell: read_result(path) for cell, path in paths.items() if path.exists()}
