@@ -165,7 +165,13 @@ class ClippingDPOptimizer(DPOptimizer):
             self._count_noise = float(self._noise(sigma_b, count))
 
     def scale_grad(self) -> None:
-        super().scale_grad()
+        # opacus's division, with its divisor read once: opacus reads ``accumulated_iterations`` (a
+        # pass over every parameter) once per parameter, O(P^2) Python per step (~0.5 ms for the
+        # conventional ResNet-9's 30 tensors); the same numbers bit for bit.
+        if self.loss_reduction == "mean":
+            divisor = self.expected_batch_size * self.accumulated_iterations
+            for p in self.params:
+                p.grad /= divisor
         if self.rescale_to_unit_norm:
             for p in self.params:
                 p.grad /= self.max_grad_norm

@@ -44,6 +44,11 @@ class PrivateTraining:
     sample_rate: float
     steps: int
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The model's output on a micro-batch; the engine runs it padded to a shape oneDNN has seen
+        (``OutputGradientEngine.forward``), hooks mode as it is."""
+        return self.model(x) if self.engine is None else self.engine.forward(self.model, x)
+
     def backward(self, loss: torch.Tensor) -> None:
         """Per-sample gradients of the per-sample losses into ``p.grad_sample`` (what DPOptimizer clips)."""
         if self.engine is not None:

@@ -90,6 +90,9 @@ class PrivateTrainer(Trainer):
         for p, block in zip(self.params, rows):
             p.grad_sample = torch.cat([p.grad_sample, block])
 
+    def _forward(self, views):
+        return self.dp.forward(views)   # padded to a seen shape in engine mode; its backward drops the padding
+
     def _backward(self, loss):
         self.dp.backward(loss)                                   # per-sample gradients only
         average_view_grad_samples(self.params, self.multiplicity)  # clip the view-average, per sample

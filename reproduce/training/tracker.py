@@ -53,7 +53,9 @@ class StepTracker:
         if self._io is None or multi_label(self.task) or len(targets) == 0:
             self._io = None
             return
-        h, z = self._io
+        # Its first len(targets) rows: the private trainer pads a micro-batch with zero samples after
+        # the real ones (reproduce.privacy.fast_engine.ROW_MULTIPLE).
+        h, z = (t[:len(targets)] for t in self._io)
         self._io = None
         cosines = final_layer_cosines(h, z, targets.reshape(-1), self.fc.weight)
         self._step_cosines.append(cosines)

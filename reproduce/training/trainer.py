@@ -85,9 +85,13 @@ class Trainer(abc.ABC):
     def _gradients(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         views, targets = training_views(x, y, self.multiplicity, kind=self.augmentation,
                                         generator=self.views_generator)
-        loss = loss_fn(self.model(views), targets, self.task)
+        loss = loss_fn(self._forward(views), targets, self.task)
         self._backward(loss)
         return loss, targets
+
+    def _forward(self, views: torch.Tensor) -> torch.Tensor:
+        """The model's output on the micro-batch's views (the private trainer pads them, ``_backward`` knows)."""
+        return self.model(views)
 
     def _add_canaries(self, rows: list[torch.Tensor], *, real: int) -> None:
         """Add k canaries' per-sample gradients (per parameter [k, *shape]) to the micro-batch's
