@@ -37,7 +37,7 @@ INVALID = [
     ("duplicate key", _edit("  epochs: 1", "  epochs: 1\n  epochs: 2"), 13, "duplicate key 'epochs'"),
     ("widths of wrong length", _edit("widths: [4, 8, 8]", "widths: [4, 8]"), 3, "model.widths"),
     ("non-positive width", _edit("widths: [4, 8, 8]", "widths: [4, 0, 8]"), 3, "widths must be positive"),
-    ("physical > logical batch", _edit("physical_batch_size: 32", "physical_batch_size: 128"), 1, "physical_batch_size"),
+    ("physical > 2 x logical batch", _edit("physical_batch_size: 32", "physical_batch_size: 129"), 1, "physical_batch_size"),
     ("bool as epsilon", _edit("[non-private, 8]", "[false]"), 17, "grid.epsilon"),
     ("name differs from file", _edit("name: tiny", "name: other"), 1, "must equal the file name"),
     ("not a mapping", "- just\n- a list\n", 1, "must be a YAML mapping"),
@@ -79,6 +79,13 @@ def test_cli_exit_code_2_no_traceback_nothing_written(temp_study, tmp_path):
         assert "Traceback" not in proc.stderr
         assert f"{path}:17: grid.epsilon" in proc.stderr
     assert sorted(p for p in tmp_path.rglob("*")) == before
+
+
+def test_physical_batch_may_exceed_the_logical_one_up_to_twice_it():
+    # Poisson batches above batch_size run whole (one micro-batch) under such a bound
+    from reproduce.study import parse_study
+    for physical in (64, 96, 128):
+        assert parse_study(_edit("physical_batch_size: 32", f"physical_batch_size: {physical}")).training.physical_batch_size == physical
 
 
 def test_valid_study_cells_are_stable_and_readable():
