@@ -83,7 +83,6 @@ def test_cli_exit_code_2_no_traceback_nothing_written(temp_study, tmp_path):
 
 def test_physical_batch_may_exceed_the_logical_one_up_to_twice_it():
     # Poisson batches above batch_size run whole (one micro-batch) under such a bound
-    from reproduce.study import parse_study
     for physical in (64, 96, 128):
         assert parse_study(_edit("physical_batch_size: 32", f"physical_batch_size: {physical}")).training.physical_batch_size == physical
 

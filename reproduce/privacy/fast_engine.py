@@ -30,6 +30,7 @@ from __future__ import annotations
 from typing import Dict, List, NamedTuple, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from reproduce.errors import ReproduceError
@@ -85,7 +86,7 @@ class OutputGradientEngine:
             (name, m) for name, m in model.named_modules()
             if any(p.requires_grad for p in m.parameters(recurse=False))]
         self._captured: List[Capture] = []
-        self._rows: int | None = None  # the real samples of the batch ``forward`` padded
+        self._rows: int | None = None  # the real samples of the batch ``forward`` padded (None: not padded)
         self._handles = [m.register_forward_hook(self._capture(name)) for name, m in self.layers]
 
     def _capture(self, name: str):
@@ -111,14 +112,11 @@ class OutputGradientEngine:
         """
         rows = x.shape[0]
         pad = padded_rows(rows) - rows
-        self._rows = rows
+        self._rows = rows if pad else None
         if not pad:
             return model(x)
-        filler = x.new_zeros((pad, *x.shape[1:]))
-        if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
-            # K-view crops are channels-last: the padded batch stays so (cat follows its inputs' layout)
-            filler = filler.contiguous(memory_format=torch.channels_last)
-        return model(torch.cat([x, filler]))[:rows]
+        # zero rows after the last sample; F.pad keeps the layout (K-view crops stay channels-last)
+        return model(F.pad(x, (0, 0) * (x.dim() - 1) + (0, pad)))[:rows]
 
     def remove(self) -> None:
         """Detach the engine's hooks from the model."""
@@ -134,7 +132,7 @@ class OutputGradientEngine:
         ``optimizer.step()`` (gradient accumulation) turns ``p.grad_sample`` into a list.
         """
         captured, self._captured = self._captured, []
-        rows, self._rows = self._rows, None
+        keep, self._rows = self._rows, None   # the real rows of a batch ``forward`` padded, else None
         if not captured:
             raise ReproduceError("no trainable layer ran in training mode with gradients enabled "
                                  "since the last backward; call model.train() and run the forward first")
@@ -151,13 +149,10 @@ class OutputGradientEngine:
         # read and write of every activation-sized gradient (measured ~15% of the conventional model's
         # DP step); layers that saw another batch size keep the per-layer rescaling.
         sizes = {c.input.shape[0] for c in captured}
-        keep = None   # rows of each per-sample gradient to keep: all, unless ``forward`` padded the batch
-        if rows is not None and padded_rows(rows) != rows:
-            if sizes != {padded_rows(rows)}:
-                raise ReproduceError(f"the engine padded a batch of {rows} samples to {padded_rows(rows)} rows, but "
-                                     f"layers saw batches of {sorted(sizes)} rows; a model that changes the batch "
-                                     "dimension cannot be padded: call the model directly, not engine.forward")
-            keep = rows
+        if keep is not None and sizes != {padded_rows(keep)}:
+            raise ReproduceError(f"the engine padded a batch of {keep} samples to {padded_rows(keep)} rows, but "
+                                 f"layers saw batches of {sorted(sizes)} rows; a model that changes the batch "
+                                 "dimension cannot be padded: call the model directly, not engine.forward")
         scale_loss = self.loss_reduction == "mean" and len(sizes) == 1 and 0 not in sizes
         if scale_loss:
             loss = loss * (keep or sizes.pop())
