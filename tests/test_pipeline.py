@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import shutil
+import tomllib
 
 import pytest
 import yaml
 
 from reproduce.cli import main
 from reproduce.errors import ReproduceError
-from reproduce.pipeline import DATA_PIPELINE, expected_pipelines, load_studies, render_pipeline, stale_pipelines, \
-    write_pipelines
+from reproduce.pipeline import DATA_PIPELINE, ENVIRONMENT, expected_pipelines, load_studies, render_pipeline, \
+    stage_code, stale_pipelines, write_pipelines
 from reproduce.study import load_study, parse_study
 from tests.conftest import REPO, TINY_STUDY
 
@@ -56,7 +57,8 @@ def test_a_second_study_on_a_dataset_shares_its_one_fetch_stage(repo):
     outs = data_outs(files)
     assert sorted(outs) == sorted(set(outs)) == ["data/bloodmnist", "data/cifar10", "data/dermamnist", "data/pathmnist"]
     fetch = yaml.safe_load((repo / DATA_PIPELINE).read_text())["stages"]["fetch_cifar10"]
-    assert fetch["deps"] == ["studies/cifar_mini.yaml", "studies/sparser_models_cifar10.yaml"]
+    assert fetch["deps"][:2] == ["studies/cifar_mini.yaml", "studies/sparser_models_cifar10.yaml"]
+    assert "reproduce/data/cifar10.py" in fetch["deps"] and "reproduce/models" not in fetch["deps"]
     assert fetch["cmd"] == ("python -m reproduce fetch cifar10 --study studies/cifar_mini.yaml "
                             "studies/sparser_models_cifar10.yaml")
     mini = yaml.safe_load((repo / "pipelines/cifar_mini/dvc.yaml").read_text())["stages"]
@@ -116,7 +118,7 @@ def test_the_header_names_exactly_the_sections_each_train_stage_tracks():
         text = render_pipeline(load_study(REPO / f"studies/{name}.yaml"))
         stage = yaml.safe_load(text)["stages"]["train"]
         stage = stage.get("do", stage)
-        (sections,) = [v for entry in stage["params"] for v in entry.values()]
+        (sections,) = [v for entry in stage["params"] for f, v in entry.items() if f.startswith("studies/")]
         sections = [s for s in sections if s != "name"]
         assert f"# ({', '.join(sections)}) are tracked params" in text
         assert ("audit" in sections) == (name == "privacy_audit")
@@ -132,3 +134,59 @@ def test_validate_warns_about_stale_pipelines(repo, monkeypatch, capsys):
     assert "pipelines/cifar_mini/dvc.yaml is missing" in err and "reproduce repro studies/<study>.yaml" in err
     assert main(["pipeline"]) == 0 and "wrote pipelines/cifar_mini/dvc.yaml" in capsys.readouterr().out
     assert main(["validate", "studies/cifar_mini.yaml"]) == 0 and "out of date" not in capsys.readouterr().err
+
+
+PACKAGE = {   # a miniature of the package: what each stage command can import, and what it cannot
+    "__init__.py": "",
+    "__main__.py": "from reproduce.cli import main\nmain()\n",
+    "cli.py": ("from reproduce.errors import Error\n"
+               "def main():\n    _quiet()\n"
+               "def _quiet():\n    import reproduce.light\n"
+               "def cmd_train():\n    from reproduce.train import run\n"
+               "def cmd_report():\n    from reproduce.report import stage\n"),
+    "errors.py": "class Error(Exception): ...\n",
+    "light.py": "",
+    "train.py": "from . import deep\nimport reproduce.whole.a\ndef run():\n    from .pkg.sub import x\n",
+    "deep.py": "",
+    "pkg/__init__.py": "", "pkg/sub.py": "x = 1\n", "pkg/unused.py": "", "pkg/assets/table.yaml": "a: 1\n",
+    "whole/__init__.py": "from .b import y\n", "whole/a.py": "", "whole/b.py": "y = 2\n",
+    "report/__init__.py": "", "report/stage.py": "from ..errors import Error\n", "report/__main__.py": "",
+}
+
+
+def test_stage_code_is_the_import_closure_of_the_command_that_runs(tmp_path):
+    for rel, text in PACKAGE.items():
+        (tmp_path / "reproduce" / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "reproduce" / rel).write_text(text)
+    (tmp_path / "reproduce/__pycache__").mkdir()
+    (tmp_path / "reproduce/__pycache__/cli.cpython-311.pyc").write_bytes(b"")   # .dvcignore'd
+    # Imports inside functions count (they run lazily, in the stage), relative ones too; of the CLI, only
+    # main and the stage's own command run; a package's data files go with it; a directory whose every
+    # file is a dependency is listed as itself (whole/, pkg/assets/).
+    assert stage_code("train", tmp_path) == [
+        "reproduce/__init__.py", "reproduce/__main__.py", "reproduce/cli.py", "reproduce/deep.py",
+        "reproduce/errors.py", "reproduce/light.py", "reproduce/pkg/__init__.py", "reproduce/pkg/assets",
+        "reproduce/pkg/sub.py", "reproduce/train.py", "reproduce/whole"]
+    assert stage_code("report", tmp_path) == [
+        "reproduce/__init__.py", "reproduce/__main__.py", "reproduce/cli.py", "reproduce/errors.py",
+        "reproduce/light.py", "reproduce/report/__init__.py", "reproduce/report/stage.py"]
+
+
+def test_every_stage_that_computes_a_number_tracks_the_pinned_environment():
+    text = render_pipeline(load_study(REPO / "studies/bridging_the_gap.yaml"))
+    stages = yaml.safe_load(text)["stages"]
+    for name in ("train", "attribute", "report"):
+        assert ENVIRONMENT in stages[name]["params"], name
+    # The keys name what the Makefile installs, so a pin edit reaches DVC.
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    (path, keys), = ENVIRONMENT.items()
+    assert path == "pyproject.toml" and pyproject["project"]["dependencies"] and pyproject["tool"]["reproduce"]["no-deps"]
+    assert keys == ["project.dependencies", "tool.reproduce.no-deps"]
+
+
+def test_the_committed_train_stage_depends_on_every_module_it_imports():
+    # provenance.py shapes every result.json; the hand-typed lists left it (and five others) out.
+    deps = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["train"]["deps"]
+    for module in ("reproduce/provenance.py", "reproduce/device.py", "reproduce/checkpoint.py",
+                   "reproduce/atomic.py", "reproduce/user_config.py", "reproduce/errors.py"):
+        assert module in deps

@@ -8,6 +8,7 @@ import json
 
 import numpy as np
 import pytest
+import yaml
 
 from tests.conftest import TINY_STUDY
 from tests.http_server import serve
@@ -53,6 +54,43 @@ def test_dvc_repro_runs_the_study_caches_and_reruns_only_edited_cells(repo_copy)
     out = run(["dvc", "repro"], r).stdout
     ran = sorted(line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage"))
     assert ran == ["attribute", "report", "train@embedded-e-8-1-1", "train@embedded-e-non-private-1-1"]
+
+    # A stale result can never look current: an edit deep in a stage's imports, or of a pinned package,
+    # names exactly the stages that can read it. (The lists were typed by hand and missed all four.)
+    trains = [f"train@{c}" for c in ("embedded-e-8-1-0", "embedded-e-8-1-1", "embedded-e-non-private-1-0",
+                                     "embedded-e-non-private-1-1")]
+    for path, old, new, stale in (
+            ("reproduce/provenance.py", None, None, [*trains, "attribute", "report"]),   # shapes result.json
+            ("reproduce/checkpoint.py", None, None, trains),                              # train's resume only
+            ("reproduce/audit_verdict.py", None, None, ["report"]),                       # the report's reader
+            ("pyproject.toml", '"tqdm>=4.66"', '"tqdm>=4.67"', [*trains, "attribute", "report"])):
+        original = (r / path).read_text()
+        (r / path).write_text(original.replace(old, new) if old else original + "# edited\n")
+        assert stale_stages(run(["dvc", "status", "dvc.yaml"], r).stdout) == sorted(stale), path
+        (r / path).write_text(original)
+    assert "up to date" in run(["dvc", "status", "dvc.yaml"], r).stdout
+
+    # What each stage imports when it really runs (python -X importtime) is covered by its dependencies.
+    stages = yaml.safe_load((r / "dvc.yaml").read_text())["stages"]
+    for name, cmd in (("train", stages["train"]["cmd"].replace("${key}", "embedded-e-8-1-0")),
+                      ("attribute", stages["attribute"]["cmd"]), ("report", stages["report"]["cmd"])):
+        err = run(cmd.split(), r, env=env_for(r, {"PYTHONPROFILEIMPORTTIME": "1"})).stderr
+        imported = {line.rsplit("|", 1)[1].strip() for line in err.splitlines() if line.startswith("import time:")}
+        files = {module_file(m, r) for m in imported if m.split(".")[0] == "reproduce"}
+        assert len(files) > 10, err[-2000:]
+        uncovered = sorted(f for f in files if not any(f == d or f.startswith(d + "/") for d in stages[name]["deps"]))
+        assert uncovered == [], f"{name} imports files that are not among its dependencies"
+
+
+def stale_stages(status: str) -> list[str]:
+    """The stages `dvc status` names (top-level lines), sorted."""
+    return sorted(line.rstrip(":") for line in status.splitlines() if line and not line[0].isspace())
+
+
+def module_file(module: str, repo) -> str:
+    """reproduce.a.b -> reproduce/a/b.py or reproduce/a/b/__init__.py, relative to the repository."""
+    base = "/".join(module.split("."))
+    return f"{base}.py" if (repo / f"{base}.py").is_file() else f"{base}/__init__.py"
 
 
 def tiny_retinamnist(n_train: int = 256, n_eval: int = 64) -> bytes:
