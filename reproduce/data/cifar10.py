@@ -19,15 +19,17 @@ images are close to class-balanced (not exactly 500 per class).
 from __future__ import annotations
 
 import io
+import math
 import os
 import pickle
 import tarfile
+import zlib
 from pathlib import Path
 
 import numpy as np
 
 from reproduce.data.base import DatasetInfo, Splits
-from reproduce.data.download import copy_verified, fetch, hash_file, mirror_url
+from reproduce.data.download import copy_verified, fetch, hash_file, local_file_hint, mirror_url
 from reproduce.data.registry import DatasetSource, register_dataset
 from reproduce.errors import ReproduceError
 
@@ -44,6 +46,11 @@ MEMBERS = (*TRAIN_BATCHES, "test_batch", "batches.meta")
 PREFIX = "cifar-10-batches-py/"
 # The official batches.meta label names: metadata without the archive (smoke runs, `reproduce params`).
 LABELS = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+# A damaged archive reaches load() only with a checksum that the study states for it (or after it was
+# damaged in place): the bytes to replace are the user's.
+_DAMAGED = (f"Replace it with an intact {FILENAME} (delete it and run `reproduce fetch cifar10` again, or fix "
+            "the local file or mirror copy the study names with data.local_files / data.mirror_sha256).")
 
 HINT = (f"Check that the mirror serves {FILENAME}, set {MIRROR_ENV} to a mirror base URL (the file is "
         f"fetched as <mirror>/{FILENAME}), or pass local_file=<path to cifar-10-python.tar.gz> with "
@@ -68,30 +75,93 @@ def prepare(*, root: Path, mirror: str | None = None, local_file: Path | str | N
     dest = Path(root) / FILENAME
     checks = {"sha256": sha256} if sha256 else {"md5": MD5}
     if local_file is not None:
-        return copy_verified(local_file, dest, what="CIFAR-10", hint=HINT, **checks)
+        return copy_verified(local_file, dest, what="CIFAR-10", hint=local_file_hint("cifar10"), **checks)
     return fetch(resolve_url(mirror), dest, what="CIFAR-10", hint=HINT, **checks)
+
+
+class _Pickled:
+    """A numpy dtype or array as a pickle describes it (constructor arguments, then BUILD's state).
+
+    numpy's own ``__setstate__`` crashes the process (SIGSEGV) on some damaged states, so an archive's
+    arrays are built by ``_built`` from checked states instead.
+    """
+
+    def __init__(self, *args):
+        self.args, self.state = args, None
+
+    def __setstate__(self, state):
+        self.state = state
+
+
+class _PickledDtype(_Pickled):
+    pass
+
+
+class _PickledArray(_Pickled):
+    pass
 
 
 class _ArrayUnpickler(pickle.Unpickler):
     """Unpickles dicts/lists/bytes/ints and numpy arrays only: an archive cannot run code on load."""
 
-    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-               ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+    STAND_INS = {("numpy.core.multiarray", "_reconstruct"): _PickledArray,
+                 ("numpy._core.multiarray", "_reconstruct"): _PickledArray,  # pickled by numpy 2
+                 ("numpy", "dtype"): _PickledDtype}
+    ALLOWED = {("numpy", "ndarray"), ("_codecs", "encode")}
 
     def find_class(self, module: str, name: str):
+        stand_in = self.STAND_INS.get((module, name))
+        if stand_in is not None:
+            return stand_in
         if (module, name) not in self.ALLOWED:
             raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
-        if module == "numpy._core.multiarray":  # pickled by numpy 2
-            module = "numpy.core.multiarray"
         return super().find_class(module, name)
+
+
+def _built(obj):
+    """``obj`` with every ``_PickledArray`` in it built; ValueError for a damaged one."""
+    if isinstance(obj, _PickledArray):
+        return _array(obj)
+    if isinstance(obj, _Pickled):
+        raise ValueError("a numpy dtype outside an array")
+    if isinstance(obj, dict):
+        return {k: _built(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_built(v) for v in obj]
+    return obj
+
+
+def _array(pickled: _PickledArray) -> np.ndarray:
+    """The array of ndarray.__reduce__'s state (version, shape, dtype, fortran order, raw bytes), checked."""
+    if not isinstance(pickled.state, tuple) or len(pickled.state) != 5:
+        raise ValueError(f"damaged array state {pickled.state!r:.80}")
+    _, shape, dtype, fortran, raw = pickled.state
+    dtype = _dtype(dtype)
+    if isinstance(raw, str):  # a Python 2 str, decoded as latin1 by the unpickler
+        raw = raw.encode("latin1")
+    if not (isinstance(shape, tuple) and all(isinstance(n, int) and n >= 0 for n in shape)
+            and isinstance(raw, bytes) and len(raw) == math.prod(shape) * dtype.itemsize):
+        raise ValueError(f"damaged array: shape {shape!r:.40} does not fit {type(raw).__name__} data")
+    return np.frombuffer(raw, dtype).reshape(shape, order="F" if fortran else "C").copy()
+
+
+def _dtype(pickled) -> np.dtype:
+    """A plain numeric dtype from np.dtype's pickled arguments and byte order."""
+    if not isinstance(pickled, _PickledDtype) or not pickled.args or not isinstance(pickled.args[0], str):
+        raise ValueError(f"damaged array dtype {pickled!r:.80}")
+    dtype = np.dtype(pickled.args[0])
+    if dtype.kind not in "biuf":
+        raise ValueError(f"array dtype {dtype} is not numeric")
+    order = pickled.state[1] if isinstance(pickled.state, tuple) and len(pickled.state) > 1 else "|"
+    return dtype.newbyteorder(order) if order in ("<", ">") else dtype
 
 
 def _unpickle(raw: bytes, where: str) -> dict[str, object]:
     try:
         # latin1: the official batches were pickled by Python 2 (numpy's recommended decoding)
-        obj = _ArrayUnpickler(io.BytesIO(raw), encoding="latin1").load()
+        obj = _built(_ArrayUnpickler(io.BytesIO(raw), encoding="latin1").load())
     except Exception as e:  # noqa: BLE001 - any unpickling failure means a broken archive
-        raise ReproduceError(f"{where} is not a CIFAR-10 python batch: {e}") from None
+        raise ReproduceError(f"{where} is not a CIFAR-10 python batch: {e}. {_DAMAGED}") from None
     if not isinstance(obj, dict):
         raise ReproduceError(f"{where} is not a CIFAR-10 python batch (a {type(obj).__name__}, not a dict)")
     # Python 2 pickles decode to str keys, Python 3 ones (the offline rebuild) keep bytes keys
@@ -106,8 +176,8 @@ def _read_members(path: Path) -> dict[str, dict]:
                 name = member.name.removeprefix("./")
                 if member.isfile() and name.startswith(PREFIX) and name[len(PREFIX):] in MEMBERS:
                     found[name[len(PREFIX):]] = _unpickle(tar.extractfile(member).read(), f"{path}:{name}")
-    except (tarfile.TarError, OSError, EOFError) as e:
-        raise ReproduceError(f"{path} is not a readable tar archive: {e}") from None
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as e:  # zlib: a damaged .gz stream
+        raise ReproduceError(f"{path} is not a readable tar archive: {e}. {_DAMAGED}") from None
     missing = [PREFIX + m for m in MEMBERS if m not in found]
     if missing:
         raise ReproduceError(f"{path} is not in the CIFAR-10 python layout: missing {', '.join(missing)}.")
@@ -118,7 +188,7 @@ def _batch(batch: dict, where: str) -> tuple[np.ndarray, np.ndarray]:
     try:
         data = np.asarray(batch["data"])
         labels = np.asarray(batch["labels"], dtype=np.int64)
-    except (KeyError, ValueError, TypeError) as e:
+    except (KeyError, ValueError, TypeError, OverflowError) as e:
         raise ReproduceError(f"{where}: no usable 'data'/'labels' ({e})") from None
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or labels.shape != (len(data),):
         raise ReproduceError(f"{where}: data {data.dtype} {list(data.shape)} with {labels.shape} labels, "

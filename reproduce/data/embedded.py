@@ -36,13 +36,14 @@ from __future__ import annotations
 import dataclasses
 import io
 import math
+import sys
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from reproduce.atomic import write_atomic
-from reproduce.data.download import sha256_file  # noqa: F401  (part of this module's API)
+from reproduce.data.download import file_error, sha256_file  # sha256_file: part of this module's API
 from reproduce.data.base import SPLITS, DatasetInfo, Splits, from_npz_arrays
 from reproduce.data.registry import DatasetSource, register_dataset
 from reproduce.errors import ReproduceError
@@ -138,13 +139,21 @@ def write_npz(path: Path | str, arrays: dict[str, np.ndarray]) -> Path:
 def prepare(root: Path | str) -> Path:
     """Make sure ``root/embedded.npz`` exists with the pinned checksum, generating it if needed.
 
+    A file that is there but damaged (checksum mismatch, unreadable) is regenerated, with one line on
+    stderr saying so: the generator is deterministic and its output checksummed, so nothing is lost.
     Returns the file's path. Raises ``ReproduceError`` if a freshly generated file does not match
-    ``EMBEDDED_SHA256`` (the installed numpy produces different data).
+    ``EMBEDDED_SHA256`` (the installed numpy produces different data) or cannot be written.
     """
     path = Path(root) / FILENAME
-    if path.is_file() and sha256_file(path) == EMBEDDED_SHA256:
+    defect = _defect(path)
+    if defect is None:
         return path
-    write_npz(path, generate_arrays())
+    if path.exists():
+        print(f"warning: {path} {defect}; regenerating it", file=sys.stderr)
+    try:
+        write_npz(path, generate_arrays())
+    except OSError as e:  # read-only or full data directory; write_npz left no temp file
+        raise file_error(path, e, "write") from e
     actual = sha256_file(path)
     if actual != EMBEDDED_SHA256:
         raise ReproduceError(
@@ -154,6 +163,22 @@ def prepare(root: Path | str) -> Path:
             "Install the numpy version pinned in pyproject.toml (numpy 1.26) and run again."
         )
     return path
+
+
+def _defect(path: Path) -> str | None:
+    """What is wrong with the file at ``path`` ("is missing", a checksum mismatch...); None if it is the pinned file."""
+    if not path.exists():
+        return "is missing"
+    if not path.is_file():
+        return "is not a regular file"
+    try:
+        actual = sha256_file(path)
+    except ReproduceError as e:
+        return f"is unreadable ({getattr(e.__cause__, 'strerror', None) or e})"
+    if actual != EMBEDDED_SHA256:
+        return (f"is damaged or stale: checksum mismatch ({path.stat().st_size} bytes, sha256 {actual}, "
+                f"expected {EMBEDDED_SHA256})")
+    return None
 
 
 def load(path: Path | str) -> Splits:

@@ -24,13 +24,12 @@ import functools
 import importlib.util
 import os
 import sys
-import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from reproduce.data.base import SPLITS, DatasetInfo, Splits, from_npz_arrays
-from reproduce.data.download import copy_verified, fetch, hash_file, mirror_url, url_filename
+from reproduce.data.download import copy_verified, fetch, hash_file, local_file_hint, mirror_url, url_filename
 from reproduce.data.registry import DatasetSource, register_dataset
 from reproduce.errors import ReproduceError
 
@@ -131,7 +130,7 @@ def prepare(flag: str, *, root: Path, size: int = 28, mirror: str | None = None,
     what = f"MedMNIST {flag} ({size} px)"
     checks = {"sha256": sha256} if sha256 else {"md5": r.md5}
     if local_file is not None:
-        return copy_verified(local_file, dest, what=what, hint=_hint(r.filename), **checks)
+        return copy_verified(local_file, dest, what=what, hint=local_file_hint(flag), **checks)
     return fetch(resolve_url(flag, size, mirror), dest, what=what, hint=_hint(r.filename), **checks)
 
 
@@ -148,14 +147,7 @@ def load(path: Path | str, *, flag: str, size: int = 28) -> Splits:
         raise ReproduceError(f"MedMNIST file {path} does not exist; run prepare() first.")
     digests = hash_file(path, ("md5", "sha256"))
     official = digests["md5"] == r.md5
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            missing = [key for key in NPZ_KEYS if key not in npz.files]
-            if missing:
-                raise ReproduceError(f"{path} is not in MedMNIST layout: missing {', '.join(missing)}.")
-            arrays = {key: npz[key] for key in NPZ_KEYS}
-    except (OSError, ValueError, zipfile.BadZipFile) as e:
-        raise ReproduceError(f"{path} is not a readable npz file: {e}") from None
+    arrays = _read_npz(path, flag)
     n_labels = meta.num_classes if meta.task == "multi-label, binary-class" else 1
     n_values = 2 if meta.task.startswith("multi-label") else meta.num_classes
     for split in SPLITS:
@@ -165,9 +157,10 @@ def load(path: Path | str, *, flag: str, size: int = 28) -> Splits:
             raise ReproduceError(
                 f"{path}: {split}_images are {images.dtype} {list(images.shape)}, expected uint8 "
                 f"[N, {size}, {size}{'' if meta.n_channels == 1 else f', {meta.n_channels}'}] for {flag}.")
-        if labels.ndim not in (1, 2) or (labels.shape[1] if labels.ndim == 2 else 1) != n_labels:
-            raise ReproduceError(f"{path}: {split}_labels have shape {list(labels.shape)}, "
-                                 f"expected [N, {n_labels}] for {flag}.")
+        if (labels.dtype.kind not in "biu" or labels.ndim not in (1, 2)
+                or (labels.shape[1] if labels.ndim == 2 else 1) != n_labels):
+            raise ReproduceError(f"{path}: {split}_labels are {labels.dtype} {list(labels.shape)}, "
+                                 f"expected integers [N, {n_labels}] for {flag}.")
         if len(labels) != len(images):
             raise ReproduceError(f"{path}: {split} has {len(images)} images but {len(labels)} labels.")
         if labels.size and (labels.min() < 0 or labels.max() >= n_values):
@@ -177,6 +170,23 @@ def load(path: Path | str, *, flag: str, size: int = 28) -> Splits:
                                  f"{r.n_samples[split]}.")
     meta = dataclasses.replace(meta, source=r.url if official else str(path), sha256=digests["sha256"])
     return from_npz_arrays(arrays, meta)
+
+
+def _read_npz(path: Path, flag: str) -> dict[str, np.ndarray]:
+    """The arrays of NPZ_KEYS; ReproduceError for a file that is not an npz in MedMNIST layout."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            missing = [key for key in NPZ_KEYS if key not in npz.files]
+            if missing:
+                raise ReproduceError(f"{path} is not in MedMNIST layout: missing {', '.join(missing)}.")
+            return {key: npz[key] for key in NPZ_KEYS}
+    except ReproduceError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a damaged npz fails in zipfile, zlib, numpy's header parser...
+        raise ReproduceError(
+            f"{path} is not a readable npz file ({type(e).__name__}: {e}). Replace it with an intact copy: delete "
+            f"it and run `reproduce fetch {flag}` again, or fix the local file or mirror copy the study names "
+            "(data.local_files / data.mirror_sha256).") from None
 
 
 def _source(flag: str) -> DatasetSource:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from reproduce.data.base import DatasetInfo, Splits
+from reproduce.errors import ReproduceError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,8 +63,12 @@ def register_dataset(source: DatasetSource) -> DatasetSource:
 
 
 def dataset_source(name: str) -> DatasetSource:
-    """The table's entry for ``name``; ValueError naming the known datasets otherwise."""
+    """The table's entry for ``name``; ReproduceError naming the known datasets otherwise.
+
+    A name comes from the user (``reproduce fetch NAME``, a study), so a wrong one is their error.
+    """
     try:
         return DATASETS[name]
     except KeyError:
-        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}") from None
+        raise ReproduceError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}. Use one of these "
+                             "names (on the command line or in the study's grid.dataset).") from None

@@ -1,7 +1,9 @@
-"""Fixtures of the download tests: the local HTTP server (tests/http_server.py), no internet."""
+"""Fixtures of the data tests: the local HTTP server (tests/http_server.py), no internet, a failing disk."""
 
 from __future__ import annotations
 
+import errno
+import os
 import socket
 
 import pytest
@@ -41,3 +43,15 @@ def _clean_env(monkeypatch):
 
     monkeypatch.setattr(socket, "create_connection", loopback_only)
 
+
+
+@pytest.fixture
+def failing_disk(monkeypatch):
+    """``failing_disk(errno.ENOSPC)``: from now on every fsync of a written file fails with that error,
+    as a full (or read-only) disk reports it. The tests run as root, where chmod cannot make a directory
+    read-only, so the error is injected where the suite flushes what it wrote."""
+    def install(code: int = errno.ENOSPC) -> None:
+        def fsync(fd):
+            raise OSError(code, os.strerror(code))
+        monkeypatch.setattr(os, "fsync", fsync)
+    return install

@@ -12,13 +12,15 @@ import pickle
 import subprocess
 import sys
 import tarfile
+import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from reproduce.data import cifar10
+from reproduce.data import cifar10, prepare_dataset
 from reproduce.errors import ReproduceError
+from reproduce.study import DataConfig
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 SHARED = Path(os.environ.get("REPRODUCE_SHARED", Path(__file__).resolve().parents[2].parent / "shared"))
@@ -157,6 +159,72 @@ def test_local_file(tmp_path):
     assert files(tmp_path / "e") == []
 
 
+def local_options(src, sha256: str) -> DataConfig:
+    """A study's data section stating ``src`` as its CIFAR-10 archive with ``sha256``."""
+    return DataConfig(local_files={"cifar10": {"path": str(src), "sha256": sha256}})
+
+
+def test_wrong_stated_sha256_never_deletes_the_verified_copy(tmp_path):
+    data = tiny_archive()
+    src = tmp_path / "archive.tgz"
+    src.write_bytes(data)
+    root = tmp_path / "data"
+    path = prepare_dataset("cifar10", root=root, options=local_options(src, sha(data)))
+    wrong = "0" * 64
+    with pytest.raises(ReproduceError) as err:
+        prepare_dataset("cifar10", root=root, options=local_options(src, wrong))
+    message = str(err.value)
+    assert str(src) in message and wrong in message and sha(data) in message
+    assert "data.local_files.cifar10.sha256" in message
+    assert path.read_bytes() == data and files(path.parent) == [cifar10.FILENAME]
+
+
+def test_local_file_checksum_advice_names_the_study_field_not_the_mirror(tmp_path):
+    src = tmp_path / "archive.tgz"
+    src.write_bytes(tiny_archive())
+    with pytest.raises(ReproduceError) as err:
+        cifar10.prepare(root=tmp_path / "d", local_file=src, sha256="0" * 64)
+    assert "data.local_files.cifar10.sha256" in str(err.value)
+    assert cifar10.MIRROR_ENV not in str(err.value) and "the mirror" not in str(err.value)
+
+
+def test_mirror_that_is_not_a_url(tmp_path):
+    with pytest.raises(ReproduceError, match="mirror.example.org/cifar/cifar-10-python.tar.gz"):
+        cifar10.prepare(root=tmp_path / "d", mirror="mirror.example.org/cifar")
+    assert files(tmp_path / "d") == []
+
+
+def test_load_reports_a_damaged_gzip_stream(tmp_path):
+    """The first half of the tar compressed intact, then a stored deflate block whose length check fails:
+    zlib's own error while the members are read."""
+    tar = gzip.decompress(tiny_archive())
+    deflate = zlib.compressobj(9, zlib.DEFLATED, -15)
+    body = deflate.compress(tar[:len(tar) // 2]) + deflate.flush(zlib.Z_FULL_FLUSH)
+    path = tmp_path / "damaged.tar.gz"
+    path.write_bytes(b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff" + body + b"\x00\x10\x00\x00\x00" + bytes(16))
+    with pytest.raises(ReproduceError, match=f"{path} is not a readable tar archive: .*invalid stored block"):
+        cifar10.load(path)
+
+
+def test_load_reports_any_damage_to_the_archive_as_reproduce_error(tmp_path):
+    """Truncations and bit flips (seeded): each archive loads (a flip inside pixel data) or raises
+    ReproduceError, never zlib's, tarfile's or pickle's own exceptions."""
+    data = tiny_archive()
+    rng = np.random.default_rng(0)
+    damaged = [data[:n] for n in range(0, len(data), len(data) // 25)]
+    for i, bit in zip(rng.integers(0, len(data), 80), rng.integers(0, 8, 80)):
+        flipped = bytearray(data)
+        flipped[i] ^= 1 << int(bit)
+        damaged.append(bytes(flipped))
+    path = tmp_path / "damaged.tar.gz"
+    for blob in damaged:
+        path.write_bytes(blob)
+        try:
+            cifar10.load(path)
+        except ReproduceError as e:
+            assert str(path) in str(e)
+
+
 def test_load_rejects_broken_archives(tmp_path):
     missing = tmp_path / "missing.tar.gz"
     missing.write_bytes(tiny_archive(drop="test_batch"))
@@ -172,16 +240,36 @@ def test_load_refuses_code_in_pickles(tmp_path):
         def __reduce__(self):
             return (os.system, ("echo pwned",))
 
+    path = one_batch_tar(tmp_path / "evil.tar", pickle.dumps({b"data": Evil()}, protocol=2))
+    with pytest.raises(ReproduceError, match="refusing to load"):
+        cifar10.load(path)
+
+
+def test_load_survives_a_damaged_dtype_that_crashes_numpy(tmp_path):
+    """One flipped bit in an archive turned a dtype's pickled state into this 6-tuple, on which numpy's
+    own dtype.__setstate__ crashes the process (SIGSEGV). The loader builds arrays from checked states:
+    it reads the batch (and goes on to report the archive's missing members)."""
+    raw = pickle.dumps({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 1]}, protocol=2)
+    assert raw.count(b"|q\x13NNNJ") == 1
+    path = one_batch_tar(tmp_path / "damaged.tar", raw.replace(b"|q\x13NNNJ", b"|q\x13NJ"))
+    with pytest.raises(ReproduceError, match="missing cifar-10-batches-py/data_batch_2"):
+        cifar10.load(path)
+    short = pickle.dumps({b"data": np.zeros((2, 3072), np.uint8)}, protocol=2)
+    short = short.replace(b"K\x02M\x00\x0c", b"K\x03M\x00\x0c")   # 3 rows announced, 2 rows of bytes
+    path = one_batch_tar(tmp_path / "short.tar", short)
+    with pytest.raises(ReproduceError, match="data_batch_1 is not a CIFAR-10 python batch: damaged array"):
+        cifar10.load(path)
+
+
+def one_batch_tar(path, raw: bytes):
+    """An uncompressed tar holding ``raw`` as cifar-10-batches-py/data_batch_1."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
-        raw = pickle.dumps({b"data": Evil()}, protocol=2)
         info = tarfile.TarInfo("cifar-10-batches-py/data_batch_1")
         info.size = len(raw)
         tar.addfile(info, io.BytesIO(raw))
-    path = tmp_path / "evil.tar"
     path.write_bytes(buf.getvalue())
-    with pytest.raises(ReproduceError, match="refusing to load"):
-        cifar10.load(path)
+    return path
 
 
 @pytest.mark.slow

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 
@@ -201,3 +202,49 @@ def test_copy_verified_mismatch_leaves_nothing(tmp_path):
     assert files(data) == []
     with pytest.raises(ReproduceError, match="does not exist"):
         copy_verified(tmp_path / "nope", data / "blob.bin", sha256=SHA, what="blob")
+
+
+def test_existing_file_stays_when_the_download_does_not_verify(served, tmp_path):
+    """A study stating another checksum must not cost the copy that is there (it was verified once)."""
+    dest = tmp_path / "blob.bin"
+    dest.write_bytes(b"verified earlier")
+    with pytest.raises(ReproduceError, match=f"{dest}.*was left as it is"):
+        fetch(served.url("blob.bin"), dest, sha256="1" * 64, what="blob")
+    assert dest.read_bytes() == b"verified earlier" and files(tmp_path) == ["blob.bin"]
+
+
+def test_copy_verified_mismatch_keeps_the_existing_copy(tmp_path):
+    src, dest = tmp_path / "src.bin", tmp_path / "data" / "blob.bin"
+    src.write_bytes(PAYLOAD)
+    copy_verified(src, dest, sha256=SHA, what="blob")
+    with pytest.raises(ReproduceError) as err:
+        copy_verified(src, dest, sha256="1" * 64, what="blob")
+    assert str(src) in str(err.value) and SHA in str(err.value) and "1" * 64 in str(err.value)
+    assert dest.read_bytes() == PAYLOAD and files(dest.parent) == ["blob.bin"]
+
+
+@pytest.mark.parametrize("code, advice", [(errno.ENOSPC, "Free space"), (errno.EROFS, "Make")])
+def test_a_failing_disk_during_fetch_leaves_nothing(served, tmp_path, failing_disk, code, advice):
+    failing_disk(code)
+    dest = tmp_path / "data" / "blob.bin"
+    with pytest.raises(ReproduceError) as err:
+        fetch(served.url("blob.bin"), dest, sha256=SHA, what="blob")
+    assert str(err.value).startswith(f"Could not write {dest}.part: {os.strerror(code)}. {advice}")
+    assert files(dest.parent) == []
+
+
+def test_a_failing_disk_during_a_local_copy_keeps_the_old_file(tmp_path, failing_disk):
+    src, dest = tmp_path / "src.bin", tmp_path / "data" / "blob.bin"
+    src.write_bytes(PAYLOAD)
+    dest.parent.mkdir()
+    dest.write_bytes(b"old")
+    failing_disk(errno.ENOSPC)
+    with pytest.raises(ReproduceError, match=f"Could not write {dest}: No space left on device"):
+        copy_verified(src, dest, sha256=SHA, what="blob")
+    assert dest.read_bytes() == b"old" and files(dest.parent) == ["blob.bin"]
+
+
+def test_a_data_directory_that_is_a_file(served, tmp_path):
+    (tmp_path / "data").write_bytes(b"")
+    with pytest.raises(ReproduceError, match=f"Could not create the directory {tmp_path / 'data'}"):
+        fetch(served.url("blob.bin"), tmp_path / "data" / "blob.bin", sha256=SHA, what="blob")

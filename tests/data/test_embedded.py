@@ -168,6 +168,29 @@ def test_prepare_keeps_a_good_file_and_replaces_a_bad_one(arrays, npz_path, tmp_
     assert embedded.prepare(tmp_path / "fresh") == tmp_path / "fresh" / embedded.FILENAME
 
 
+@pytest.mark.parametrize("damage", ["truncated", "empty"])
+def test_prepare_says_on_stderr_which_file_it_regenerates_and_why(arrays, npz_path, tmp_path, monkeypatch,
+                                                                  capsys, damage):
+    monkeypatch.setattr(embedded, "generate_arrays", lambda **kwargs: arrays)
+    assert embedded.prepare(tmp_path) and capsys.readouterr().err == ""    # first creation: nothing to say
+    target = tmp_path / embedded.FILENAME
+    target.write_bytes(npz_path.read_bytes()[:1000] if damage == "truncated" else b"")
+    assert embedded.prepare(tmp_path) == target
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"warning: {target} ")
+    assert "checksum mismatch" in err and "regenerating" in err
+    assert embedded.sha256_file(target) == embedded.EMBEDDED_SHA256 and os.listdir(tmp_path) == [embedded.FILENAME]
+
+
+def test_prepare_on_a_full_disk_leaves_no_file(tmp_path, monkeypatch, failing_disk):
+    small = _small()
+    monkeypatch.setattr(embedded, "generate_arrays", lambda **kwargs: small)
+    failing_disk()
+    with pytest.raises(ReproduceError, match=f"Could not write {tmp_path / embedded.FILENAME}: No space left"):
+        embedded.prepare(tmp_path)
+    assert os.listdir(tmp_path) == []
+
+
 def test_prepare_reports_drift(tmp_path, monkeypatch):
     other = _small()       # stands in for what a numpy with different random streams would give
     monkeypatch.setattr(embedded, "generate_arrays", lambda **kwargs: other)

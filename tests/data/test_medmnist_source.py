@@ -181,6 +181,33 @@ def test_local_file_wrong_checksum_leaves_nothing(tmp_path):
         mm.prepare("bloodmnist", root=tmp_path / "d", local_file=src, mirror="http://127.0.0.1:9")
 
 
+def test_local_file_checksum_advice_names_the_study_field_not_the_mirror(tmp_path):
+    src = tmp_path / "mine.npz"
+    src.write_bytes(tiny_npz("bloodmnist"))
+    with pytest.raises(ReproduceError) as err:
+        mm.prepare("bloodmnist", root=tmp_path / "d", local_file=src, sha256="0" * 64)
+    assert "data.local_files.bloodmnist.sha256" in str(err.value) and mm.MIRROR_ENV not in str(err.value)
+
+
+def test_load_reports_any_damage_to_the_npz_as_reproduce_error(tmp_path):
+    """Truncations and bit flips (seeded) of a compressed npz: each loads (a flip inside pixel data) or
+    raises ReproduceError, never zlib's, zipfile's or numpy's own exceptions."""
+    data = tiny_npz("bloodmnist")
+    rng = np.random.default_rng(0)
+    damaged = [data[:n] for n in range(0, len(data), len(data) // 25)]
+    for i, bit in zip(rng.integers(0, len(data), 150), rng.integers(0, 8, 150)):
+        flipped = bytearray(data)
+        flipped[i] ^= 1 << int(bit)
+        damaged.append(bytes(flipped))
+    path = tmp_path / "damaged.npz"
+    for blob in damaged:
+        path.write_bytes(blob)
+        try:
+            mm.load(path, flag="bloodmnist")
+        except ReproduceError as e:
+            assert str(path) in str(e)
+
+
 def test_official_file_must_have_official_counts(tmp_path, monkeypatch):
     """A file whose MD5 is INFO's is checked against INFO's sample counts (INFO patched for the test)."""
     data = tiny_npz("bloodmnist")

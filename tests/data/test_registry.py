@@ -9,6 +9,7 @@ import pytest
 from reproduce.cli import main
 from reproduce.data import DATASETS, dataset_source
 from reproduce.data.augment import KINDS, augmentation_kind
+from reproduce.errors import ReproduceError
 from reproduce.models import build_model, count_parameters, parameter_counts
 from reproduce.smoke import dataset_shape
 from reproduce.study import DATASETS as STUDY_DATASETS
@@ -19,8 +20,16 @@ from tests.conftest import REPO
 def test_the_study_schema_allows_exactly_the_tables_names():
     assert STUDY_DATASETS == tuple(DATASETS) and STUDY_DATASETS[:2] == ("embedded", "cifar10")
     assert all(source.augmentation in KINDS for source in DATASETS.values())
-    with pytest.raises(ValueError, match="unknown dataset 'imagenet'; known: embedded, cifar10, pathmnist"):
+    with pytest.raises(ReproduceError, match="unknown dataset 'imagenet'; known: embedded, cifar10, pathmnist"):
         dataset_source("imagenet")
+
+
+def test_fetch_of_an_unknown_dataset_is_one_error_line_naming_the_known_ones(capsys, tmp_path):
+    assert main(["fetch", "notadataset", "--root", str(tmp_path)]) in (1, 2)
+    err = capsys.readouterr().err
+    assert err.startswith("error: unknown dataset 'notadataset'") and err.count("\n") == 1
+    assert all(name in err for name in DATASETS) and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_augmentation_kind_and_shape_come_from_the_table(monkeypatch):
