@@ -25,13 +25,14 @@ ratios from one run (and the paired ratios), never absolute times across runs.
 
 Usage: python bench/bench_per_sample_grads.py [--batches 64 256] [--steps 10] [--threads 2]
        [--models C4 e] [--multiplicities 1 4] [--device cpu|cuda] [--methods ...] [--no-memory]
-       [--profile-steps 5]
+       [--profile-steps 5] [--json FILE]   (FILE: every row's medians, ratios and peak GPU memory)
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import json
 import multiprocessing as mp
 import statistics
 import time
@@ -366,6 +367,7 @@ def main():
                     "memory and time-breakdown sections are replaced by the peak GPU memory")
     ap.add_argument("--multiplicities", type=int, nargs="+", default=[1, 4],
                     help="K views per sample; K > 1 rows run at the first batch size only")
+    ap.add_argument("--json", help="write every row's figures (medians, ratios, peak GPU memory) to this file")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from reproduce.device import configure_determinism, resolve_device
@@ -374,6 +376,7 @@ def main():
     print(f"torch {torch.__version__}, {args.threads} threads, median of {args.steps} interleaved steps after "
           f"{args.warmup} warm-up")
     rows = [(g, k, n) for g in args.models for k in args.multiplicities for n in (args.batches if k == 1 else args.batches[:1])]
+    figures = []
     for group, k, n in rows:
         model, origin = build_model(group)
         model = model.to(device)
@@ -389,6 +392,10 @@ def main():
               + ", ".join(f"{m} {1e3 * med(wall[m]):.0f} / {1e3 * med(cpu[m]):.0f}" for m in methods))
         print("  ratios of medians (wall, CPU); in brackets the median over rounds of the ratio of the two "
               "adjacent steps of a round (robust to load changes between rounds)")
+        figure = {"group": group, "multiplicity": k, "batch": n, "parameters": n_params, "model": origin,
+                  "device": device.type, "median_wall_s": {m: med(wall[m]) for m in methods},
+                  "median_cpu_s": {m: med(cpu[m]) for m in methods}, "ratios": {}}
+        figures.append(figure)
         ratios = [("(b)/(a) ", "suite DP step / non-private step", "dp_engine", "nonprivate"),
                   ("(b')/(a)", "opacus hooks + suite rule / non-private", "dp_hooks", "nonprivate"),
                   ("(c)/(b) ", "opacus functorch fallback / suite DP step", "functorch_fallback", "dp_engine"),
@@ -397,10 +404,13 @@ def main():
         for label, what, num, den in ratios:
             if num in wall and den in wall:
                 paired = med([a / b for a, b in zip(wall[num], wall[den])])
+                figure["ratios"][f"{num}/{den}"] = {"wall": med(wall[num]) / med(wall[den]), "paired": paired,
+                                                    "cpu": med(cpu[num]) / med(cpu[den])}
                 print(f"  {label} {what:42s} = {med(wall[num]) / med(wall[den]):.2f} wall, "
                       f"{med(cpu[num]) / med(cpu[den]):.2f} CPU [{paired:.2f}]")
         if device.type == "cuda":
-            print(f"  peak GPU memory over all methods of this row: {torch.cuda.max_memory_allocated(device) / 2**20:.0f} MiB")
+            figure["peak_gpu_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+            print(f"  peak GPU memory over all methods of this row: {figure['peak_gpu_mib']:.0f} MiB")
         elif group == "C4" and k == 1:  # memory and the time breakdown for the reference rows
             if not args.no_memory:
                 for m in ("nonprivate", "dp_engine"):
@@ -409,6 +419,10 @@ def main():
             if args.profile_steps:
                 fallback = med(wall["functorch_fallback"]) if "functorch_fallback" in wall else None
                 where_time_goes(model, n, args.profile_steps, fallback)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"torch": torch.__version__, "threads": args.threads, "steps": args.steps,
+                       "warmup": args.warmup, "rows": figures}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -104,6 +104,7 @@ def test_views_selected_by_index_are_the_boolean_mask_views_bit_for_bit(kind):
     assert torch.equal(got, want)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
 @pytest.mark.parametrize("kind", ["medmnist", "cifar"])
 def test_views_on_cuda_are_the_cpu_views_and_do_not_depend_on_micro_batching(kind):
@@ -115,6 +116,7 @@ def test_views_on_cuda_are_the_cpu_views_and_do_not_depend_on_micro_batching(kin
     assert torch.equal(parts.cpu(), cpu)   # permutations and zero padding only: exact on any device
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
 def test_views_refuse_a_cuda_generator():
     with pytest.raises(ValueError, match="CPU generator"):

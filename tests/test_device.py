@@ -49,6 +49,7 @@ def test_cpu_facts_and_determinism_is_a_no_op_on_cpu():
     assert device_facts(torch.device("cpu")) == {"type": "cpu", "torch_threads": torch.get_num_threads()}
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not CUDA, reason="no CUDA device on this machine")
 def test_cuda_facts_and_determinism():
     device = resolve_device("cuda")
@@ -89,6 +90,7 @@ def test_host_tensors_stay_themselves_on_the_cpu():
     assert r is t
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not CUDA, reason="no CUDA device on this machine")
 def test_host_tensors_reach_cuda_and_a_training_set_too_big_stays_on_the_host(monkeypatch):
     import reproduce.device as dev

@@ -321,8 +321,8 @@ def test_engine_ignores_forward_passes_that_did_not_lead_to_the_loss(nets):
         assert rel_err(p.grad_sample, expected[name]) < 1e-10, name
 
 
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
-                                                                reason="no CUDA device on this machine"))]
+DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(),
+                                                                                    reason="no CUDA device on this machine")])]
 
 
 @pytest.mark.parametrize("path", ["hooks", "engine"])

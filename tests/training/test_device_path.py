@@ -62,7 +62,7 @@ def without_wall_clock(result) -> dict:
 
 
 @pytest.mark.parametrize("private", [True, False])
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=needs_cuda)])
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, needs_cuda])])
 def test_everything_of_the_step_is_on_the_trainers_device(device, private):
     device = torch.device(device)
     trainer, train_set = make_trainer(device, private=private)
@@ -125,6 +125,7 @@ def test_a_checkpoint_resumes_only_on_the_device_type_its_noise_was_drawn_on():
         trainer.load_state({**state, "noise_device": "cuda"})
 
 
+@pytest.mark.cuda
 @needs_cuda
 @pytest.mark.parametrize("group", ["e", "C4"])
 def test_a_dp_cell_trains_and_evaluates_on_cuda_and_records_the_gpu(group):
@@ -139,6 +140,7 @@ def test_a_dp_cell_trains_and_evaluates_on_cuda_and_records_the_gpu(group):
     assert result.privacy == cpu.privacy
 
 
+@pytest.mark.cuda
 @needs_cuda
 def test_a_cuda_dp_cell_is_bit_identical_on_rerun():
     cell, splits = cell_and_splits(private=True, group="C4")
@@ -147,6 +149,7 @@ def test_a_cuda_dp_cell_is_bit_identical_on_rerun():
     assert without_wall_clock(a) == without_wall_clock(b)
 
 
+@pytest.mark.cuda
 @needs_cuda
 def test_secure_mode_noise_is_drawn_on_the_host_and_lands_on_the_device():
     from reproduce.privacy.secure_rng import os_gaussian_noise
