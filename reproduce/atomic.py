@@ -1,7 +1,8 @@
 """Crash-safe file writing: temp file in the target directory, fsync, rename, fsync the directory.
 
 A process killed at any point leaves either the old file or the new one, never half of one. Used for
-results, reports, checkpoints and datasets alike (no heavy imports here).
+results, reports, checkpoints and datasets alike (no heavy imports here). ``read_json`` is the
+matching reader: a truncated or corrupt file is named, with what to do, instead of a traceback.
 """
 
 from __future__ import annotations
@@ -31,7 +32,10 @@ def write_atomic(path: Path | str, write: Callable[[IO[bytes]], None]) -> Path:
     """Call ``write(fh)`` on a temp file next to ``path``, then atomically put it in place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise _naming(e, path) from None
     try:
         with os.fdopen(fd, "wb") as fh:
             write(fh)
@@ -39,11 +43,18 @@ def write_atomic(path: Path | str, write: Callable[[IO[bytes]], None]) -> Path:
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o644)   # mkstemp creates 0600; results and data are meant to be shared
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise _naming(e, path) from None
         raise
     fsync_dir(path.parent)
     return path
+
+
+def _naming(error: OSError, path: Path) -> OSError:
+    """``error`` about the file being written, not the hidden temp file (a disk-full write names none)."""
+    return type(error)(error.errno, error.strerror, str(path)) if error.errno else error
 
 
 def write_bytes_atomic(path: Path | str, data: bytes) -> Path:
@@ -58,3 +69,13 @@ def write_json_atomic(path: Path | str, obj, *, default=None) -> Path:
     """Pretty, key-sorted JSON; NaN/inf are refused (they are not JSON)."""
     text = json.dumps(obj, indent=2, sort_keys=True, allow_nan=False, default=default) + "\n"
     return write_text_atomic(path, text)
+
+
+def read_json(path: Path | str, *, what: str, remedy: str):
+    """The JSON document in ``path`` (UTF-8); ReproduceError naming the file, ``what`` it holds and
+    ``remedy`` (what to do) when it is truncated, corrupt or not UTF-8."""
+    from reproduce.errors import ReproduceError
+    try:
+        return json.loads(Path(path).read_bytes().decode("utf-8"))
+    except ValueError as e:   # json's JSONDecodeError and UnicodeDecodeError both are
+        raise ReproduceError(f"{path}: corrupt {what} ({e}); {remedy}") from None

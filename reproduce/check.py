@@ -29,6 +29,7 @@ from pathlib import Path
 
 import yaml
 
+from reproduce.atomic import read_json, write_text_atomic
 from reproduce.audit_verdict import AuditVerdict, audit_verdicts
 from reproduce.study import Study
 from reproduce.training.result import CellResult, read_results
@@ -146,15 +147,20 @@ def baseline_path(study: Study, root: Path = Path(".")) -> Path:
     return root / "baselines" / f"{study.name}.json"
 
 
+def read_baseline(path: Path) -> dict:
+    """The committed baseline in ``path``; ReproduceError naming it when it is truncated or corrupt."""
+    return read_json(path, what="baseline", remedy=f"restore it from git (`git checkout -- {path}`) or recreate it "
+                                                    "deliberately with `reproduce check <study> --update`")
+
+
 def update_baseline(study: Study, now: dict[str, dict[str, float]], path: Path) -> str:
     """Rewrite the baseline deliberately; returns what changed, cell by cell."""
-    old = json.loads(path.read_text()) if path.exists() else {}
+    old = read_baseline(path) if path.exists() else {}
     changes = []
     for cell in sorted(set(old) | set(now)):
         if old.get(cell) != now.get(cell):
             changes.append(f"  {cell}: {old.get(cell)} -> {now.get(cell)}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(now, indent=2, sort_keys=True) + "\n")
+    write_text_atomic(path, json.dumps(now, indent=2, sort_keys=True) + "\n")   # never half a baseline
     return "\n".join(changes) if changes else "  (no change)"
 
 

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 from pathlib import Path
 
 from reproduce.errors import ReproduceError, StudyError
+
+#: Exit status after Ctrl-C (128 + SIGINT), as shells report it.
+INTERRUPTED = 130
 
 
 def cmd_validate(args) -> int:
@@ -84,14 +88,24 @@ def cmd_train(args) -> int:
     try:
         result = run_cell(cell, data_root=Path(args.data_root), progress=not args.quiet, checkpoint=checkpoint,
                           device=resolve_device(requested_device(args.device)))
-    except KeyboardInterrupt:
-        raise ReproduceError(f"interrupted; the last epoch's checkpoint is kept at {checkpoint}: rerun to resume") from None
+    except KeyboardInterrupt:   # 130 as for any Ctrl-C (128 + SIGINT): shells and DVC see an interruption
+        print(_interrupted(checkpoint), file=sys.stderr)
+        return INTERRUPTED
     out = Path(args.out or f"results/{study.name}/cells/{cell.id}")
     write_cell(result, out)
     checkpoint.unlink(missing_ok=True)
     print(result.statement)
     print(json.dumps({k: v for k, v in result.metrics.items() if k.startswith("test_") or k == "epsilon"}))
     return 0
+
+
+def _interrupted(checkpoint: Path) -> str:
+    """The one line after Ctrl-C in training: where the checkpoint is and how to go on."""
+    if checkpoint.exists():
+        return (f"interrupted: the last finished epoch's checkpoint is kept at {checkpoint}; "
+                "rerun the same command to resume")
+    return (f"interrupted before the first epoch finished, so there is no checkpoint yet ({checkpoint}); "
+            "rerun the same command to start the cell again")
 
 
 def cmd_table(args) -> int:
@@ -119,7 +133,7 @@ def cmd_attribute(args) -> int:
     from reproduce.study import load_study
     study = load_study(args.study)
     paths = attribute_study(study, results_dir=Path(args.results or f"results/{study.name}"),
-                            data_root=Path(args.data_root))
+                            data_root=Path(args.data_root), strict=args.strict)
     for path in paths:
         print(path)
     return 0
@@ -206,7 +220,8 @@ def cmd_verify(args) -> int:
 
 def cmd_check(args) -> int:
     from reproduce.check import (audit_check, baseline_path, checked_metrics, committed_lock, compare, lock_path,
-                                 read_results, render, render_audit, render_hashes, reproduced_by_hash, update_baseline)
+                                 read_baseline, read_results, render, render_audit, render_hashes, reproduced_by_hash,
+                                 update_baseline)
     from reproduce.study import load_study
     study = load_study(args.study)
     results = read_results(study, Path(args.results or f"results/{study.name}"))
@@ -230,7 +245,7 @@ def cmd_check(args) -> int:
         print(f"no baseline {path}: only the privacy audit was checked (create one deliberately with "
               f"`reproduce check {args.study} --update`)")
         return _audit_exit(violated)
-    verdicts = compare(study, json.loads(path.read_text()), now)
+    verdicts = compare(study, read_baseline(path), now)
     print(render(verdicts))
     # The exact check: outputs vs the committed dvc.lock; informative only (platforms round differently).
     lock = committed_lock(study)
@@ -247,6 +262,17 @@ def _audit_exit(violated: list[str]) -> int:
               file=sys.stderr)
         return 1
     return 0
+
+
+def _positive(text: str) -> int:
+    """An argparse type: a count that must be at least 1 (0 would divide by zero or loop forever)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -279,14 +305,14 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("run", help="run a study's pending cells (local processes, SLURM, or a CPU smoke test)")
     s.add_argument("study")
     s.add_argument("--executor", choices=["debug", "local", "slurm"], default="local")
-    s.add_argument("--jobs", type=int, default=None, help="parallel cells (local) or concurrent jobs (slurm)")
+    s.add_argument("--jobs", type=_positive, default=None, help="parallel cells (local) or concurrent jobs (slurm)")
     s.add_argument("--slurm-partition")
-    s.add_argument("--gpus-per-task", type=int)
+    s.add_argument("--gpus-per-task", type=_positive)
     s.add_argument("--time", help="SLURM time limit per cell, e.g. 04:00:00")
     s.add_argument("--mem", help="SLURM memory per cell, e.g. 16G")
     s.add_argument("--smoke", action="store_true",
                    help="a few steps of every distinct configuration on stand-in data (CPU, CI)")
-    s.add_argument("--max-cells", type=int, default=None, help="smoke: stop after this many cells")
+    s.add_argument("--max-cells", type=_positive, default=None, help="smoke: stop after this many cells")
     s.add_argument("--data-root", default="data")
     s.set_defaults(func=cmd_run)
     s = sub.add_parser("verify", help="per-sample gradients and the clipped DP update of every group and multiplicity "
@@ -297,8 +323,8 @@ def build_parser() -> argparse.ArgumentParser:
                    default=["trainer", "channels_last", "strided"], help="input layouts to check")
     s.add_argument("--paths", nargs="+", choices=["engine", "hooks"], default=["engine", "hooks"],
                    help="per-sample gradient paths: the trainer's engine, opacus's hooks mode")
-    s.add_argument("--batch-size", type=int, default=6, help="expected Poisson batch size of the checked step")
-    s.add_argument("--physical-batch-size", type=int, default=4, help="micro-batch bound (below the batch size)")
+    s.add_argument("--batch-size", type=_positive, default=6, help="expected Poisson batch size of the checked step")
+    s.add_argument("--physical-batch-size", type=_positive, default=4, help="micro-batch bound (below the batch size)")
     s.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     s.add_argument("--device", default="cpu")
     s.add_argument("--per-layer", action="store_true", help="print every layer's error, not only the worst")
@@ -332,18 +358,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--md", action="store_true", help="a Markdown table")
     s.add_argument("-A", "--all-commits", action="store_true", help="passed on to dvc exp show")
     s.add_argument("--rev", help="passed on to dvc exp show: experiments of this baseline commit")
-    s.add_argument("-n", "--num", type=int, help="passed on to dvc exp show: the last N baseline commits")
+    s.add_argument("-n", "--num", type=_positive, help="passed on to dvc exp show: the last N baseline commits")
     s.set_defaults(func=cmd_exp_show)
     s = sub.add_parser("report", help="tables, figures and the HTML page of a study, from its results")
     s.add_argument("study")
     s.add_argument("--results")
     s.add_argument("--out")
+    s.add_argument("--strict", action="store_true", help="untrained cells are an error (always so for the report: "
+                   "its tables need every cell; accepted so that scripts pass it to attribute and report alike)")
     s.set_defaults(func=cmd_report)
     s = sub.add_parser("attribute", help="Grad-CAM, guided backprop, filter response and co-location scores of "
                        "every trained cell (the attribution stage; reads the kept models, trains nothing)")
     s.add_argument("study")
     s.add_argument("--results", help="default: results/<study>")
     s.add_argument("--data-root", default="data")
+    s.add_argument("--strict", action="store_true", help="untrained cells are an error (exit 1) rather than "
+                   "skipped with a warning")
     s.set_defaults(func=cmd_attribute)
     s = sub.add_parser("params", help="parameter count per group of a study")
     s.add_argument("study")
@@ -360,6 +390,24 @@ def _quiet_known_warnings() -> None:
     warnings.filterwarnings("ignore", message=".*Secure RNG turned off.*")     # stated in the privacy statement
 
 
+# What to do about the file system errors a user meets (errno -> advice).
+_OS_ADVICE = {
+    errno.ENOSPC: "free disk space (or write elsewhere) and rerun",
+    errno.EDQUOT: "free space in your quota (or write elsewhere) and rerun",
+    errno.EACCES: "check its permissions (or write elsewhere: see the command's --help)",
+    errno.EPERM: "check its permissions (or write elsewhere: see the command's --help)",
+    errno.EROFS: "the file system is read-only: write elsewhere (see the command's --help)",
+    errno.ENOENT: "check the path",
+}
+
+
+def _os_error(e: OSError) -> str:
+    """One line: the file, the system's message and what to do."""
+    where = f"{e.filename}: " if e.filename else ""
+    advice = _OS_ADVICE.get(e.errno)
+    return f"{where}{e.strerror or e}" + (f"; {advice}" if advice else "")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _quiet_known_warnings()
@@ -373,7 +421,10 @@ def main(argv: list[str] | None = None) -> int:
         return e.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return INTERRUPTED
+    except OSError as e:   # the file system said no (read-only, full, missing): the user's to fix, not a bug
+        print(f"error: {_os_error(e)}", file=sys.stderr)
+        return ReproduceError.exit_code
 
 
 if __name__ == "__main__":

@@ -27,6 +27,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from reproduce.data.registry import DATASETS as _DATASET_TABLE
 from reproduce.errors import StudyError
+from reproduce.models.group_norm import RULE as _GROUP_NORM_RULE
+from reproduce.models.group_norm import unsplittable_widths
 
 GRID_AXES = ("dataset", "group", "epsilon", "multiplicity", "seed")
 # Sections whose fields a dotted grid axis may name. data.* is not one: data/<dataset> is fetched once
@@ -374,6 +376,26 @@ AXIS_HELP = (f"grid axes are {', '.join(GRID_AXES)} or dotted paths of {'/'.join
              "e.g. privacy.max_grad_norm")
 
 
+class _Located(ValueError):
+    """A study-level problem that belongs to one field: ``loc`` is its path, as in a pydantic error."""
+
+    def __init__(self, loc: tuple, message: str):
+        super().__init__(message)
+        self.loc = loc
+
+
+def _require_buildable_widths(model: "ModelConfig", groups: list[str]) -> None:
+    """Refuse widths the conventional model cannot build (the only one whose norm constrains them)."""
+    if "e" not in groups:
+        return
+    layout = model.widths_for("e")
+    bad = unsplittable_widths(layout)
+    if bad:
+        where = ("model", "widths", "e") if isinstance(model.widths, dict) else ("model", "widths")
+        widths = f"width{'s' * (len(bad) > 1)} {', '.join(map(str, bad))}"
+        raise _Located((*where, layout.index(bad[0])), f"{widths} cannot be built: {_GROUP_NORM_RULE}")
+
+
 def _is_path(key) -> bool:
     return isinstance(key, str) and "." in key
 
@@ -406,6 +428,7 @@ class Study(_Strict):
             missing = [g for g in self.grid.group if g not in self.model.widths]
             if missing:
                 raise ValueError(f"model.widths has no layout for group(s) {missing}")
+        _require_buildable_widths(self.model, self.grid.group)
         if (self.training.epochs is None) == (self.training.steps is None):
             raise ValueError("training needs exactly one of epochs or steps")
         if self.model.restrict == "halved":
@@ -703,6 +726,9 @@ def _describe(err: dict) -> tuple[tuple, str]:
     if err["type"] == "extra_forbidden":
         return loc, "unknown key (not part of the study schema)"
     msg = err["msg"].removeprefix("Value error, ")
+    located = err.get("ctx", {}).get("error")
+    if isinstance(located, _Located):   # raised by Study for one field: point at it, not at line 1
+        loc = (*loc, *located.loc)
     if err["type"] in ("literal_error",) and "expected" in err.get("ctx", {}):
         msg = f"got {err['input']!r}; allowed: {err['ctx']['expected']}"
     return loc, msg
@@ -751,11 +777,29 @@ def parse_study(text: str, *, path: str = "<study>") -> Study:
 def load_study(path: str | Path) -> Study:
     """Read and validate ``path``; raises StudyError (exit 2) naming file, line and field."""
     p = Path(path)
+    if p.is_dir():
+        raise StudyError(f"{p}: is a directory, not a study file; give one YAML file, e.g. studies/default.yaml")
     try:
-        text = p.read_text()
+        raw = p.read_bytes()
+    except FileNotFoundError:
+        raise StudyError(f"{p}: no such study file; check the path (studies are studies/<name>.yaml)") from None
     except OSError as e:
         raise StudyError(f"{p}: cannot read study file: {e.strerror}") from None
+    text = _decoded(raw, p)
+    if not text.strip():
+        raise StudyError(f"{p}: the study file is empty; a study is a YAML mapping (name, model, privacy, "
+                         "training, grid), e.g. copy studies/ci.yaml")
     return parse_study(text, path=str(p))
+
+
+def _decoded(raw: bytes, path: Path) -> str:
+    """The study's text as UTF-8 (never the locale's encoding, so every machine reads the same study)."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise StudyError(f"{path}:{line}: byte 0x{raw[e.start]:02x} at offset {e.start} is not UTF-8; save the "
+                         "file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`, or your editor's encoding setting)") from None
 
 
 def study_hash(path: str | Path) -> str:

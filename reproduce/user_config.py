@@ -28,7 +28,10 @@ def load_user_config(path: Path | None = None) -> dict:
     if not path.is_file():
         return {}
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_bytes().decode("utf-8")) or {}
+    except UnicodeDecodeError as e:
+        raise ReproduceError(f"{path}: byte 0x{e.object[e.start]:02x} at offset {e.start} is not UTF-8; "
+                             "save the file as UTF-8") from None
     except yaml.YAMLError as e:
         raise ReproduceError(f"{path}: not valid YAML: {e}") from e
     run = data.get("run", {}) if isinstance(data, dict) else None

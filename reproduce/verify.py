@@ -26,6 +26,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from reproduce.device import resolve_device
 from reproduce.errors import ReproduceError
 from reproduce.models import build_cell_model
 from reproduce.privacy.dp_sgd import PER_SAMPLE_GRADIENTS
@@ -224,9 +225,7 @@ def verify_study(study: Study, *, batch_size: int = 6, physical_batch_size: int 
         device: where model and batches live.
         groups: restrict to these groups (default: all of the grid).
     """
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ReproduceError("--device cuda: no CUDA device is available here (torch.cuda.is_available() is False)")
+    device = resolve_device(str(device))   # DeviceError (exit 2) for a device that is unknown or not here
     cases, refusals, sets = [], {}, {}
     for cell in _verified_cells(study):
         if groups and cell.group not in groups:

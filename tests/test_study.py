@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+from reproduce.errors import StudyError
+from reproduce.models.group_norm import GROUP_NORM_GROUPS
 from reproduce.study import load_study, parse_study
 from tests.conftest import REPO, TINY_STUDY
 
@@ -79,6 +81,57 @@ def test_cli_exit_code_2_no_traceback_nothing_written(temp_study, tmp_path):
         assert "Traceback" not in proc.stderr
         assert f"{path}:17: grid.epsilon" in proc.stderr
     assert sorted(p for p in tmp_path.rglob("*")) == before
+
+
+def test_a_study_file_that_is_not_utf8_names_the_line_and_offset_of_the_bad_byte(temp_study):
+    path = temp_study()
+    # a Latin-1 editor saved the author's name in a comment on line 2 (byte 0xf6 at offset 14)
+    path.write_bytes(path.read_bytes().replace(b"\n", "\n# Hölzl\n".encode("latin-1"), 1))
+    with pytest.raises(StudyError) as info:
+        load_study(path)
+    assert f"{path}:2: byte 0xf6 at offset 14 is not UTF-8; save the file as UTF-8" in str(info.value)
+
+
+@pytest.mark.parametrize("make,needle", [
+    (lambda p: None, "no such study file"),
+    (lambda p: p.write_text("\n  \n"), "the study file is empty"),
+    (lambda p: p.mkdir(), "is a directory, not a study file"),
+], ids=["missing", "empty", "directory"])
+def test_a_missing_empty_or_directory_study_is_one_clear_line(tmp_path, make, needle):
+    path = tmp_path / "tiny.yaml"
+    make(path)
+    with pytest.raises(StudyError) as info:
+        load_study(path)
+    assert str(info.value).startswith(f"{path}: {needle}") and "\n" not in str(info.value)
+
+
+# Widths the conventional ResNet-9 cannot build (GroupNorm of w channels in min(32, w) groups).
+UNBUILDABLE_WIDTHS = [
+    ("per-group layout", _edit("widths: [4, 8, 8]", "widths: {e: [20, 40, 80]}"), 3,
+     "model.widths.e.1: widths 40, 80 cannot be built"),
+    ("one layout for every group", _edit("widths: [4, 8, 8]", "widths:\n    - 16\n    - 32\n    - 48"), 6,
+     "model.widths.2: width 48"),
+    ("a grid axis value", _edit("seed: [0]", "seed: [0]\n  model.widths: [[8, 16, 32], [8, 16, 36]]"), 20,
+     "grid.model.widths.1.2: width 36"),
+]
+
+
+@pytest.mark.parametrize("desc,text,line,needle", UNBUILDABLE_WIDTHS, ids=[w[0] for w in UNBUILDABLE_WIDTHS])
+def test_widths_the_conventional_model_cannot_build_are_refused(desc, text, line, needle, temp_study):
+    path = temp_study(text)
+    with pytest.raises(StudyError) as info:
+        load_study(path)
+    msg = str(info.value)
+    assert f"{path}:{line}: {needle}" in msg, msg
+    # the rule is the model's, not restated here
+    assert f"at most {GROUP_NORM_GROUPS} or a multiple of {GROUP_NORM_GROUPS}" in msg, msg
+
+
+def test_widths_only_the_equivariant_models_read_may_be_any_size():
+    # escnn's field group norm takes a divisor of the field count: every width builds
+    assert parse_study(_edit("widths: [4, 8, 8]", "widths: {e: [16, 32, 64], C4: [20, 40, 80]}")
+                       .replace("group: [e]", "group: [e, C4]"))
+    assert parse_study(_edit("widths: [4, 8, 8]", "widths: [20, 40, 80]").replace("group: [e]", "group: [C4]"))
 
 
 def test_physical_batch_may_exceed_the_logical_one_up_to_twice_it():

@@ -69,3 +69,26 @@ def test_empty_poisson_batches_are_noise_only_steps_not_divergence():
     assert 0 in sizes
     result = run_cell(cell, data_root=None, progress=False, splits=splits)
     assert result.metrics["steps"] == result.privacy.steps == 12
+
+
+@pytest.mark.parametrize("saved", [True, False], ids=["after an epoch", "before the first epoch ends"])
+def test_ctrl_c_exits_130_keeps_the_checkpoint_and_says_how_to_resume(saved, temp_study, tmp_path, monkeypatch, capsys):
+    import reproduce.train
+    from reproduce.cli import main
+    cell = "embedded-e-8-1-0"
+    checkpoint = tmp_path / "checkpoints" / "tiny" / f"{cell}.ckpt"
+
+    def interrupted(*args, checkpoint, **kwargs):
+        if saved:   # the loop saved an epoch before the user pressed Ctrl-C
+            checkpoint.parent.mkdir(parents=True)
+            checkpoint.write_bytes(b"epoch 1")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(reproduce.train, "run_cell", interrupted)
+    code = main(["train", str(temp_study()), "--cell", cell, "--checkpoint-dir", str(tmp_path / "checkpoints"),
+                 "--out", str(tmp_path / "out"), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 130 and len(err.splitlines()) == 1, err
+    assert f"{checkpoint}" in err and "rerun" in err, err
+    assert checkpoint.exists() == saved and (checkpoint.read_bytes() == b"epoch 1" if saved else True)
+    assert not (tmp_path / "out").exists()

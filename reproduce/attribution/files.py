@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
+
+from reproduce.atomic import read_json
+from reproduce.errors import ReproduceError
 
 SCORES_FILE = "scores.json"
 
@@ -15,7 +17,11 @@ def read_scores(results_dir: Path) -> dict[str, dict[str, float]]:
     path = Path(results_dir) / "attribution" / SCORES_FILE
     if not path.exists():
         return {}
-    return json.loads(path.read_text())["cells"]
+    remedy = "rerun the attribution stage (`reproduce attribute <study>`, or `dvc repro` the study)"
+    doc = read_json(path, what="attribution scores", remedy=remedy)
+    if not isinstance(doc, dict) or not isinstance(doc.get("cells"), dict):
+        raise ReproduceError(f"{path}: not the attribution stage's scores (no `cells` mapping); {remedy}")
+    return doc["cells"]
 
 
 def read_maps(results_dir: Path, cell_id: str) -> dict[str, np.ndarray] | None:

@@ -11,14 +11,16 @@ dataset - and writes, into ``results/<study>/attribution/``:
   response: the mean expanded-kernel norm of each convolution and over all of them (``fir/*``).
 
 Multi-label datasets are skipped (Grad-CAM of one class per image has no single target there), as
-are cells without a result yet. Everything is a deterministic function of the kept weights and the
-test split, so an identical rerun writes identical bytes.
+are cells without a result yet (named in a warning; ``strict`` refuses them). Everything is a
+deterministic function of the kept weights and the test split, so an identical rerun writes
+identical bytes.
 """
 
 from __future__ import annotations
 
 import io
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -30,9 +32,10 @@ from reproduce.attribution.response import filter_norms
 from reproduce.attribution.files import SCORES_FILE
 from reproduce.attribution.selection import select_per_class
 from reproduce.data import load_dataset
+from reproduce.errors import ReproduceError
 from reproduce.study import Study
 from reproduce.training.kept import load_cell_model
-from reproduce.training.result import read_result
+from reproduce.training.result import read_result, untrained_cells, untrained_message
 from reproduce.training.task import multi_label, to_tensor
 
 #: test images per class whose attributions are computed, and the selection's seed
@@ -68,7 +71,19 @@ def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
     return buffer.getvalue()
 
 
-def attribute_study(study: Study, *, results_dir: Path, data_root: Path, out_dir: Path | None = None) -> list[Path]:
+def _check_trained(study: Study, results_dir: Path, *, strict: bool) -> None:
+    """Untrained cells are skipped (the DVC stage may run before all are pulled), never silently."""
+    untrained = untrained_cells(study, results_dir)
+    if not untrained:
+        return
+    message = untrained_message(study, untrained, results_dir)
+    if strict:
+        raise ReproduceError(message)
+    print(f"warning: {message}; they are skipped (--strict makes this an error)", file=sys.stderr)
+
+
+def attribute_study(study: Study, *, results_dir: Path, data_root: Path, out_dir: Path | None = None,
+                    strict: bool = False) -> list[Path]:
     """Attribute every trained cell of ``study``; returns the files written (``scores.json`` last).
 
     Args:
@@ -76,10 +91,12 @@ def attribute_study(study: Study, *, results_dir: Path, data_root: Path, out_dir
         results_dir: ``results/<study>`` (its ``cells/<id>/`` hold result.json and model.pt).
         data_root: Where the datasets are (``data/``).
         out_dir: Default ``results_dir / "attribution"``.
+        strict: Refuse (ReproduceError, nothing written) a study with untrained cells instead of
+            skipping them with a warning on stderr.
     """
     results_dir = Path(results_dir)
     out_dir = Path(out_dir) if out_dir is not None else results_dir / "attribution"
-    out_dir.mkdir(parents=True, exist_ok=True)
+    _check_trained(study, results_dir, strict=strict)
     written, scores = [], {}
     selections: dict[str, tuple] = {}
     for cell in study.cells():
@@ -111,6 +128,7 @@ def attribute_study(study: Study, *, results_dir: Path, data_root: Path, out_dir
         write_bytes_atomic(path, _npz_bytes({"indices": idx, "images": raw, **att.arrays()}))
         written.append(path)
     # Cells of an older grid leave no stale file behind (DVC would cache it with the new ones).
+    out_dir.mkdir(parents=True, exist_ok=True)   # only now: a failed run leaves no empty directory
     keep = {p.name for p in written} | {SCORES_FILE}
     for stale in out_dir.iterdir():
         if stale.name not in keep and stale.suffix in (".npz", ".json"):

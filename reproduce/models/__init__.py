@@ -7,10 +7,10 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
-import numpy as np
-import torch
-from torch import nn
+if TYPE_CHECKING:   # torch is imported where a model is built: the study schema reads group_norm without it
+    from torch import nn
 
 
 def build_model(*, group: str, widths: tuple[int, int, int], in_channels: int, num_classes: int,
@@ -20,6 +20,8 @@ def build_model(*, group: str, widths: tuple[int, int, int], in_channels: int, n
 
     Seeds torch and numpy's global RNG first: escnn draws D_N/O(2) bases from the latter.
     """
+    import numpy as np
+    import torch
     torch.manual_seed(seed)
     np.random.seed(seed)
     if group == "e":

@@ -49,20 +49,27 @@ def save_weights(state: dict[str, torch.Tensor], path: Path | str) -> str:
     return weights_checksum(state)
 
 
-def load_weights(model: nn.Module, path: Path | str, *, sha256: str) -> nn.Module:
+#: What to do about a missing or unreadable weights file when the caller knows no better.
+RESTORE = "`dvc pull` it, or rerun the cell's train stage (`dvc repro` it)"
+
+
+def load_weights(model: nn.Module, path: Path | str, *, sha256: str, restore: str = RESTORE) -> nn.Module:
     """Load the weights in ``path`` into ``model`` (built exactly as the cell's) after checking them.
 
     Raises ReproduceError when the file is missing or unreadable, was written for another model
-    (names or shapes differ), or holds weights whose checksum is not ``sha256``.
+    (names or shapes differ), or holds weights whose checksum is not ``sha256``; ``restore`` says
+    how to get the file back (the cell's own commands, where the caller knows the cell).
     """
     path = Path(path)
     if not path.exists():
-        raise ReproduceError(f"{path}: no kept weights; `dvc pull` or `dvc repro` the cell's train stage")
+        raise ReproduceError(f"{path}: no kept weights; {restore}")
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
         state = saved["state_dict"]
     except Exception as e:  # a truncated or foreign file: say which, not how torch failed
-        raise ReproduceError(f"{path}: not a kept-weights file ({type(e).__name__}: {e})") from None
+        why = str(e).split(". ")[0][:120]
+        raise ReproduceError(f"{path}: not a readable kept-weights file, truncated or corrupted ({type(e).__name__}: "
+                             f"{why}); {restore}") from None
     actual = weights_checksum(state)
     if actual != sha256:
         raise ReproduceError(f"{path}: weights checksum {actual[:12]} is not the {sha256[:12]} its result.json "

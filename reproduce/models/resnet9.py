@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from torch import nn
 
+from reproduce.models.group_norm import group_norm_groups
+
 
 def _block(c_in: int, c_out: int, *, pool: bool) -> nn.Sequential:
     layers = [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
-              nn.GroupNorm(min(32, c_out), c_out), nn.Mish()]
+              nn.GroupNorm(group_norm_groups(c_out), c_out), nn.Mish()]
     if pool:
         layers.append(nn.MaxPool2d(2))
     return nn.Sequential(*layers)
@@ -32,11 +34,11 @@ class ResNet9(nn.Module):
         self.conv1 = _block(in_channels, w1, pool=False)
         self.conv2 = _block(w1, w2, pool=True)
         self.res1 = nn.Sequential(_block(w2, w2, pool=False), _block(w2, w2, pool=False))
-        self.scale_norm1 = nn.GroupNorm(min(32, w2), w2)
+        self.scale_norm1 = nn.GroupNorm(group_norm_groups(w2), w2)
         self.conv3 = _block(w2, w3, pool=True)
         self.conv4 = _block(w3, w3, pool=True)
         self.res2 = nn.Sequential(_block(w3, w3, pool=False), _block(w3, w3, pool=False))
-        self.scale_norm2 = nn.GroupNorm(min(32, w3), w3)
+        self.scale_norm2 = nn.GroupNorm(group_norm_groups(w3), w3)
         self.pool = nn.AdaptiveMaxPool2d((2, 2))
         self.fc = nn.Linear(4 * w3, num_classes)
 

@@ -29,6 +29,7 @@ import statistics
 from pathlib import Path
 
 from reproduce.atomic import write_atomic
+from reproduce.errors import ReproduceError
 from reproduce.metrics.calibration import ReliabilityBin
 from reproduce.study import NON_PRIVATE, Study, dp_only, matrix_key
 from reproduce.training.result import CellResult
@@ -319,7 +320,11 @@ def draw_reliability(study: Study, results: dict[str, CellResult], dataset: str,
     panels = []
     for group in reliability_groups(study):
         recs = _records(study, results, dataset, group, epsilon, multiplicity, where)
-        bins = pooled_reliability(recs)
+        try:
+            bins = pooled_reliability(recs)
+        except ValueError as e:   # results written by different versions of the code
+            raise ReproduceError(f"cells {', '.join(r.cell for r in recs)}: {e}; retrain them with one version of the "
+                                 "code (`dvc repro`) before reporting") from None
         if bins is not None:
             n_seeds = sum(1 for r in recs if r.reliability_test)
             panels.append((group, bins, n_seeds, _mean_metric(recs, "test_ece"), _mean_metric(recs, "test_brier")))

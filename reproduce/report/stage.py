@@ -21,7 +21,16 @@ from reproduce.report.trends import summary_entries as compute_summary
 from reproduce.report.trends import to_markdown as compute_markdown
 from reproduce.report.table import TABLE_METRICS, build_table, to_csv, to_latex, to_markdown, to_summary
 from reproduce.study import Study
-from reproduce.training.result import CellResult, read_results  # noqa: F401 (read_results: this module's API too)
+from reproduce.training.result import (CellResult, read_results,  # noqa: F401 (read_results: this module's API too)
+                                       untrained_cells, untrained_message)
+
+
+def require_trained(study: Study, results_dir: Path) -> None:
+    """ReproduceError naming the untrained cells, if any: the tables need every cell (a mean over the
+    seeds that happen to be there would pass for the study's)."""
+    untrained = untrained_cells(study, results_dir)
+    if untrained:
+        raise ReproduceError(untrained_message(study, untrained, results_dir))
 
 
 def build_tables(study: Study, results: dict[str, CellResult]) -> list[dict]:
@@ -32,6 +41,7 @@ def build_tables(study: Study, results: dict[str, CellResult]) -> list[dict]:
 def write_tables(study: Study, *, results_dir: Path) -> list[Path]:
     """table.md, table.csv, table.tex and summary.json (flat, for `dvc metrics show`) in results_dir."""
     results_dir = Path(results_dir)
+    require_trained(study, results_dir)
     results = read_results(study, results_dir)
     return _write_table_files(study, build_tables(study, results), results_dir,
                               score_rows(study, read_scores(results_dir)), compute_rows(study, results),
@@ -61,6 +71,7 @@ def build_report(study: Study, *, results_dir: Path, out_dir: Path) -> list[Path
     from reproduce.report.figures import write_figures
     from reproduce.report.html import write_html
     results_dir, out_dir = Path(results_dir), Path(out_dir)
+    require_trained(study, results_dir)
     results = read_results(study, results_dir)
     tables = build_tables(study, results)
     scores = score_rows(study, read_scores(results_dir))

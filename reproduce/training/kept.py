@@ -49,5 +49,12 @@ def load_cell_model(cell: Cell, *, results_dir: Path | str | None = None,
                              f"rerun the cell (`dvc repro -f` its train stage)")
     info = dataset_source(cell.dataset).info(cell.study.data.size)
     model = build_cell_model(cell, in_channels=info.n_channels, num_classes=info.num_classes)
-    load_weights(model, directory / result.weights.file, sha256=result.weights.sha256)
+    load_weights(model, directory / result.weights.file, sha256=result.weights.sha256, restore=how_to_restore(cell))
     return model.eval()
+
+
+def how_to_restore(cell: Cell) -> str:
+    """The commands that bring back a cell's outputs: from DVC's cache or remote, else by retraining it."""
+    from reproduce.pipeline import pipeline_path, study_file
+    return (f"`dvc pull` it, or retrain the cell: `reproduce train {study_file(cell.study)} --cell {cell.id}` "
+            f"(in the pipeline: `dvc repro {pipeline_path(cell.study).as_posix()}:train@{cell.id}`)")

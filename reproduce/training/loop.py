@@ -13,9 +13,9 @@ import time
 from typing import Callable
 
 import torch
-from tqdm.auto import tqdm
 
 from reproduce.errors import ReproduceError
+from reproduce.training.progress import Progress
 from reproduce.training.result import EpochRecord, StepRecord
 from reproduce.training.state import TrainingState
 from reproduce.training.tracker import StepTracker, finite
@@ -47,7 +47,7 @@ def train(trainer: Trainer, *, model: torch.nn.Module, tracker: StepTracker, ema
         label: The cell id, for messages and the progress bar.
         resume: A checkpoint's state to continue from.
         save: Called with the state after every epoch (a checkpoint writer).
-        progress: Show a progress bar.
+        progress: Show progress (``reproduce.training.progress``: a bar on a terminal, log lines elsewhere).
     """
     epoch0, step, seen, elapsed, epochs = 0, 0, 0, 0.0, []
     if resume is not None:
@@ -55,33 +55,33 @@ def train(trainer: Trainer, *, model: torch.nn.Module, tracker: StepTracker, ema
         epoch0, step, seen, elapsed, epochs = resume.epoch_done, resume.step, resume.seen, resume.elapsed, resume.epochs
         tracker.rows = list(resume.steps)
     t0 = time.perf_counter()
-    bar = tqdm(total=trainer.steps, initial=step, desc=label, unit="step", disable=not progress, dynamic_ncols=True)
-    trainer.record_next_step(tracker.due(step + 1))
-    for epoch in range(epoch0, trainer.epochs):
-        for x, y in trainer.batches():
-            if step == trainer.steps:
-                break
-            loss, targets = trainer.forward_backward(x, y)
-            # An empty Poisson batch has a NaN mean loss but is a valid noise-only DP step.
-            if len(x) and not torch.isfinite(loss):
-                raise ReproduceError(f"cell {label}: training diverged (loss {loss.item()}) at step {step + 1}, "
-                                     f"epoch {epoch}; lower the learning rate in the study's training.optimizer")
-            tracker.record_batch(targets)
-            seen += len(x)
-            if not trainer.step():
-                continue
-            step += 1
-            if ema is not None:
-                ema.update()
-            tracker.after_step(step, epoch, loss, clipped=trainer.clipped_update, diagnostics=trainer.step_diagnostics)
-            trainer.record_next_step(tracker.due(step + 1))   # before the next step's first micro-batch
-            bar.update(1)
-            bar.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}")
-        epochs.append(EpochRecord(epoch=epoch, loss=finite(loss), alignment=tracker.end_epoch()))
-        if save is not None:
-            save(TrainingState.capture(key=key, epoch_done=epoch + 1, step=step, seen=seen,
-                                       elapsed=elapsed + time.perf_counter() - t0, epochs=epochs,
-                                       steps=tracker.rows, model=model, ema=ema, trainer=trainer))
-    bar.close()
+    # closed on any exit (Ctrl-C included), so what is printed next starts on a line of its own
+    with Progress(total=trainer.steps, initial=step, seen=seen, label=label, enabled=progress) as bar:
+        trainer.record_next_step(tracker.due(step + 1))
+        for epoch in range(epoch0, trainer.epochs):
+            for x, y in trainer.batches():
+                if step == trainer.steps:
+                    break
+                loss, targets = trainer.forward_backward(x, y)
+                # An empty Poisson batch has a NaN mean loss but is a valid noise-only DP step.
+                if len(x) and not torch.isfinite(loss):
+                    raise ReproduceError(f"cell {label}: training diverged (loss {loss.item()}) at step {step + 1}, "
+                                         f"epoch {epoch}; lower the learning rate in the study's training.optimizer")
+                tracker.record_batch(targets)
+                seen += len(x)
+                if not trainer.step():
+                    continue
+                step += 1
+                if ema is not None:
+                    ema.update()
+                tracker.after_step(step, epoch, loss, clipped=trainer.clipped_update,
+                                   diagnostics=trainer.step_diagnostics)
+                trainer.record_next_step(tracker.due(step + 1))   # before the next step's first micro-batch
+                bar.update(step=step, epoch=epoch, loss=loss, seen=seen)
+            epochs.append(EpochRecord(epoch=epoch, loss=finite(loss), alignment=tracker.end_epoch()))
+            if save is not None:
+                save(TrainingState.capture(key=key, epoch_done=epoch + 1, step=step, seen=seen,
+                                           elapsed=elapsed + time.perf_counter() - t0, epochs=epochs,
+                                           steps=tracker.rows, model=model, ema=ema, trainer=trainer))
     return TrainingRun(steps=step, seen=seen, seconds=elapsed + time.perf_counter() - t0, epochs=tuple(epochs),
                        step_records=tuple(tracker.rows))

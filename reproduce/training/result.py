@@ -10,11 +10,11 @@ Per-step and per-epoch series are typed rows whose optional parts are written on
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from pathlib import Path
 from typing import Any
 
+from reproduce.atomic import read_json
 from reproduce.audit.record import AuditRecord
 from reproduce.errors import ReproduceError
 from reproduce.metrics.calibration import ReliabilityBin
@@ -232,10 +232,11 @@ class CellResult:
 
 def read_result(path: Path) -> CellResult:
     """The cell result in ``path`` (a ``result.json``); ReproduceError if corrupt or malformed."""
-    try:
-        record = json.loads(Path(path).read_text())
-    except json.JSONDecodeError as e:
-        raise ReproduceError(f"{path}: corrupt result ({e}); delete it and rerun `dvc repro`") from None
+    record = read_json(path, what="result", remedy="restore it with `dvc checkout` (or `dvc pull`), or delete it "
+                                                    "and retrain the cell (`dvc repro`)")
+    if not isinstance(record, dict):
+        raise ReproduceError(f"{path}: not a cell result (a JSON {type(record).__name__}, not an object); "
+                             "delete it and retrain the cell (`dvc repro`)")
     return CellResult.from_json(record, where=str(path))
 
 
@@ -244,3 +245,24 @@ def read_results(study, results_dir: Path) -> dict[str, CellResult]:
     (``cells/<id>/result.json``; stale cells from older grids are ignored)."""
     paths = {c.id: Path(results_dir) / "cells" / c.id / "result.json" for c in study.cells()}
     return {cell: read_result(path) for cell, path in paths.items() if path.exists()}
+
+
+#: cell ids an untrained-cells message names before "and N more"
+SHOWN_CELLS = 5
+
+
+def untrained_cells(study, results_dir: Path) -> list[str]:
+    """The ids of ``study``'s cells with no ``cells/<id>/result.json`` under ``results_dir`` (not trained
+    or not pulled yet), in grid order."""
+    return [c.id for c in study.cells() if not (Path(results_dir) / "cells" / c.id / "result.json").exists()]
+
+
+def untrained_message(study, cell_ids: list[str], results_dir: Path) -> str:
+    """One line: how many cells have no result, the first few ids, and how to train or pull them."""
+    from reproduce.pipeline import study_file
+    shown = ", ".join(cell_ids[:SHOWN_CELLS]) + (f" and {len(cell_ids) - SHOWN_CELLS} more"
+                                                  if len(cell_ids) > SHOWN_CELLS else "")
+    path = study_file(study)
+    return (f"{len(cell_ids)} of {len(study.cells())} cells of study {study.name} have no result under "
+            f"{Path(results_dir) / 'cells'} ({shown}): train them with `reproduce run {path}` (one cell: "
+            f"`reproduce train {path} --cell <id>`), or `dvc pull` their results")

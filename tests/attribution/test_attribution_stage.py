@@ -51,3 +51,23 @@ def test_prediction_target_and_refusal():
     np.testing.assert_array_equal(att.targets, model(x).argmax(dim=1).numpy())
     with pytest.raises(ValueError, match="target"):
         attribute(model, x, np.array([0, 1]), target="truth")
+
+
+def test_untrained_cells_are_named_on_stderr_and_strict_refuses_them(temp_study, tmp_path, capsys):
+    import json
+
+    from reproduce.cli import main
+    from tests.conftest import TINY_STUDY
+    study = temp_study(TINY_STUDY.format(name="tiny").replace("seed: [0]", "seed: [0, 1, 2, 3, 4, 5]"))  # 12 cells
+    args = ["attribute", str(study), "--data-root", str(tmp_path / "data")]
+    # the DVC stage relies on exit 0: the untrained cells are skipped, as before, but no longer silently
+    assert main([*args, "--results", str(tmp_path / "lenient")]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("warning: 12 of 12 cells of study tiny have no result"), err
+    assert "embedded-e-non-private-1-0" in err and "and 7 more" in err and "embedded-e-8-1-5" not in err, err
+    assert "reproduce train studies/tiny.yaml --cell" in err and "dvc pull" in err, err
+    assert json.loads((tmp_path / "lenient" / "attribution" / "scores.json").read_text())["cells"] == {}
+    assert main([*args, "--results", str(tmp_path / "strict"), "--strict"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: 12 of 12 cells of study tiny have no result") and "Traceback" not in err, err
+    assert not (tmp_path / "strict").exists()   # nothing written

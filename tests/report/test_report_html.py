@@ -10,6 +10,7 @@ from html.parser import HTMLParser
 
 from PIL import Image
 
+from reproduce.cli import main as cli_main
 from reproduce.report.stage import main
 
 URL_ATTRS = {"src", "href", "srcset", "poster", "data", "action", "formaction", "background", "xlink:href", "manifest"}
@@ -77,3 +78,21 @@ def test_report_html_notes_missing_reliability_and_cli(fake_study, fake_study_te
     assert main([str(study_file), "--results", str(results_dir), "--out", str(out)]) == 0
     page = (out / "index.html").read_text(encoding="utf-8")
     assert "no cell recorded reliability bins" in page and page.count("<img ") == 8  # figure 1 + GWA x 4
+
+
+def test_report_names_untrained_cells_shortened_with_how_to_train_them(fake_study, fake_study_text,
+                                                                       write_fake_results, tmp_path, capsys):
+    skipped = tuple(c.id for c in fake_study.cells()[:9])
+    results_dir = write_fake_results(fake_study, skip=skipped)
+    study_file = tmp_path / "studies" / "fake.yaml"
+    study_file.parent.mkdir(parents=True)
+    study_file.write_text(fake_study_text)
+    # the tables need every cell: the report refuses untrained ones with or without --strict
+    for strict in ([], ["--strict"]):
+        assert cli_main(["report", str(study_file), "--results", str(results_dir), "--out", str(tmp_path / "site"),
+                         *strict]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("error: 9 of 32 cells of study fake have no result"), err
+        assert skipped[0] in err and skipped[-1] not in err and "and 4 more" in err, err
+        assert "reproduce run studies/fake.yaml" in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "site").exists() and not (results_dir / "table.md").exists()

@@ -97,3 +97,14 @@ def test_the_train_stage_keeps_the_file_the_trainer_writes():
     from reproduce.models.kept import WEIGHTS_FILE
     from reproduce.pipeline import CELL_OUTPUTS
     assert WEIGHTS_FILE in CELL_OUTPUTS
+
+
+def test_a_truncated_weights_file_names_the_file_and_how_to_restore_or_retrain_it(written, tmp_path):
+    cell, result, out = written
+    (tmp_path / "result.json").write_text((out / "result.json").read_text())
+    (tmp_path / "model.pt").write_bytes((out / "model.pt").read_bytes()[:200])   # a killed copy
+    with pytest.raises(ReproduceError) as info:
+        load_cell_model(cell, results_dir=tmp_path)
+    msg = str(info.value)
+    assert str(tmp_path / "model.pt") in msg and "dvc pull" in msg, msg
+    assert f"reproduce train studies/kept.yaml --cell {cell.id}" in msg and f"train@{cell.id}" in msg, msg
