@@ -161,14 +161,25 @@ def cmd_pipeline(args) -> int:
 
 def cmd_repro(args) -> int:
     import subprocess
-    from reproduce.pipeline import pipeline_path, require_in_studies
+    from reproduce.pipeline import pipeline_path, produced_directories, require_in_studies
     from reproduce.study import load_study
     study = load_study(args.study)   # the whole study must be valid before anything runs
     require_in_studies(args.study, study)
     _regenerate_pipelines()
     cmd = [sys.executable, "-m", "dvc", "repro", pipeline_path(study).as_posix(), *args.dvc_args]
     print(f"$ dvc repro {' '.join(cmd[4:])}", flush=True)
-    return subprocess.run(cmd).returncode
+    # A dry run of a study that never ran: DVC stats the results directories its stages will write.
+    made = produced_directories(study) if "--dry" in args.dvc_args else []
+    for d in made:
+        d.mkdir(parents=True)
+    try:
+        return subprocess.run(cmd).returncode
+    finally:
+        for d in reversed(made):
+            if d.is_dir() and not any(d.iterdir()):
+                d.rmdir()
+        if made and made[0].parent.is_dir() and not any(made[0].parent.iterdir()):
+            made[0].parent.rmdir()
 
 
 def cmd_exp_show(args) -> int:

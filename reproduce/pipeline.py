@@ -266,6 +266,17 @@ def write_pipelines(root: Path = Path("."), studies: list[Study] | None = None) 
     return changes
 
 
+def produced_directories(study: Study, root: Path = Path(".")) -> list[Path]:
+    """The directories the study's attribute and report stages depend on that its own stages write
+    (``results/<study>/cells``, ``results/<study>/attribution``) and that do not exist yet.
+
+    ``dvc repro --dry`` stats every dependency before anything runs (treeverse/dvc#9021), so on a study
+    that never ran it fails on these; ``reproduce repro --dry`` makes them empty for the dry run only.
+    """
+    results = root / "results" / study.name
+    return [d for d in (results / "cells", results / "attribution") if not d.exists()]
+
+
 def require_in_studies(path: Path | str, study: Study, root: Path = Path(".")) -> None:
     """A study's pipeline reads ``studies/<name>.yaml``: refuse a study file kept anywhere else."""
     expected = (root / STUDIES_DIR / f"{study.name}.yaml").resolve()

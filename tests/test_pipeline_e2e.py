@@ -163,3 +163,15 @@ def test_studies_sharing_a_downloaded_dataset_fetch_it_once_and_outlive_each_oth
         assert stages_run(run(["reproduce", "repro", "studies/pair_b.yaml"], repo, env=env).stdout) == \
             ["pipelines/pair_b/dvc.yaml:report"]
         assert "| retinamnist | e |" in (repo / "results/pair_b/table.md").read_text()
+
+
+@pytest.mark.slow
+def test_a_dry_run_of_a_study_that_never_ran_lists_its_stages_and_writes_nothing(repo_copy):
+    # DVC stats every dependency in a dry run (treeverse/dvc#9021): results/<study>/cells did not exist yet.
+    (repo_copy / "studies/fresh.yaml").write_text(TINY_STUDY.format(name="fresh"))
+    run(["reproduce", "fetch"], repo_copy)
+    out = run(["reproduce", "repro", "studies/fresh.yaml", "--dry"], repo_copy).stdout
+    assert stages_run(out) == ["pipelines/fresh/dvc.yaml:attribute", "pipelines/fresh/dvc.yaml:report",
+                               "pipelines/fresh/dvc.yaml:train@embedded-e-8-1-0",
+                               "pipelines/fresh/dvc.yaml:train@embedded-e-non-private-1-0"]
+    assert not (repo_copy / "results/fresh").exists()

@@ -7,6 +7,8 @@ from typing import Literal
 
 import numpy as np
 
+from reproduce.errors import ReproduceError
+
 Task = Literal["multi-class", "binary-class", "multi-label, binary-class", "ordinal-regression"]
 SPLITS = ("train", "val", "test")
 
@@ -52,6 +54,7 @@ def from_npz_arrays(arrays: dict[str, np.ndarray], info: DatasetInfo) -> Splits:
         if labels.ndim == 1:
             labels = labels[:, None]
         if len(images) != len(labels):
-            raise ValueError(f"{info.name}: {split} has {len(images)} images but {len(labels)} labels")
+            raise ReproduceError(f"{info.name}: {split} has {len(images)} images but {len(labels)} labels: the file is "
+                                 f"damaged; delete data/{info.name} and run `reproduce fetch {info.name}` again")
         out[f"{split}_images"], out[f"{split}_labels"] = images, labels
     return Splits(info=info, arrays=out)

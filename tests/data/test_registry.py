@@ -72,3 +72,15 @@ grid: {dataset: [pneumoniamnist, pathmnist], group: [e], epsilon: [8], multiplic
     for c, (channels, classes) in zip(counts, [(1, 2), (3, 9)]):
         assert c.parameters == count_parameters(build_model(group="e", widths=(2, 2, 4), in_channels=channels,
                                                             num_classes=classes))
+
+
+def test_an_npz_with_more_images_than_labels_is_one_error_naming_the_dataset_and_the_remedy():
+    import numpy as np
+    from reproduce.data.base import from_npz_arrays
+    from reproduce.data.registry import dataset_source
+    info = dataset_source("embedded").info(None)
+    arrays = {f"{s}_images": np.zeros((3, 28, 28, 3), np.uint8) for s in ("train", "val", "test")}
+    arrays |= {f"{s}_labels": np.zeros((3, 1), np.uint8) for s in ("train", "val", "test")}
+    arrays["val_labels"] = np.zeros((2, 1), np.uint8)
+    with pytest.raises(ReproduceError, match=r"val has 3 images but 2 labels.*reproduce fetch embedded"):
+        from_npz_arrays(arrays, info)
