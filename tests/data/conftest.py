@@ -6,6 +6,7 @@ import errno
 import os
 import socket
 
+import numpy as np
 import pytest
 
 from tests.http_server import serve
@@ -55,3 +56,14 @@ def failing_disk(monkeypatch):
             raise OSError(code, os.strerror(code))
         monkeypatch.setattr(os, "fsync", fsync)
     return install
+
+
+def damaged_copies(data: bytes, *, flips: int, seed: int = 0) -> list[bytes]:
+    """``data`` truncated at 25 points and with ``flips`` single bits flipped (seeded), one copy each."""
+    rng = np.random.default_rng(seed)
+    damaged = [data[:n] for n in range(0, len(data), len(data) // 25)]
+    for i, bit in zip(rng.integers(0, len(data), flips), rng.integers(0, 8, flips)):
+        flipped = bytearray(data)
+        flipped[i] ^= 1 << int(bit)
+        damaged.append(bytes(flipped))
+    return damaged

@@ -20,6 +20,7 @@ import pytest
 
 from reproduce.data import cifar10, prepare_dataset
 from reproduce.errors import ReproduceError
+from tests.data.conftest import damaged_copies
 from reproduce.study import DataConfig
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -210,12 +211,7 @@ def test_load_reports_any_damage_to_the_archive_as_reproduce_error(tmp_path):
     """Truncations and bit flips (seeded): each archive loads (a flip inside pixel data) or raises
     ReproduceError, never zlib's, tarfile's or pickle's own exceptions."""
     data = tiny_archive()
-    rng = np.random.default_rng(0)
-    damaged = [data[:n] for n in range(0, len(data), len(data) // 25)]
-    for i, bit in zip(rng.integers(0, len(data), 80), rng.integers(0, 8, 80)):
-        flipped = bytearray(data)
-        flipped[i] ^= 1 << int(bit)
-        damaged.append(bytes(flipped))
+    damaged = damaged_copies(data, flips=80)
     path = tmp_path / "damaged.tar.gz"
     for blob in damaged:
         path.write_bytes(blob)

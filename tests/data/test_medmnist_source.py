@@ -12,6 +12,7 @@ import pytest
 
 from reproduce.data import medmnist_source as mm
 from reproduce.errors import ReproduceError
+from tests.data.conftest import damaged_copies
 
 FLAGS_2D = ["pathmnist", "chestmnist", "dermamnist", "octmnist", "pneumoniamnist", "retinamnist",
             "breastmnist", "bloodmnist", "tissuemnist", "organamnist", "organcmnist", "organsmnist"]
@@ -193,12 +194,7 @@ def test_load_reports_any_damage_to_the_npz_as_reproduce_error(tmp_path):
     """Truncations and bit flips (seeded) of a compressed npz: each loads (a flip inside pixel data) or
     raises ReproduceError, never zlib's, zipfile's or numpy's own exceptions."""
     data = tiny_npz("bloodmnist")
-    rng = np.random.default_rng(0)
-    damaged = [data[:n] for n in range(0, len(data), len(data) // 25)]
-    for i, bit in zip(rng.integers(0, len(data), 150), rng.integers(0, 8, 150)):
-        flipped = bytearray(data)
-        flipped[i] ^= 1 << int(bit)
-        damaged.append(bytes(flipped))
+    damaged = damaged_copies(data, flips=150)
     path = tmp_path / "damaged.npz"
     for blob in damaged:
         path.write_bytes(blob)
