@@ -79,3 +79,16 @@ def read_json(path: Path | str, *, what: str, remedy: str):
         return json.loads(Path(path).read_bytes().decode("utf-8"))
     except ValueError as e:   # json's JSONDecodeError and UnicodeDecodeError both are
         raise ReproduceError(f"{path}: corrupt {what} ({e}); {remedy}") from None
+
+
+def decode_utf8(raw: bytes, path: Path | str, *, error: type[Exception] | None = None) -> str:
+    """``raw`` (the bytes of ``path``) as UTF-8, never the locale's encoding, so every machine reads the
+    same file; ``error`` (default ReproduceError) names the line and offset of the first byte that is not."""
+    from reproduce.errors import ReproduceError
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise (error or ReproduceError)(
+            f"{path}:{line}: byte 0x{raw[e.start]:02x} at offset {e.start} is not UTF-8; save the file as UTF-8 "
+            "(e.g. `iconv -f latin1 -t utf-8`, or your editor's encoding setting)") from None

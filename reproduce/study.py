@@ -25,6 +25,7 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from reproduce.atomic import decode_utf8
 from reproduce.data.registry import DATASETS as _DATASET_TABLE
 from reproduce.errors import StudyError
 from reproduce.models.group_norm import RULE as _GROUP_NORM_RULE
@@ -785,21 +786,11 @@ def load_study(path: str | Path) -> Study:
         raise StudyError(f"{p}: no such study file; check the path (studies are studies/<name>.yaml)") from None
     except OSError as e:
         raise StudyError(f"{p}: cannot read study file: {e.strerror}") from None
-    text = _decoded(raw, p)
+    text = decode_utf8(raw, p, error=StudyError)
     if not text.strip():
         raise StudyError(f"{p}: the study file is empty; a study is a YAML mapping (name, model, privacy, "
                          "training, grid), e.g. copy studies/ci.yaml")
     return parse_study(text, path=str(p))
-
-
-def _decoded(raw: bytes, path: Path) -> str:
-    """The study's text as UTF-8 (never the locale's encoding, so every machine reads the same study)."""
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = raw.count(b"\n", 0, e.start) + 1
-        raise StudyError(f"{path}:{line}: byte 0x{raw[e.start]:02x} at offset {e.start} is not UTF-8; save the "
-                         "file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`, or your editor's encoding setting)") from None
 
 
 def study_hash(path: str | Path) -> str:

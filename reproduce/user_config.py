@@ -12,6 +12,7 @@ from pathlib import Path
 
 import yaml
 
+from reproduce.atomic import decode_utf8
 from reproduce.errors import ReproduceError
 
 RUN_KEYS = ("jobs", "device", "slurm")
@@ -28,10 +29,7 @@ def load_user_config(path: Path | None = None) -> dict:
     if not path.is_file():
         return {}
     try:
-        data = yaml.safe_load(path.read_bytes().decode("utf-8")) or {}
-    except UnicodeDecodeError as e:
-        raise ReproduceError(f"{path}: byte 0x{e.object[e.start]:02x} at offset {e.start} is not UTF-8; "
-                             "save the file as UTF-8") from None
+        data = yaml.safe_load(decode_utf8(path.read_bytes(), path)) or {}
     except yaml.YAMLError as e:
         raise ReproduceError(f"{path}: not valid YAML: {e}") from e
     run = data.get("run", {}) if isinstance(data, dict) else None
