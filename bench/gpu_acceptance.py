@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import hashlib
 import io
 import json
 import os
@@ -608,17 +607,13 @@ def standin_cifar_archive(n_train: int, n_test: int, seed: int = 0) -> bytes:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    from reproduce.atomic import write_bytes_atomic
+    write_bytes_atomic(path, data)
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    from reproduce.data.download import hash_file
+    return hash_file(path)["sha256"]
 
 
 def train_cell(item: Item, study: Path, cell: str, out: Path, checkpoints: Path, *, check: bool = True,
