@@ -35,7 +35,7 @@ from reproduce.data.augment import augmentation_kind, average_view_grad_samples,
 from reproduce.device import configure_determinism, resolve_device
 from reproduce.models import build_cell_model, count_parameters
 from reproduce.privacy.accounting import poisson_steps_per_epoch
-from reproduce.smoke import dataset_shape
+from reproduce.data.stand_in import dataset_shape
 from reproduce.study import load_study
 
 TRAIN_SIZES = {"cifar10": 45000, "embedded": 4000}

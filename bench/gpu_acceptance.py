@@ -571,7 +571,7 @@ def standin_arrays(dataset: str, sizes: dict[str, int], seed: int = 0) -> dict:
     """MedMNIST-layout arrays of random pixels shaped like ``dataset``, every class present."""
     import numpy as np
 
-    from reproduce.smoke import dataset_shape
+    from reproduce.data.stand_in import dataset_shape
     info, side = dataset_shape(dataset, size=28)
     rng = np.random.default_rng(seed)
     arrays = {}
@@ -777,7 +777,7 @@ def item_f(item: Item) -> str:
 
 def item_g(item: Item) -> str:
     sys.path.insert(0, str(REPO))
-    from tests.run import run_helpers
+    from tests.pipeline import run_helpers
     base = item.work / "g"
     shutil.rmtree(base, ignore_errors=True)
     base.mkdir(parents=True)
@@ -841,9 +841,9 @@ def item_h(item: Item) -> str:
     import torch
     from torch.profiler import ProfilerActivity, profile, schedule
 
-    import reproduce.train as rt
+    import reproduce.training.cell as rt
     from reproduce.data.base import DatasetInfo, from_npz_arrays
-    from reproduce.smoke import dataset_shape
+    from reproduce.data.stand_in import dataset_shape
     from reproduce.study import load_study
 
     # bridging_the_gap's cell for 3 steps: step 1 (logged) and 2 warm up, step 3 (not logged) is profiled

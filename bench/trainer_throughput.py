@@ -41,7 +41,7 @@ class _Run:
 
     def __init__(self, cell, splits, study):
         from reproduce.models import build_cell_model
-        from reproduce.train import training_set
+        from reproduce.training.cell import training_set
         from reproduce.training.plain import PlainTrainer
         from reproduce.training.private import PrivateTrainer
         from reproduce.training.tracker import StepTracker

@@ -35,7 +35,7 @@ def cmd_validate(args) -> int:
 
 def _warn_stale_pipelines() -> None:
     """Say which generated pipelines no longer match studies/ (validating never writes them)."""
-    from reproduce.pipeline import stale_pipelines
+    from reproduce.pipeline.stages import stale_pipelines
     try:
         stale = stale_pipelines()
     except ReproduceError as e:   # another study in studies/ is invalid, or two disagree on a dataset
@@ -49,7 +49,7 @@ def _warn_stale_pipelines() -> None:
 
 def _regenerate_pipelines() -> None:
     """Rewrite every generated pipeline from studies/ and say what changed (nothing when current)."""
-    from reproduce.pipeline import write_pipelines
+    from reproduce.pipeline.stages import write_pipelines
     for change in write_pipelines():
         print(f"pipeline: {change}")
 
@@ -80,7 +80,7 @@ def cmd_fetch(args) -> int:
 def cmd_train(args) -> int:
     from reproduce.study import load_study
     from reproduce.device import requested_device, resolve_device
-    from reproduce.train import run_cell, write_cell
+    from reproduce.training.cell import run_cell, write_cell
     study = load_study(args.study)   # the whole study must be valid before anything runs
     cell = study.cell(args.cell)
     # Outside DVC's outputs (DVC deletes those before rerunning a stage), so a killed run resumes.
@@ -150,7 +150,7 @@ def cmd_params(args) -> int:
 
 
 def cmd_pipeline(args) -> int:
-    from reproduce.pipeline import require_in_studies, write_pipelines
+    from reproduce.pipeline.stages import require_in_studies, write_pipelines
     from reproduce.study import load_study
     for path in args.studies:   # the named ones are checked first; every study in studies/ is written
         require_in_studies(path, load_study(path))
@@ -161,7 +161,7 @@ def cmd_pipeline(args) -> int:
 
 def cmd_repro(args) -> int:
     import subprocess
-    from reproduce.pipeline import pipeline_path, produced_directories, require_in_studies
+    from reproduce.pipeline.stages import pipeline_path, produced_directories, require_in_studies
     from reproduce.study import load_study
     study = load_study(args.study)   # the whole study must be valid before anything runs
     require_in_studies(args.study, study)
@@ -183,8 +183,8 @@ def cmd_repro(args) -> int:
 
 
 def cmd_exp_show(args) -> int:
-    from reproduce.experiments import dvc_exp_show_json, exp_table, render
-    from reproduce.pipeline import require_in_studies, study_file
+    from reproduce.pipeline.experiments import dvc_exp_show_json, exp_table, render
+    from reproduce.pipeline.stages import require_in_studies, study_file
     from reproduce.study import load_study
     study = load_study(args.study)
     require_in_studies(args.study, study)
@@ -201,10 +201,10 @@ def cmd_run(args) -> int:
     from reproduce.study import load_study
     study = load_study(args.study)   # the whole study must be valid before anything runs
     if args.smoke:
-        from reproduce.smoke import run_smoke
+        from reproduce.checks.smoke import run_smoke
         return run_smoke(study, data_root=Path(args.data_root), max_cells=args.max_cells)
-    from reproduce.pipeline import require_in_studies
-    from reproduce.run import run_study
+    from reproduce.pipeline.stages import require_in_studies
+    from reproduce.pipeline.run import run_study
     require_in_studies(args.study, study)
     _regenerate_pipelines()
     return run_study(study, study_path=Path(args.study), executor=args.executor, jobs=args.jobs,
@@ -216,7 +216,7 @@ def cmd_verify(args) -> int:
     import torch
 
     from reproduce.study import load_study
-    from reproduce.verify import format_report, verify_study
+    from reproduce.checks.gradients import format_report, verify_study
     studies = [load_study(path) for path in args.studies]   # every study valid before anything runs
     ok = True
     for study in studies:
@@ -230,7 +230,7 @@ def cmd_verify(args) -> int:
 
 
 def cmd_check(args) -> int:
-    from reproduce.check import (audit_check, baseline_path, checked_metrics, committed_lock, compare, lock_path,
+    from reproduce.checks.baseline import (audit_check, baseline_path, checked_metrics, committed_lock, compare, lock_path,
                                  read_baseline, read_results, render, render_audit, render_hashes, reproduced_by_hash,
                                  update_baseline)
     from reproduce.study import load_study
@@ -362,7 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = exp.add_parser("show", help="one row per experiment: the study's summary metrics (percent) and the "
                        "study parameters that differ between rows, from `dvc exp show --json`")
     s.add_argument("study", nargs="?", default="studies/default.yaml", help="default: studies/default.yaml")
-    from reproduce.experiments import ALL, DEFAULT_METRIC   # light: no torch
+    from reproduce.pipeline.experiments import ALL, DEFAULT_METRIC   # light: no torch
     s.add_argument("--metric", default=DEFAULT_METRIC,
                    help=f"summary metric to show (default {DEFAULT_METRIC}; test_acc, ...) or {ALL}")
     s.add_argument("--derived", action="store_true", help="also the DP gap and paper-delta columns")

@@ -12,7 +12,7 @@ reductions are repeatable. What stays different: results on a GPU are bit-identi
 same GPU model, driver, CUDA/cuDNN and torch versions; they differ from the CPU's in the last bits,
 which noisy DP training amplifies (the study's tolerances, not bit equality, compare across devices).
 
-What lives on the device (``reproduce.train.run_cell``): the model with escnn's hidden bases, the
+What lives on the device (``reproduce.training.cell.run_cell``): the model with escnn's hidden bases, the
 training set when it fits (``resident``), the views, the noise and evaluation. Random draws that must
 not depend on micro-batching (the views' integers, the Poisson sample) stay on seeded CPU generators,
 as on the CPU today, and reach the device through ``host_to_device`` (pinned, asynchronous).

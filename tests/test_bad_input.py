@@ -53,7 +53,7 @@ def workdir(tmp_path, monkeypatch):
 
     import reproduce.attribution.objects
     import reproduce.attribution.stage
-    from reproduce.smoke import stand_in
+    from reproduce.data.stand_in import stand_in
     monkeypatch.setattr(reproduce.attribution.stage, "load_dataset", lambda name, **kw: stand_in(name, size=28))
     monkeypatch.setattr(reproduce.attribution.objects, "embedded_object_masks",
                         lambda split, images: np.zeros(images.shape[:3]))
@@ -217,9 +217,9 @@ def test_a_truncated_model_file_says_how_to_restore_or_retrain_the_cell(workdir,
 @pytest.fixture
 def fake_training(monkeypatch):
     """`reproduce train` hands a fake result (the report tests' numbers) straight to write_cell."""
-    import reproduce.train
-    from reproduce.training.result import CellResult
-    monkeypatch.setattr(reproduce.train, "run_cell", lambda cell, **kw: CellResult.from_json(fake_result(cell)))
+    import reproduce.training.cell
+    from reproduce.records.result import CellResult
+    monkeypatch.setattr(reproduce.training.cell, "run_cell", lambda cell, **kw: CellResult.from_json(fake_result(cell)))
 
 
 class _FullDisk:

@@ -65,7 +65,8 @@ def test_cuda_facts_and_determinism():
 def test_provenance_records_the_facts_of_the_device_used():
     from types import SimpleNamespace
 
-    from reproduce.provenance import Provenance, provenance
+    from reproduce.records.provenance import Provenance
+    from reproduce.training.cell import provenance
     from reproduce.study import parse_study
     cell = parse_study("name: facts\ntraining:\n  epochs: 1\ngrid:\n  dataset: [bloodmnist]\n  group: [e]\n  epsilon: [8]\n  seed: [0]\n").cells()[0]
     data = SimpleNamespace(name="bloodmnist", sha256="0" * 64, source="stand-in")

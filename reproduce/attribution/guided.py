@@ -18,7 +18,7 @@ on channels the group permutes. For ReLU that is ``relu(grad_out * 1[x > 0])``, 
   group) is clamped; the gated sub-fields are vectors of an SO(2) irrep, whose gradient passes
   unclamped, for the same reason.
 
-tests/attribution/test_attribution_rotation.py shows why: with these rules every map of the C_N,
+tests/attribution/test_rotation.py shows why: with these rules every map of the C_N,
 D_N, O(2) and SO(2) models rotates exactly with the image; clamping every component of the gate's
 or FourierELU's input instead breaks that (relative gap of order 1).
 

@@ -35,7 +35,8 @@ from reproduce.data import load_dataset
 from reproduce.errors import ReproduceError
 from reproduce.study import Study
 from reproduce.training.kept import load_cell_model
-from reproduce.training.result import read_result, untrained_cells, untrained_message
+from reproduce.pipeline.stages import untrained_cells, untrained_message
+from reproduce.records.result import read_result
 from reproduce.training.task import multi_label, to_tensor
 
 #: test images per class whose attributions are computed, and the selection's seed

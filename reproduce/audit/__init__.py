@@ -10,7 +10,7 @@ other than the accounted one).
 Modules: ``bounds`` (the bound and the guess rule, scipy only), ``canaries`` (seeded canaries, the
 inclusion mask and the scores), ``record`` (what an audited cell writes). All pure;
 nothing here reads files or trains. A cell's bound against its accountant's epsilon, what the
-report shows and ``reproduce check`` fails on, is ``reproduce.audit_verdict`` (it reads results).
+report shows and ``reproduce check`` fails on, is ``reproduce.checks.audit`` (it reads results).
 
 Why scipy and not jax_privacy: ``jax_privacy.auditing.CanaryScoreAuditor.epsilon_one_run`` is the
 maintained reference, but jax-privacy pulls in JAX and needs numpy>=2, which the suite's pin
@@ -20,7 +20,7 @@ outputs recorded on a grid of inputs (tests/audit/data/reference_bounds.json, ma
 tests/audit/data/make_reference_bounds.py in a throwaway environment with jax-privacy 2.0.0).
 
 How a trainer runs an audited cell (``reproduce.training.audit`` does this for a study's ``audit``
-section, ``AuditConfig`` in reproduce/study.py; ``record.AuditRecord`` is what the cell writes):
+section, ``AuditConfig`` in reproduce/study/__init__.py; ``record.AuditRecord`` is what the cell writes):
 
 1. Before training: ``included = inclusion_mask(m, seed=audit_seed)``.
 
@@ -48,7 +48,7 @@ section, ``AuditConfig`` in reproduce/study.py; ``record.AuditRecord`` is what t
    the best bound over the candidates, Bonferroni-corrected over them (fix them in the study file,
    never from the scores). ``record.AuditRecord.of(result, ...)`` is what the cell writes
    (``audit`` in result.json, ``audit_epsilon_lower`` in metrics.json); the report shows the bound
-   next to the accountant's epsilon, ``reproduce.audit_verdict`` flags ``AuditRecord.violates(epsilon)`` as a
+   next to the accountant's epsilon, ``reproduce.checks.audit`` flags ``AuditRecord.violates(epsilon)`` as a
    broken guarantee, and ``epsilon_lower_max`` is ``max_epsilon_lower_bound``, the most m canaries
    can show.
 """

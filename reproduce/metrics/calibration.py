@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from reproduce.records.result import ReliabilityBin
+
 from . import register_metric
 from .classification import SINGLE_LABEL_TASKS, _prepare, _to_numpy
 
@@ -47,17 +49,6 @@ def brier_score(probs: Any, labels: Any) -> float:
     return float(np.mean(np.sum((p - onehot) ** 2, axis=1)))
 
 
-@dataclass(frozen=True)
-class ReliabilityBin:
-    """One bin of a reliability diagram: confidences in ``(lower, upper]`` (the first bin also
-    holds confidence 0). ``confidence`` = mean max-probability and ``accuracy`` = share of correct
-    argmax predictions of the ``count`` samples in the bin; both ``None`` for an empty bin."""
-
-    lower: float
-    upper: float
-    count: int
-    confidence: float | None
-    accuracy: float | None
 
 
 @register_metric("reliability")

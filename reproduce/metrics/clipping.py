@@ -40,18 +40,8 @@ from typing import Sequence
 
 import torch
 
-# Quantile levels of the per-sample norms reported per step.
-NORM_QUANTILES = (0.1, 0.5, 0.9)
+from reproduce.records.result import DIAGNOSTIC_KEYS, NORM_QUANTILES, quantile_key  # noqa: F401  (the row's keys)
 
-
-def quantile_key(level: float) -> str:
-    """The row key of a norm quantile: 0.1 -> ``grad_norm_q10``."""
-    return f"grad_norm_q{round(100 * level)}"
-
-
-# The keys of ``ClippingDiagnostics.as_row`` at the default levels, in its order.
-DIAGNOSTIC_KEYS = ("share_clipped", *(quantile_key(q) for q in NORM_QUANTILES), "clip_bias_cosine",
-                   "clip_bias_norm_ratio", "noise_to_signal", "update_cosine", "max_grad_norm")
 
 
 def _f64(x: torch.Tensor) -> torch.Tensor:

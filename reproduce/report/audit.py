@@ -3,7 +3,7 @@
 For a study with an ``audit`` section, one row per cell setting (seeds pooled: ``grouping.seed_groups``)
 gives the accountant's epsilon (the upper bound the run claims) and the audit's measured lower bound
 (Steinke, Nasr & Jagielski 2023), mean ± sample std over seeds, and the most m canaries can show.
-A violation is judged per cell (``reproduce.audit_verdict``: the cell's bound above the cell's own
+A violation is judged per cell (``reproduce.checks.audit``: the cell's bound above the cell's own
 accountant epsilon) and shown loudly; a mean would hide one bad seed. Studies without an audit
 section get nothing here, so their tables stay as they were.
 
@@ -18,11 +18,11 @@ import dataclasses
 import io
 from pathlib import Path
 
-from reproduce.audit_verdict import AuditVerdict, audit_verdicts
+from reproduce.checks.audit import AuditVerdict, audit_verdicts
 from reproduce.report.grouping import axes_path, seed_groups, setting_label
 from reproduce.report.table import axis_value_label, column_label, summarise, tex_escape
 from reproduce.study import NON_PRIVATE, Study
-from reproduce.training.result import CellResult
+from reproduce.records.result import CellResult
 
 VIOLATION = "VIOLATION"
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from reproduce.report.figures import FigureFile, _matches, _pyplot, _save, dp_settings, figure_subsets, group_name
 from reproduce.study import NON_PRIVATE, Study, dp_only, matrix_key
-from reproduce.training.result import CellResult
+from reproduce.records.result import CellResult
 
 # (key, panel title, log scale); the q10-q90 band is drawn around the median's line.
 PANELS = (

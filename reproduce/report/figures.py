@@ -32,7 +32,7 @@ from reproduce.atomic import write_atomic
 from reproduce.errors import ReproduceError
 from reproduce.metrics.calibration import ReliabilityBin
 from reproduce.study import NON_PRIVATE, Study, dp_only, matrix_key
-from reproduce.training.result import CellResult
+from reproduce.records.result import CellResult
 
 GROUP_COLOURS = {"e": "#222222", "C1": "#8c564b", "C4": "#1f77b4", "C8": "#2ca02c", "C16": "#9467bd",
                  "O2": "#d62728", "SO2": "#ff7f0e", "D4": "#17becf", "D8": "#bcbd22"}

@@ -20,7 +20,7 @@ from reproduce.report.figures import FigureFile
 from reproduce.report.grouping import setting_label
 from reproduce.report.table import aug_label, caption, fmt_mean_std, fmt_value, metric_title
 from reproduce.study import GRID_AXES, NON_PRIVATE, Study
-from reproduce.training.result import CellResult
+from reproduce.records.result import CellResult
 
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0 auto;max-width:1200px;padding:1em 2em;color:#1b1b1b}

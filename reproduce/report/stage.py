@@ -21,8 +21,8 @@ from reproduce.report.trends import summary_entries as compute_summary
 from reproduce.report.trends import to_markdown as compute_markdown
 from reproduce.report.table import TABLE_METRICS, build_table, to_csv, to_latex, to_markdown, to_summary
 from reproduce.study import Study
-from reproduce.training.result import (CellResult, read_results,  # noqa: F401 (read_results: this module's API too)
-                                       untrained_cells, untrained_message)
+from reproduce.pipeline.stages import untrained_cells, untrained_message
+from reproduce.records.result import CellResult, read_results  # noqa: F401 (read_results: this module's API too)
 
 
 def require_trained(study: Study, results_dir: Path) -> None:

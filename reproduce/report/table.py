@@ -20,7 +20,7 @@ import statistics
 from reproduce.errors import ReproduceError
 from reproduce.report.paper_values import PublishedTable, published_for
 from reproduce.study import NON_PRIVATE, Study, dp_only
-from reproduce.training.result import CellResult
+from reproduce.records.result import CellResult
 
 METRIC = "test_acc"
 # table.md / table.tex / table.csv hold these, in this order: validation accuracy first because the

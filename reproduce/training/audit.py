@@ -26,8 +26,9 @@ import torch
 import torch.nn.functional as F
 
 from reproduce.audit import (GradientCanaries, InputCanaries, inclusion_mask, input_canaries, loss_scores,
-                             one_run_audit, parameter_vector, with_included_canaries)
-from reproduce.audit.record import AuditRecord
+                             max_epsilon_lower_bound, one_run_audit, parameter_vector, with_included_canaries)
+from reproduce.audit.bounds import OneRunAudit
+from reproduce.records.audit import AuditRecord
 from reproduce.errors import ReproduceError
 from reproduce.study import AuditConfig, Cell
 from reproduce.training.task import multi_label, to_targets, to_tensor
@@ -138,7 +139,16 @@ class CellAudit:
                               confidence=self.config.confidence)
         kind = self.config.kind
         canary = self.config.input_canary if kind == "input" else self.config.gradient_canary
-        return AuditRecord.of(audit, kind=kind, canary=canary)
+        return audit_record(audit, kind=kind, canary=canary)
+
+
+def audit_record(audit: OneRunAudit, *, kind: str, canary: str) -> AuditRecord:
+    """The record a cell writes of ``audit`` (``reproduce.audit.bounds.one_run_audit``'s result)."""
+    return AuditRecord(kind=kind, canary=canary, canaries=audit.m, included=audit.included, guesses=audit.r,
+                       correct=audit.c, k_pos=audit.k_pos, k_neg=audit.k_neg, candidates=audit.candidates,
+                       confidence=audit.confidence, delta=audit.delta, epsilon_lower=audit.epsilon_lower_bound,
+                       epsilon_lower_max=max_epsilon_lower_bound(m=audit.m, delta=audit.delta,
+                                                                 confidence=audit.confidence))
 
 
 @torch.no_grad()

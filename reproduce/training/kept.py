@@ -2,7 +2,7 @@
 
 ``load_cell_model(cell)`` reads the cell's ``result.json`` for the weights' checksum, builds the model
 exactly as the trainer did (``build_cell_model``, with the dataset table's channels and classes) and
-loads ``model.pt`` after verifying it (``reproduce.models.kept``). The attribution stage, audits and
+loads ``model.pt`` after verifying it (``reproduce.training.weights``). The attribution stage, audits and
 anyone analysing a published cell use it.
 """
 
@@ -15,9 +15,9 @@ from torch import nn
 from reproduce.data import dataset_source
 from reproduce.errors import ReproduceError
 from reproduce.models import build_cell_model
-from reproduce.models.kept import load_weights
+from reproduce.training.weights import load_weights
 from reproduce.study import Cell
-from reproduce.training.result import CellResult, read_result
+from reproduce.records.result import CellResult, read_result
 
 
 def cell_dir(cell: Cell, results_root: Path | str = "results") -> Path:
@@ -55,6 +55,6 @@ def load_cell_model(cell: Cell, *, results_dir: Path | str | None = None,
 
 def how_to_restore(cell: Cell) -> str:
     """The commands that bring back a cell's outputs: from DVC's cache or remote, else by retraining it."""
-    from reproduce.pipeline import pipeline_path, study_file
+    from reproduce.study.files import pipeline_path, study_file
     return (f"`dvc pull` it, or retrain the cell: `reproduce train {study_file(cell.study)} --cell {cell.id}` "
             f"(in the pipeline: `dvc repro {pipeline_path(cell.study).as_posix()}:train@{cell.id}`)")

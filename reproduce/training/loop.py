@@ -16,7 +16,7 @@ import torch
 
 from reproduce.errors import ReproduceError
 from reproduce.training.progress import Progress
-from reproduce.training.result import EpochRecord, StepRecord
+from reproduce.records.result import EpochRecord, StepRecord
 from reproduce.training.state import TrainingState
 from reproduce.training.tracker import StepTracker, finite
 from reproduce.training.trainer import Trainer

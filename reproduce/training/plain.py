@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from reproduce.metrics.clipping import update_cosine
-from reproduce.privacy.accounting import PrivacyStatement
+from reproduce.records.privacy import PrivacyStatement
 from reproduce.training.trainer import Trainer, make_optimizer
 
 

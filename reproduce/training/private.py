@@ -18,7 +18,7 @@ from opacus.utils.batch_memory_manager import wrap_data_loader
 from reproduce.data.augment import average_view_grad_samples
 from reproduce.errors import ReproduceError
 from reproduce.metrics.clipping import clipping_diagnostics
-from reproduce.privacy.accounting import PrivacyStatement
+from reproduce.records.privacy import PrivacyStatement
 from reproduce.privacy.clipping import make_clipping_rule
 from reproduce.privacy.dp_sgd import PrivateTraining, make_private
 from reproduce.privacy.released import unnoised_releases

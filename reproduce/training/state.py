@@ -1,7 +1,7 @@
 """What a training checkpoint holds, so that a run resumed after any epoch continues bit-identically.
 
 ``TrainingState`` is captured after every epoch and restored before the loop continues; it is saved
-as a plain dict (``to_dict``) by ``reproduce.checkpoint``, which adds the checksum and atomicity.
+as a plain dict (``to_dict``) by ``reproduce.training.checkpoint``, which adds the checksum and atomicity.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from reproduce.training.result import EpochRecord, StepRecord
+from reproduce.records.result import EpochRecord, StepRecord
 
 
 # The layout of TrainingState.to_dict; part of the key, so a checkpoint of another layout (one

@@ -11,7 +11,7 @@ import torch
 
 from reproduce.metrics.alignment import alignment_summary, final_layer_cosines
 from reproduce.metrics.sparsity import l0_eps
-from reproduce.training.result import Alignment, StepRecord
+from reproduce.records.result import Alignment, StepRecord
 from reproduce.training.task import multi_label
 
 

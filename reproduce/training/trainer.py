@@ -17,7 +17,7 @@ from torch import nn
 
 from reproduce.data.augment import augmentation_kind, training_views
 from reproduce.privacy import optimizers
-from reproduce.privacy.accounting import PrivacyStatement
+from reproduce.records.privacy import PrivacyStatement
 from reproduce.training.task import loss_fn
 
 

@@ -11,7 +11,7 @@ from reproduce.data import DATASETS, dataset_source
 from reproduce.data.augment import KINDS, augmentation_kind
 from reproduce.errors import ReproduceError
 from reproduce.models import build_model, count_parameters, parameter_counts
-from reproduce.smoke import dataset_shape
+from reproduce.data.stand_in import dataset_shape
 from reproduce.study import DATASETS as STUDY_DATASETS
 from reproduce.study import load_study, parse_study
 from tests.conftest import REPO

@@ -9,12 +9,12 @@ from opacus.utils.batch_memory_manager import BatchMemoryManager
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from reproduce.checkpoint import load_checkpoint
+from reproduce.training.checkpoint import load_checkpoint
 from reproduce.privacy.dp_sgd import make_private
 from reproduce.privacy.secure_rng import os_bernoulli_mask, os_gaussian_noise, os_standard_normal, os_uniform
-from reproduce.smoke import stand_in
+from reproduce.data.stand_in import stand_in
 from reproduce.study import parse_study
-from reproduce.train import checkpoint_key, run_cell
+from reproduce.training.cell import checkpoint_key, run_cell
 from reproduce.training.state import TrainingState
 
 N_DRAWS = 1_000_000
@@ -155,7 +155,7 @@ class _Killed(Exception):
 
 
 def test_secure_checkpoint_stores_no_privacy_rng_state_and_resumes(tmp_path, monkeypatch):
-    import reproduce.train as train
+    import reproduce.training.cell as train
     cell, splits = _cell(secure=True)
     ckpt = tmp_path / "cell.ckpt"
     save = train.save_checkpoint

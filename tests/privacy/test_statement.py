@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from reproduce.privacy.accounting import PrivacyStatement
+from reproduce.records.privacy import PrivacyStatement
 from reproduce.privacy.released import UNNOISED
-from reproduce.smoke import stand_in
+from reproduce.data.stand_in import stand_in
 from reproduce.study import load_study, parse_study
-from reproduce.train import run_cell
+from reproduce.training.cell import run_cell
 from tests.conftest import REPO
 
 BASE = dict(private=True, accountant="rdp", target_epsilon=8.0, epsilon_spent=7.99, delta=1e-5,
@@ -69,7 +69,7 @@ grid:
     assert '"chosen by a fair coin"' in result.statement
     assert privacy.training_set_size == 64 and "N=64" in result.statement
     # every field UNNOISED names is written by a multi-class private cell (an audited one's audit.*:
-    # tests/audit/test_audit_training.py): no stale entries
+    # tests/audit/test_training.py): no stale entries
     unaudited = [path for path in UNNOISED if not path.startswith("audit.")]
     assert list(privacy.unnoised_releases) == unaudited
     assert ", ".join(unaudited) in result.statement

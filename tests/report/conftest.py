@@ -1,4 +1,4 @@
-"""Fake cell results for the report tests: result.json files shaped like reproduce.train writes them."""
+"""Fake cell results for the report tests: result.json files shaped like reproduce.training.cell writes them."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from reproduce.study import parse_study
-from reproduce.training.result import CellResult
+from reproduce.records.result import CellResult
 
 # bloodmnist has published numbers (Bridging the Gap, Table 1); embedded has none.
 FAKE_STUDY = """\

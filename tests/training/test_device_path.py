@@ -8,9 +8,9 @@ import torch
 
 from reproduce.cli import main
 from reproduce.models import build_cell_model
-from reproduce.smoke import stand_in
+from reproduce.data.stand_in import stand_in
 from reproduce.study import parse_study
-from reproduce.train import run_cell, training_set
+from reproduce.training.cell import run_cell, training_set
 from reproduce.training.plain import PlainTrainer
 from reproduce.training.private import PrivateTrainer
 

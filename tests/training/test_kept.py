@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from reproduce.errors import ReproduceError
-from reproduce.models.kept import save_weights, weights_checksum
-from reproduce.smoke import stand_in
+from reproduce.training.weights import save_weights, weights_checksum
+from reproduce.data.stand_in import stand_in
 from reproduce.study import parse_study
-from reproduce.train import run_cell, write_cell
+from reproduce.training.cell import run_cell, write_cell
 from reproduce.training.evaluate import evaluate
 from reproduce.training.kept import load_cell_model
 
@@ -94,8 +94,8 @@ def test_weights_of_another_model_are_refused(cells, written, tmp_path):
 
 
 def test_the_train_stage_keeps_the_file_the_trainer_writes():
-    from reproduce.models.kept import WEIGHTS_FILE
-    from reproduce.pipeline import CELL_OUTPUTS
+    from reproduce.training.weights import WEIGHTS_FILE
+    from reproduce.pipeline.stages import CELL_OUTPUTS
     assert WEIGHTS_FILE in CELL_OUTPUTS
 
 

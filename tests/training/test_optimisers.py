@@ -14,9 +14,9 @@ from reproduce.privacy.accounting import epsilon_for
 from reproduce.privacy.adaptive_accounting import adaptive_epsilon, effective_noise_multiplier
 from reproduce.privacy.clipping import AdaptiveQuantileClipping, AutomaticClipping, FlatClipping
 from reproduce.privacy.optimizers import DPAdamBC, dp_noise_variance
-from reproduce.smoke import stand_in
+from reproduce.data.stand_in import stand_in
 from reproduce.study import parse_study
-from reproduce.train import run_cell, training_set
+from reproduce.training.cell import run_cell, training_set
 from reproduce.training.plain import PlainTrainer
 from reproduce.training.private import PrivateTrainer
 

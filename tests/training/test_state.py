@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from reproduce.checkpoint import load_checkpoint, save_checkpoint
+from reproduce.training.checkpoint import load_checkpoint, save_checkpoint
 from reproduce.training.ema import EMA
 from reproduce.training.loop import train
 from reproduce.training.state import TrainingState
@@ -55,9 +55,9 @@ def test_a_checkpoint_of_the_old_layout_is_set_aside_not_misread(tmp_path):
     import hashlib
     import json
 
-    from reproduce.smoke import stand_in
+    from reproduce.data.stand_in import stand_in
     from reproduce.study import parse_study
-    from reproduce.train import run_cell
+    from reproduce.training.cell import run_cell
     from tests.training.test_trainers import STUDY
     (cell,) = parse_study(STUDY.format(epsilon="non-private", k=1).replace("epochs: 2", "epochs: 1")).cells()
     old_key = hashlib.sha256(json.dumps(cell.config(), sort_keys=True).encode()).hexdigest()

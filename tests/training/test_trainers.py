@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from reproduce.models import build_cell_model
-from reproduce.smoke import stand_in
+from reproduce.data.stand_in import stand_in
 from reproduce.study import parse_study
-from reproduce.train import training_set
+from reproduce.training.cell import training_set
 from reproduce.training.plain import PlainTrainer
 from reproduce.training.private import PrivateTrainer
 
