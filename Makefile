@@ -32,9 +32,11 @@ run: install
 	  echo "to record these results: git add $(VERSIONED) && git commit && dvc push dvc.yaml data.dvc"; \
 	fi
 
-# The test suite, per-sample gradients of every study against brute force on the trainer's batches,
-# then the CI regression study through DVC and its check against baselines/ci.json.
+# Lint and format check, the test suite, per-sample gradients of every study against brute force on the
+# trainer's batches, then the CI regression study through DVC and its check against baselines/ci.json.
 test: install
+	PATH="$(BIN):$$PATH" ruff check .
+	PATH="$(BIN):$$PATH" ruff format --check .
 	PATH="$(BIN):$$PATH" pytest -q
 	PATH="$(BIN):$$PATH" reproduce verify studies/*.yaml
 	PATH="$(BIN):$$PATH" reproduce fetch

@@ -58,8 +58,10 @@ def build_model(group: str = "C4") -> tuple[nn.Module, str]:
     simple stand-in of the same layout if the models do not build."""
     try:
         from reproduce.models import build_model as build
-        return build(group=group, widths=WIDTHS, in_channels=3, num_classes=NUM_CLASSES), \
-            f"reproduce.models.build_model(group={group!r}, widths=(8, 16, 32))"
+
+        return build(
+            group=group, widths=WIDTHS, in_channels=3, num_classes=NUM_CLASSES
+        ), f"reproduce.models.build_model(group={group!r}, widths=(8, 16, 32))"
     except Exception as e:  # noqa: BLE001 - the bench must run while the models are in progress
         if group != "C4":
             raise
@@ -73,18 +75,30 @@ class _StandIn(nn.Module):
         from escnn import nn as enn
 
         from reproduce.models.escnn_conv import EquivariantConv2d
+
         np.random.seed(0)
         torch.manual_seed(0)
         gs = gspaces.rot2dOnR2(4)
         t = [enn.FieldType(gs, [gs.trivial_repr] * 3)] + [enn.FieldType(gs, [gs.regular_repr] * w) for w in WIDTHS]
         conv = lambda a, b: EquivariantConv2d(a, b, 3, padding=1)  # noqa: E731
-        self.convs = nn.ModuleList([conv(t[0], t[1]), conv(t[1], t[2]), conv(t[2], t[2]), conv(t[2], t[2]),
-                                    conv(t[2], t[3]), conv(t[3], t[3]), conv(t[3], t[3]), conv(t[3], t[3])])
+        self.convs = nn.ModuleList(
+            [
+                conv(t[0], t[1]),
+                conv(t[1], t[2]),
+                conv(t[2], t[2]),
+                conv(t[2], t[2]),
+                conv(t[2], t[3]),
+                conv(t[3], t[3]),
+                conv(t[3], t[3]),
+                conv(t[3], t[3]),
+            ]
+        )
         self.head = nn.Linear(WIDTHS[2], NUM_CLASSES)
 
     def forward(self, x):
         block = lambda i, x, pool=False: F.group_norm(  # noqa: E731
-            F.max_pool2d(F.mish(self.convs[i](x)), 2) if pool else F.mish(self.convs[i](x)), 8)
+            F.max_pool2d(F.mish(self.convs[i](x)), 2) if pool else F.mish(self.convs[i](x)), 8
+        )
         x = block(1, block(0, x), pool=True)
         x = x + block(3, block(2, x))
         x = block(5, block(4, x, pool=True), pool=True)
@@ -118,11 +132,13 @@ def make_step(method: str, model: nn.Module, n: int, multiplicity: int = 1):
         return v.to(device), t.to(device)
 
     if method == "nonprivate":
+
         def step(x, y):
             sgd.zero_grad()
             v, t = views(x, y)
             F.cross_entropy(model(v), t).backward()
             sgd.step()
+
         return step
     opt = DPOptimizer(sgd, noise_multiplier=1.0, max_grad_norm=1.0, expected_batch_size=n)
     if method in ("dp_engine", "dp_engine_opacus_conv"):
@@ -132,6 +148,7 @@ def make_step(method: str, model: nn.Module, n: int, multiplicity: int = 1):
             from opacus.grad_sample.conv import compute_conv_grad_sample
 
             from reproduce.privacy.grad_samplers.layout import layout_safe
+
             swap = {nn.Conv2d: layout_safe(compute_conv_grad_sample)}
         else:
             swap = {}
@@ -148,6 +165,7 @@ def make_step(method: str, model: nn.Module, n: int, multiplicity: int = 1):
             average_view_grad_samples(params, multiplicity)
             opt.step()
             opt.zero_grad()
+
         return step
     if method in ("dp_hooks", "functorch_fallback"):
         registry = GradSampleModule.GRAD_SAMPLERS
@@ -170,10 +188,10 @@ def make_step(method: str, model: nn.Module, n: int, multiplicity: int = 1):
             average_view_grad_samples(params, multiplicity)
             opt.step()
             opt.zero_grad()
+
         return step
     if method == "vmap_model":
         from torch.func import functional_call, grad, vmap
-        names = [k for k, p in model.named_parameters()]
 
         def sample_loss(params, x, y):
             return F.cross_entropy(functional_call(model, params, (x[None],)), y[None])
@@ -187,6 +205,7 @@ def make_step(method: str, model: nn.Module, n: int, multiplicity: int = 1):
                 p.grad_sample = grads[k]
             opt.step()
             opt.zero_grad()
+
         return step
     raise ValueError(method)
 
@@ -266,8 +285,9 @@ def where_time_goes(model, n, rounds, fallback_step=None):
     plain, private = copy.deepcopy(model), copy.deepcopy(model)
     sgd = torch.optim.SGD(plain.parameters(), lr=1e-3)
     engine = OutputGradientEngine(private)
-    opt = DPOptimizer(torch.optim.SGD(private.parameters(), lr=1e-3), noise_multiplier=1.0,
-                      max_grad_norm=1.0, expected_batch_size=n)
+    opt = DPOptimizer(
+        torch.optim.SGD(private.parameters(), lr=1e-3), noise_multiplier=1.0, max_grad_norm=1.0, expected_batch_size=n
+    )
     registry = GradSampleModule.GRAD_SAMPLERS
     rules = dict(registry)
     rule_time = {"t": 0.0}
@@ -278,11 +298,21 @@ def where_time_goes(model, n, rounds, fallback_step=None):
             r = f(layer, a, b)
             rule_time["t"] += time.perf_counter() - t
             return r
+
         return rule
 
-    parts = {k: [] for k in ("(a) forward", "(a) backward", "(a) SGD step", "(b) forward",
-                             "(b) backward to the layer outputs", "(b) per-sample rules, all layers",
-                             "(b) DPOptimizer (norms, clip, noise, SGD)")}
+    parts = {
+        k: []
+        for k in (
+            "(a) forward",
+            "(a) backward",
+            "(a) SGD step",
+            "(b) forward",
+            "(b) backward to the layer outputs",
+            "(b) per-sample rules, all layers",
+            "(b) DPOptimizer (norms, clip, noise, SGD)",
+        )
+    }
     registry.update({cls: timed(f) for cls, f in rules.items()})
     try:
         for i in range(rounds + 1):
@@ -304,8 +334,9 @@ def where_time_goes(model, n, rounds, fallback_step=None):
                 opt.zero_grad()
                 t6 = time.perf_counter()
                 if timed_round and i > 0:
-                    for k, v in zip(parts, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4 - rule_time["t"],
-                                            rule_time["t"], t6 - t5)):
+                    for k, v in zip(
+                        parts, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4 - rule_time["t"], rule_time["t"], t6 - t5)
+                    ):
                         parts[k].append(v)
     finally:
         registry.update(rules)
@@ -318,12 +349,22 @@ def where_time_goes(model, n, rounds, fallback_step=None):
     # gradient has the same multiply-adds as the batch one (it only omits the sum over samples).
     skipped = med["(a) backward"] - med["(b) backward to the layer outputs"]
     rules_s = med["(b) per-sample rules, all layers"]
-    print(f"    batch weight gradients that (b) skips ~{1e3 * skipped:.0f} ms; (b)'s rules cost "
-          f"{rules_s / skipped:.1f}x that" if skipped > 0 else "    (b) skips no measurable batch-gradient time")
+    print(
+        f"    batch weight gradients that (b) skips ~{1e3 * skipped:.0f} ms; (b)'s rules cost "
+        f"{rules_s / skipped:.1f}x that"
+        if skipped > 0
+        else "    (b) skips no measurable batch-gradient time"
+    )
     if fallback_step is not None:
-        shared = med["(b) forward"] + med["(b) backward to the layer outputs"] + med["(b) DPOptimizer (norms, clip, noise, SGD)"]
-        print(f"    bound on (c)/(b) if the suite's rules cost nothing: {fallback_step / shared:.2f}; "
-              f"if they cost just the skipped batch weight gradients: {fallback_step / (shared + max(skipped, 0)):.2f}")
+        shared = (
+            med["(b) forward"]
+            + med["(b) backward to the layer outputs"]
+            + med["(b) DPOptimizer (norms, clip, noise, SGD)"]
+        )
+        print(
+            f"    bound on (c)/(b) if the suite's rules cost nothing: {fallback_step / shared:.2f}; "
+            f"if they cost just the skipped batch weight gradients: {fallback_step / (shared + max(skipped, 0)):.2f}"
+        )
 
     # Each layer's per-sample gradients from the same captured inputs and output gradients.
     loss = F.cross_entropy(private(x), y)
@@ -334,8 +375,10 @@ def where_time_goes(model, n, rounds, fallback_step=None):
     total = {"suite": 0.0, "functorch": 0.0}
     for (name, layer, a, *_), g in zip(captured, grads):
         g = g * n
-        fns = {"suite": lambda: rules[type(layer)](layer, [a], g),
-               "functorch": lambda: ft_compute_per_sample_gradient(layer, [a], g)}
+        fns = {
+            "suite": lambda layer=layer, a=a, g=g: rules[type(layer)](layer, [a], g),
+            "functorch": lambda layer=layer, a=a, g=g: ft_compute_per_sample_gradient(layer, [a], g),
+        }
         times = {k: [] for k in fns}
         for i in range(rounds + 1):
             for k, f in fns.items():
@@ -346,11 +389,15 @@ def where_time_goes(model, n, rounds, fallback_step=None):
         med = {k: statistics.median(v) for k, v in times.items()}
         for k in total:
             total[k] += med[k]
-        print(f"    {name:14s} {type(layer).__name__:18s} out {str(tuple(g.shape[1:])):15s} "
-              f"suite {1e3 * med['suite']:6.1f}  functorch {1e3 * med['functorch']:6.1f}  "
-              f"ratio {med['functorch'] / med['suite']:5.1f}")
-    print(f"    {'all layers':72s} suite {1e3 * total['suite']:6.0f}  functorch {1e3 * total['functorch']:6.0f}"
-          f"  ratio {total['functorch'] / total['suite']:5.1f}")
+        print(
+            f"    {name:14s} {type(layer).__name__:18s} out {str(tuple(g.shape[1:])):15s} "
+            f"suite {1e3 * med['suite']:6.1f}  functorch {1e3 * med['functorch']:6.1f}  "
+            f"ratio {med['functorch'] / med['suite']:5.1f}"
+        )
+    print(
+        f"    {'all layers':72s} suite {1e3 * total['suite']:6.0f}  functorch {1e3 * total['functorch']:6.0f}"
+        f"  ratio {total['functorch'] / total['suite']:5.1f}"
+    )
 
 
 def main():
@@ -363,19 +410,36 @@ def main():
     ap.add_argument("--no-memory", action="store_true")
     ap.add_argument("--profile-steps", type=int, default=5, help="steps for the time breakdown (0: skip)")
     ap.add_argument("--models", nargs="+", default=["C4", "e"], choices=["C4", "e"])
-    ap.add_argument("--device", default="cpu", help="cpu or cuda (TF32 off, as in training); on CUDA the "
-                    "memory and time-breakdown sections are replaced by the peak GPU memory")
-    ap.add_argument("--multiplicities", type=int, nargs="+", default=[1, 4],
-                    help="K views per sample; K > 1 rows run at the first batch size only")
+    ap.add_argument(
+        "--device",
+        default="cpu",
+        help="cpu or cuda (TF32 off, as in training); on CUDA the "
+        "memory and time-breakdown sections are replaced by the peak GPU memory",
+    )
+    ap.add_argument(
+        "--multiplicities",
+        type=int,
+        nargs="+",
+        default=[1, 4],
+        help="K views per sample; K > 1 rows run at the first batch size only",
+    )
     ap.add_argument("--json", help="write every row's figures (medians, ratios, peak GPU memory) to this file")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from reproduce.device import configure_determinism, resolve_device
+
     device = resolve_device(args.device)
     configure_determinism(device)
-    print(f"torch {torch.__version__}, {args.threads} threads, median of {args.steps} interleaved steps after "
-          f"{args.warmup} warm-up")
-    rows = [(g, k, n) for g in args.models for k in args.multiplicities for n in (args.batches if k == 1 else args.batches[:1])]
+    print(
+        f"torch {torch.__version__}, {args.threads} threads, median of {args.steps} interleaved steps after "
+        f"{args.warmup} warm-up"
+    )
+    rows = [
+        (g, k, n)
+        for g in args.models
+        for k in args.multiplicities
+        for n in (args.batches if k == 1 else args.batches[:1])
+    ]
     figures = []
     for group, k, n in rows:
         model, origin = build_model(group)
@@ -383,31 +447,50 @@ def main():
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         n_params = sum(p.numel() for p in model.parameters())
-        allowed = (VIEW_METHODS if k > 1 else CONVENTIONAL_METHODS if group == "e" else METHODS)
+        allowed = VIEW_METHODS if k > 1 else CONVENTIONAL_METHODS if group == "e" else METHODS
         methods = [m for m in args.methods if m in allowed and (group == "e" or m != "dp_engine_opacus_conv")]
         wall, cpu = time_interleaved(model, n, methods, args.warmup, args.steps, k)
         med = statistics.median
-        print(f"\n{group} ResNet-9 ({origin}; {n_params} parameters), batch {n}, K = {k} "
-              f"({n * k} views): median step [ms] wall / process CPU: "
-              + ", ".join(f"{m} {1e3 * med(wall[m]):.0f} / {1e3 * med(cpu[m]):.0f}" for m in methods))
-        print("  ratios of medians (wall, CPU); in brackets the median over rounds of the ratio of the two "
-              "adjacent steps of a round (robust to load changes between rounds)")
-        figure = {"group": group, "multiplicity": k, "batch": n, "parameters": n_params, "model": origin,
-                  "device": device.type, "median_wall_s": {m: med(wall[m]) for m in methods},
-                  "median_cpu_s": {m: med(cpu[m]) for m in methods}, "ratios": {}}
+        print(
+            f"\n{group} ResNet-9 ({origin}; {n_params} parameters), batch {n}, K = {k} "
+            f"({n * k} views): median step [ms] wall / process CPU: "
+            + ", ".join(f"{m} {1e3 * med(wall[m]):.0f} / {1e3 * med(cpu[m]):.0f}" for m in methods)
+        )
+        print(
+            "  ratios of medians (wall, CPU); in brackets the median over rounds of the ratio of the two "
+            "adjacent steps of a round (robust to load changes between rounds)"
+        )
+        figure = {
+            "group": group,
+            "multiplicity": k,
+            "batch": n,
+            "parameters": n_params,
+            "model": origin,
+            "device": device.type,
+            "median_wall_s": {m: med(wall[m]) for m in methods},
+            "median_cpu_s": {m: med(cpu[m]) for m in methods},
+            "ratios": {},
+        }
         figures.append(figure)
-        ratios = [("(b)/(a) ", "suite DP step / non-private step", "dp_engine", "nonprivate"),
-                  ("(b')/(a)", "opacus hooks + suite rule / non-private", "dp_hooks", "nonprivate"),
-                  ("(c)/(b) ", "opacus functorch fallback / suite DP step", "functorch_fallback", "dp_engine"),
-                  ("(d)/(b) ", "whole-model vmap / suite DP step", "vmap_model", "dp_engine"),
-                  ("(e)/(b) ", "engine + opacus's Conv2d rule / suite", "dp_engine_opacus_conv", "dp_engine")]
+        ratios = [
+            ("(b)/(a) ", "suite DP step / non-private step", "dp_engine", "nonprivate"),
+            ("(b')/(a)", "opacus hooks + suite rule / non-private", "dp_hooks", "nonprivate"),
+            ("(c)/(b) ", "opacus functorch fallback / suite DP step", "functorch_fallback", "dp_engine"),
+            ("(d)/(b) ", "whole-model vmap / suite DP step", "vmap_model", "dp_engine"),
+            ("(e)/(b) ", "engine + opacus's Conv2d rule / suite", "dp_engine_opacus_conv", "dp_engine"),
+        ]
         for label, what, num, den in ratios:
             if num in wall and den in wall:
                 paired = med([a / b for a, b in zip(wall[num], wall[den])])
-                figure["ratios"][f"{num}/{den}"] = {"wall": med(wall[num]) / med(wall[den]), "paired": paired,
-                                                    "cpu": med(cpu[num]) / med(cpu[den])}
-                print(f"  {label} {what:42s} = {med(wall[num]) / med(wall[den]):.2f} wall, "
-                      f"{med(cpu[num]) / med(cpu[den]):.2f} CPU [{paired:.2f}]")
+                figure["ratios"][f"{num}/{den}"] = {
+                    "wall": med(wall[num]) / med(wall[den]),
+                    "paired": paired,
+                    "cpu": med(cpu[num]) / med(cpu[den]),
+                }
+                print(
+                    f"  {label} {what:42s} = {med(wall[num]) / med(wall[den]):.2f} wall, "
+                    f"{med(cpu[num]) / med(cpu[den]):.2f} CPU [{paired:.2f}]"
+                )
         if device.type == "cuda":
             figure["peak_gpu_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
             print(f"  peak GPU memory over all methods of this row: {figure['peak_gpu_mib']:.0f} MiB")
@@ -415,14 +498,25 @@ def main():
             if not args.no_memory:
                 for m in ("nonprivate", "dp_engine"):
                     peak, inc = peak_memory(m, n, args.threads)
-                    print(f"  peak RSS during steps, {m:10s}: {peak:6.0f} MiB (+{inc:.0f} MiB over the RSS before them)")
+                    print(
+                        f"  peak RSS during steps, {m:10s}: {peak:6.0f} MiB (+{inc:.0f} MiB over the RSS before them)"
+                    )
             if args.profile_steps:
                 fallback = med(wall["functorch_fallback"]) if "functorch_fallback" in wall else None
                 where_time_goes(model, n, args.profile_steps, fallback)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"torch": torch.__version__, "threads": args.threads, "steps": args.steps,
-                       "warmup": args.warmup, "rows": figures}, f, indent=1)
+            json.dump(
+                {
+                    "torch": torch.__version__,
+                    "threads": args.threads,
+                    "steps": args.steps,
+                    "warmup": args.warmup,
+                    "rows": figures,
+                },
+                f,
+                indent=1,
+            )
 
 
 if __name__ == "__main__":

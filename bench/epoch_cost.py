@@ -32,10 +32,10 @@ import torch
 import torch.nn.functional as F
 
 from reproduce.data.augment import augmentation_kind, average_view_grad_samples, training_views
+from reproduce.data.stand_in import dataset_shape
 from reproduce.device import configure_determinism, resolve_device
 from reproduce.models import build_cell_model, count_parameters
 from reproduce.privacy.accounting import poisson_steps_per_epoch
-from reproduce.data.stand_in import dataset_shape
 from reproduce.study import load_study
 
 TRAIN_SIZES = {"cifar10": 45000, "embedded": 4000}
@@ -45,6 +45,7 @@ def n_train(name: str, size: int) -> int:
     if name in TRAIN_SIZES:
         return TRAIN_SIZES[name]
     from medmnist.info import INFO
+
     return INFO[name]["n_samples"]["train"]
 
 
@@ -58,8 +59,17 @@ def layout_key(cell) -> tuple:
     return (cell.group, *((p, v) for p, v in cell.axes if p.startswith("model.")))
 
 
-def seconds_per_sample(cell, *, batch: int, steps: int, side: int, channels: int, classes: int,
-                       device: torch.device, built: dict | None = None) -> tuple[float, int, float]:
+def seconds_per_sample(
+    cell,
+    *,
+    batch: int,
+    steps: int,
+    side: int,
+    channels: int,
+    classes: int,
+    device: torch.device,
+    built: dict | None = None,
+) -> tuple[float, int, float]:
     """(median seconds per sample of a training step, parameters, peak memory in MiB).
 
     ``built``: models already built, by ``layout_key`` (a model is built once, on the CPU, and copied)."""
@@ -74,6 +84,7 @@ def seconds_per_sample(cell, *, batch: int, steps: int, side: int, channels: int
         from opacus.optimizers import DPOptimizer
 
         from reproduce.privacy.fast_engine import OutputGradientEngine
+
         engine = OutputGradientEngine(model)  # refuses layers without exact rules
         opt = DPOptimizer(opt, noise_multiplier=1.0, max_grad_norm=1.0, expected_batch_size=batch)
     gen = torch.Generator().manual_seed(0)
@@ -83,7 +94,7 @@ def seconds_per_sample(cell, *, batch: int, steps: int, side: int, channels: int
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     times = []
-    for i in range(steps + 1):   # the first step warms up
+    for i in range(steps + 1):  # the first step warms up
         _sync(device)
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
@@ -99,7 +110,7 @@ def seconds_per_sample(cell, *, batch: int, steps: int, side: int, channels: int
         if i:
             times.append(time.perf_counter() - t0)
     if device.type == "cuda":
-        peak = torch.cuda.max_memory_allocated(device) / 2 ** 20
+        peak = torch.cuda.max_memory_allocated(device) / 2**20
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux; monotone per process
     return sorted(times)[len(times) // 2] / batch, params, peak
@@ -109,8 +120,8 @@ def _measure(cell, built: dict, **kw) -> tuple[float | None, int | None, float |
     """``seconds_per_sample``, or (None, None, None) when the device runs out of memory."""
     try:
         return seconds_per_sample(cell, built=built, **kw)
-    except torch.OutOfMemoryError:   # reported as OOM; the other rows still run
-        pass   # leaving this block drops the traceback, and with it the failed step's tensors
+    except torch.OutOfMemoryError:  # reported as OOM; the other rows still run
+        pass  # leaving this block drops the traceback, and with it the failed step's tensors
     gc.collect()
     torch.cuda.empty_cache()
     return None, None, None
@@ -130,18 +141,28 @@ def study_cost(path: str, args, device: torch.device) -> dict:
     groups = [g for g in study.grid.group if not args.groups or g in args.groups]
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {args.threads} threads"
     print(f"{study.name}: {where}, timed on {batch} samples x K views of {side}x{side}x{info.n_channels}")
-    print(f"{'group':6} {'K':>2} {'widths':>11} {'params':>10} {'DP ms/sample':>13} {'non-DP':>8} {'DP/non-DP':>9} "
-          f"{'DP epoch of ' + dataset0:>24} {'peak MiB':>9}")
-    cost: dict[tuple, float | None] = {}   # (layout, private, K) -> seconds per sample; None: OOM
+    print(
+        f"{'group':6} {'K':>2} {'widths':>11} {'params':>10} {'DP ms/sample':>13} {'non-DP':>8} {'DP/non-DP':>9} "
+        f"{'DP epoch of ' + dataset0:>24} {'peak MiB':>9}"
+    )
+    cost: dict[tuple, float | None] = {}  # (layout, private, K) -> seconds per sample; None: OOM
     rows, built = [], {}
     for group in groups:
         for K in study.grid.multiplicity:
             for layout in dict.fromkeys(layout_key(c) for c in study.cells() if c.group == group):
-                row, params = {}, None   # private -> (seconds per sample, peak MiB)
+                row, params = {}, None  # private -> (seconds per sample, peak MiB)
                 for cell in study.cells():
                     if layout_key(cell) == layout and cell.multiplicity == K and cell.private not in row:
-                        s, p, peak = _measure(cell, built, batch=batch, steps=args.steps, side=side,
-                                              channels=info.n_channels, classes=info.num_classes, device=device)
+                        s, p, peak = _measure(
+                            cell,
+                            built,
+                            batch=batch,
+                            steps=args.steps,
+                            side=side,
+                            channels=info.n_channels,
+                            classes=info.num_classes,
+                            device=device,
+                        )
                         row[cell.private], params = (s, peak), params or p
                         cost[layout, cell.private, K] = s
                 (dp, dp_peak), (plain, plain_peak) = row.get(True, (None, None)), row.get(False, (None, None))
@@ -150,16 +171,32 @@ def study_cost(path: str, args, device: torch.device) -> dict:
                 epoch = n_train(dataset0, study.data.size) * either / 60 if either else None
                 widths = "-".join(map(str, dict(layout[1:]).get("model.widths", study.model.widths_for(group))))
                 peaks = [v for v in (dp_peak, plain_peak) if v is not None]
-                print(f"{group:6} {K:>2} {widths:>11} {params or 0:>10,} "
-                      f"{_fmt(dp and 1000 * dp, '13.2f', 'OOM' if True in row else '-')} "
-                      f"{_fmt(plain and 1000 * plain, '8.2f', 'OOM' if False in row else '-')} "
-                      f"{_fmt(ratio, '9.2f', '-')} {_fmt(epoch, '20.1f', '-')} min "
-                      f"{_fmt(max(peaks, default=None), '9.0f', '-')}")
-                rows.append({"group": group, "multiplicity": K, "widths": widths, "parameters": params,
-                             "dp_s_per_sample": dp, "nonprivate_s_per_sample": plain, "dp_over_nonprivate": ratio,
-                             "dp_peak_mib": dp_peak, "nonprivate_peak_mib": plain_peak, "epoch_minutes": epoch,
-                             "oom": [k for k, private, v in (("dp", True, dp), ("nonprivate", False, plain))
-                                     if private in row and v is None]})
+                print(
+                    f"{group:6} {K:>2} {widths:>11} {params or 0:>10,} "
+                    f"{_fmt(dp and 1000 * dp, '13.2f', 'OOM' if True in row else '-')} "
+                    f"{_fmt(plain and 1000 * plain, '8.2f', 'OOM' if False in row else '-')} "
+                    f"{_fmt(ratio, '9.2f', '-')} {_fmt(epoch, '20.1f', '-')} min "
+                    f"{_fmt(max(peaks, default=None), '9.0f', '-')}"
+                )
+                rows.append(
+                    {
+                        "group": group,
+                        "multiplicity": K,
+                        "widths": widths,
+                        "parameters": params,
+                        "dp_s_per_sample": dp,
+                        "nonprivate_s_per_sample": plain,
+                        "dp_over_nonprivate": ratio,
+                        "dp_peak_mib": dp_peak,
+                        "nonprivate_peak_mib": plain_peak,
+                        "epoch_minutes": epoch,
+                        "oom": [
+                            k
+                            for k, private, v in (("dp", True, dp), ("nonprivate", False, plain))
+                            if private in row and v is None
+                        ],
+                    }
+                )
     projected = [c for c in study.cells() if c.group in groups]
     per_cell, missing = [], 0
     for cell in projected:
@@ -170,26 +207,42 @@ def study_cost(path: str, args, device: torch.device) -> dict:
         else:
             per_cell.append(samples * s)
     total = sum(per_cell)
-    spec = '%d steps x %d' % (tr.steps, tr.batch_size) if tr.steps else '%d epochs' % tr.epochs
-    scope = (f"{len(projected)} of {len(study.cells())} cells" if len(projected) < len(study.cells())
-             else f"{len(projected)} cells")
+    spec = f"{tr.steps:d} steps x {tr.batch_size:d}" if tr.steps else f"{tr.epochs:d} epochs"
+    scope = (
+        f"{len(projected)} of {len(study.cells())} cells"
+        if len(projected) < len(study.cells())
+        else f"{len(projected)} cells"
+    )
     gap = f"; {missing} cell(s) not projected (OOM)" if missing else ""
     if device.type == "cuda":
-        print(f"projected full grid ({scope}, {spec} each): {total / 3600:.1f} GPU-hours of compute; with "
-              f"{args.cells_per_gpu} cell(s) per GPU: {total / 3600 / args.cells_per_gpu:.1f} GPU-hours{gap}")
+        print(
+            f"projected full grid ({scope}, {spec} each): {total / 3600:.1f} GPU-hours of compute; with "
+            f"{args.cells_per_gpu} cell(s) per GPU: {total / 3600 / args.cells_per_gpu:.1f} GPU-hours{gap}"
+        )
     else:
-        print(f"projected full grid ({scope}, {spec} each): {total / 3600:.1f} CPU-hours at "
-              f"{args.threads} threads (= {math.ceil(total / 86400)} days on one such machine){gap}")
+        print(
+            f"projected full grid ({scope}, {spec} each): {total / 3600:.1f} CPU-hours at "
+            f"{args.threads} threads (= {math.ceil(total / 86400)} days on one such machine){gap}"
+        )
     # steps per cell as the trainer takes them: Poisson steps per epoch = int(1/q)
     steps = tr.steps or tr.epochs * poisson_steps_per_epoch(tr.batch_size / n_train(dataset0, study.data.size))
-    return {"study": study.name, "device": where, "timed_batch": batch, "rows": rows, "batch_size": tr.batch_size,
-            "steps_per_cell": steps, "cells": len(study.cells()), "cells_projected": len(projected) - missing,
-            "cells_not_projected": missing, "groups": groups,
-            # complete only when every cell of the study was projected
-            "projected_hours": total / 3600 if not missing and len(projected) == len(study.cells()) else None,
-            "projected_hours_of_measured_cells": total / 3600,
-            "max_cell_hours": max(per_cell) / 3600 if per_cell else None,
-            "mean_cell_hours": total / len(per_cell) / 3600 if per_cell else None}
+    return {
+        "study": study.name,
+        "device": where,
+        "timed_batch": batch,
+        "rows": rows,
+        "batch_size": tr.batch_size,
+        "steps_per_cell": steps,
+        "cells": len(study.cells()),
+        "cells_projected": len(projected) - missing,
+        "cells_not_projected": missing,
+        "groups": groups,
+        # complete only when every cell of the study was projected
+        "projected_hours": total / 3600 if not missing and len(projected) == len(study.cells()) else None,
+        "projected_hours_of_measured_cells": total / 3600,
+        "max_cell_hours": max(per_cell) / 3600 if per_cell else None,
+        "mean_cell_hours": total / len(per_cell) / 3600 if per_cell else None,
+    }
 
 
 def main() -> None:
@@ -197,8 +250,11 @@ def main() -> None:
     ap.add_argument("studies", nargs="+")
     ap.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--batch", default="32", help="samples per timed step (x K views), or 'physical': "
-                    "each study's physical_batch_size")
+    ap.add_argument(
+        "--batch",
+        default="32",
+        help="samples per timed step (x K views), or 'physical': each study's physical_batch_size",
+    )
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--cells-per-gpu", type=int, default=1)
     ap.add_argument("--groups", nargs="+", help="only these groups (default: every group of each study)")
@@ -217,12 +273,14 @@ def main() -> None:
         out.append(study_cost(path, args, device))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"device": device.type, "threads": args.threads, "steps": args.steps, "studies": out}, f,
-                      indent=1)
+            json.dump(
+                {"device": device.type, "threads": args.threads, "steps": args.steps, "studies": out}, f, indent=1
+            )
 
 
 if __name__ == "__main__":
     from reproduce.errors import ReproduceError
+
     try:
         main()
     except ReproduceError as e:

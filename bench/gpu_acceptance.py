@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""The GPU acceptance run: the one command to run when a GPU is lent (docs/gpu.md).
+"""The GPU acceptance run: the one command to run when a GPU is lent (docs/gpus-and-slurm.md).
 
     python bench/gpu_acceptance.py [--device cuda|cpu] [--quick] [--out FILE.json] [--budget-s N]
                                    [--items a b ...] [--workdir DIR] [--keep]
@@ -33,7 +33,7 @@ Items:
   g  run_local   ``reproduce run --executor local --jobs 2`` on a 2-cell study in a throwaway copy of the
                  repository: both cells done, on the device
   h  copies      torch.profiler over one logical DP step: no host-device copies beyond the designed
-                 ones (README, "What lives on the device"); SKIP on the CPU
+                 ones (docs/gpus-and-slurm.md, "What lives on the device"); SKIP on the CPU
 """
 
 from __future__ import annotations
@@ -62,24 +62,34 @@ REPO = Path(__file__).resolve().parents[1]
 #: sized from CPU timings and the work each item does). The --quick column is a cap for a loaded CI
 #: machine: the whole run took 166-192 s of its 535 on a shared 2-core CPU (2026-12-07).
 BUDGET_S = {
-    "a": (50, 40),    # pytest -m cuda: 13 tests, two of them train small cells twice
-    "b": (40, 40),    # reproduce verify, 7 studies (about 30 s on 2 CPU cores)
-    "c": (80, 60),    # two benchmarks; building the paper studies' models alone takes ~35 s of CPU
+    "a": (50, 40),  # pytest -m cuda: 13 tests, two of them train small cells twice
+    "b": (40, 40),  # reproduce verify, 7 studies (about 30 s on 2 CPU cores)
+    "c": (80, 60),  # two benchmarks; building the paper studies' models alone takes ~35 s of CPU
     "d": (125, 120),  # 3 cells: CIFAR-10 rebuilt from its JPEGs (~25 s), 35,000 CIFAR-10 images evaluated
-    "e": (35, 60),    # 1 cell
-    "f": (50, 80),    # 1 cell killed after its first epoch, then resumed
-    "g": (50, 90),    # repository copy, DVC, 2 cells in parallel
-    "h": (30, 45),    # 1 cell of 3 steps, the third profiled with Python frames
+    "e": (35, 60),  # 1 cell
+    "f": (50, 80),  # 1 cell killed after its first epoch, then resumed
+    "g": (50, 90),  # repository copy, DVC, 2 cells in parallel
+    "h": (30, 45),  # 1 cell of 3 steps, the third profiled with Python frames
 }
 TOTAL_BUDGET_S = 480
 
-TITLES = {"a": "cuda_tests", "b": "verify", "c": "bench", "d": "cells", "e": "rerun", "f": "resume",
-          "g": "run_local", "h": "copies"}
+TITLES = {
+    "a": "cuda_tests",
+    "b": "verify",
+    "c": "bench",
+    "d": "cells",
+    "e": "rerun",
+    "f": "resume",
+    "g": "run_local",
+    "h": "copies",
+}
 
 #: What the GPU is for (issue 30): judged on CUDA without --quick, reported everywhere.
-TARGETS = {"dp_over_nonprivate_C4_8_16_32_b4096": 1.3,   # suite DP step / non-private step
-           "table1_gpu_hours": 8.0,                       # bridging_the_gap, every cell
-           "cifar10_cell_gpu_hours": 2.0}                 # the costliest sparser_models_cifar10 cell
+TARGETS = {
+    "dp_over_nonprivate_C4_8_16_32_b4096": 1.3,  # suite DP step / non-private step
+    "table1_gpu_hours": 8.0,  # bridging_the_gap, every cell
+    "cifar10_cell_gpu_hours": 2.0,
+}  # the costliest sparser_models_cifar10 cell
 
 PAPER_STUDIES = ("bridging_the_gap", "sparser_models_cifar10", "pathmnist_width")
 
@@ -87,22 +97,46 @@ PAPER_STUDIES = ("bridging_the_gap", "sparser_models_cifar10", "pathmnist_width"
 #: it on the GPU and with --quick (model, privacy and grid stay the study's; None removes a setting).
 #: bridging_the_gap's cell is also e's and f's: 3 epochs, so that f kills it with epochs still to go.
 CELLS = {
-    "bridging_the_gap": ("bloodmnist-C4-7.42-4-0",
-                         {"epochs": 3, "steps": None, "max_train_samples": 8192, "eval_batch_size": 1024},
-                         {"batch_size": 4, "physical_batch_size": 4, "epochs": 2, "steps": None,
-                          "max_train_samples": 8, "eval_batch_size": 64}),
-    "sparser_models_cifar10": ("cifar10-D4-8-4-0",
-                               {"steps": 3, "epochs": None, "max_train_samples": 16384, "eval_batch_size": 1024},
-                               {"batch_size": 2, "physical_batch_size": 2, "steps": 1, "epochs": None,
-                                "max_train_samples": 8, "eval_batch_size": 64}),
+    "bridging_the_gap": (
+        "bloodmnist-C4-7.42-4-0",
+        {"epochs": 3, "steps": None, "max_train_samples": 8192, "eval_batch_size": 1024},
+        {
+            "batch_size": 4,
+            "physical_batch_size": 4,
+            "epochs": 2,
+            "steps": None,
+            "max_train_samples": 8,
+            "eval_batch_size": 64,
+        },
+    ),
+    "sparser_models_cifar10": (
+        "cifar10-D4-8-4-0",
+        {"steps": 3, "epochs": None, "max_train_samples": 16384, "eval_batch_size": 1024},
+        {
+            "batch_size": 2,
+            "physical_batch_size": 2,
+            "steps": 1,
+            "epochs": None,
+            "max_train_samples": 8,
+            "eval_batch_size": 64,
+        },
+    ),
     # the widest layout: the conventional model's largest per-sample gradients (the C4 one takes 20 s to build)
-    "pathmnist_width": ("pathmnist-e-7.42-1-0-64_128_256",
-                        {"epochs": 2, "steps": None, "max_train_samples": 8192, "eval_batch_size": 1024},
-                        {"batch_size": 2, "physical_batch_size": 2, "epochs": 1, "steps": None,
-                         "max_train_samples": 8, "eval_batch_size": 64}),
+    "pathmnist_width": (
+        "pathmnist-e-7.42-1-0-64_128_256",
+        {"epochs": 2, "steps": None, "max_train_samples": 8192, "eval_batch_size": 1024},
+        {
+            "batch_size": 2,
+            "physical_batch_size": 2,
+            "epochs": 1,
+            "steps": None,
+            "max_train_samples": 8,
+            "eval_batch_size": 64,
+        },
+    ),
 }
 #: Stand-in split sizes (train = the cell's max_train_samples): validation and test
-EVAL_SPLIT = (1024, 16)   # (GPU, --quick)
+EVAL_SPLIT = (1024, 16)  # (GPU, --quick)
 
 SHARED_ENV = "REPRODUCE_SHARED"
 
@@ -117,14 +151,21 @@ class Fail(Exception):
 
 # ---------------------------------------------------------------- the parent: items in order
 
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", choices=["cuda", "cpu"], help="default: cuda when available, else cpu")
     ap.add_argument("--quick", action="store_true", help="every item at CI size")
-    ap.add_argument("--out", default=str(Path(tempfile.gettempdir()) / "gpu_acceptance.json"),
-                    help="the JSON file of every figure (default: in the temporary directory)")
-    ap.add_argument("--budget-s", type=float, help=f"seconds for the whole run (default {TOTAL_BUDGET_S}; "
-                    "--quick: the sum of the --quick column)")
+    ap.add_argument(
+        "--out",
+        default=str(Path(tempfile.gettempdir()) / "gpu_acceptance.json"),
+        help="the JSON file of every figure (default: in the temporary directory)",
+    )
+    ap.add_argument(
+        "--budget-s",
+        type=float,
+        help=f"seconds for the whole run (default {TOTAL_BUDGET_S}; --quick: the sum of the --quick column)",
+    )
     ap.add_argument("--items", nargs="+", choices=sorted(BUDGET_S), help="only these items")
     ap.add_argument("--workdir", help="where cells train (default: a temporary directory)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
@@ -137,16 +178,20 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"unrecognized arguments: {' '.join(rest)}")
 
     t_start = time.perf_counter()
-    signal.signal(signal.SIGTERM, _terminated)   # a `timeout` or a scheduler's TERM: summary and JSON still
+    signal.signal(signal.SIGTERM, _terminated)  # a `timeout` or a scheduler's TERM: summary and JSON still
     import torch
+
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
-        print(f"error: --device cuda, but torch {torch.__version__} (CUDA {torch.version.cuda}) sees no CUDA "
-              "device here; use --device cpu to rehearse", file=sys.stderr)
+        print(
+            f"error: --device cuda, but torch {torch.__version__} (CUDA {torch.version.cuda}) sees no CUDA "
+            "device here; use --device cpu to rehearse",
+            file=sys.stderr,
+        )
         return 2
     column = 1 if args.quick else 0
     items = args.items or list(BUDGET_S)
-    items = [i for i in BUDGET_S if i in items]   # always in order
+    items = [i for i in BUDGET_S if i in items]  # always in order
     budget = args.budget_s or (sum(BUDGET_S[i][1] for i in items) if args.quick else TOTAL_BUDGET_S)
     out = Path(args.out)
     logs = out.with_name(out.stem + ".logs")
@@ -154,12 +199,27 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="gpu-acceptance-"))
     work.mkdir(parents=True, exist_ok=True)
     from reproduce.device import device_facts
-    record = {"schema": 1, "started_utc": _utc(), "device": device_facts(torch.device(device)),
-              "quick": args.quick, "budget_s": budget, "targets": TARGETS, "items": {},
-              "host": platform.node(), "platform": platform.platform(), "python": platform.python_version(),
-              "torch": torch.__version__, "commit": _git_commit(), "argv": sys.argv[1:] if argv is None else argv}
-    print(f"GPU acceptance run on {_device_label(record['device'])}{' (--quick)' if args.quick else ''}: "
-          f"items {' '.join(items)}, budget {budget:.0f} s; JSON {out}, logs {logs}/", flush=True)
+
+    record = {
+        "schema": 1,
+        "started_utc": _utc(),
+        "device": device_facts(torch.device(device)),
+        "quick": args.quick,
+        "budget_s": budget,
+        "targets": TARGETS,
+        "items": {},
+        "host": platform.node(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "commit": _git_commit(),
+        "argv": sys.argv[1:] if argv is None else argv,
+    }
+    print(
+        f"GPU acceptance run on {_device_label(record['device'])}{' (--quick)' if args.quick else ''}: "
+        f"items {' '.join(items)}, budget {budget:.0f} s; JSON {out}, logs {logs}/",
+        flush=True,
+    )
     ctx = {"device": device, "quick": args.quick, "work": str(work)}
     interrupted = False
     try:
@@ -169,8 +229,9 @@ def main(argv: list[str] | None = None) -> int:
             if interrupted:
                 result = _verdict("FAIL", "not run: interrupted", {}, 0.0, BUDGET_S[name][column])
             elif allowed < 1:
-                result = _verdict("FAIL", f"not run: the {budget:.0f} s budget is spent", {}, 0.0,
-                                  BUDGET_S[name][column])
+                result = _verdict(
+                    "FAIL", f"not run: the {budget:.0f} s budget is spent", {}, 0.0, BUDGET_S[name][column]
+                )
             else:
                 try:
                     result = _run_child(name, ctx, timeout=allowed, budget=BUDGET_S[name][column], logs=logs)
@@ -187,9 +248,11 @@ def main(argv: list[str] | None = None) -> int:
     record["summary"] = counts
     _write_json(out, record, t_start)
     wall = time.perf_counter() - t_start
-    print(f"\nsummary ({_device_label(record['device'])}{', --quick' if args.quick else ''}): "
-          f"{counts['PASS']} PASS, {counts['FAIL']} FAIL, {counts['SKIP']} SKIP in {wall:.0f} s "
-          f"(budget {budget:.0f} s)")
+    print(
+        f"\nsummary ({_device_label(record['device'])}{', --quick' if args.quick else ''}): "
+        f"{counts['PASS']} PASS, {counts['FAIL']} FAIL, {counts['SKIP']} SKIP in {wall:.0f} s "
+        f"(budget {budget:.0f} s)"
+    )
     for name, r in record["items"].items():
         print(f"  {name} {TITLES[name]:10} {r['status']:4}  {r['figure']}")
     for key, limit in TARGETS.items():
@@ -213,9 +276,14 @@ def _run_child(name: str, ctx: dict, *, timeout: float, budget: float, logs: Pat
     log = logs / f"{name}.log"
     t0 = time.perf_counter()
     with open(log, "w") as f:
-        proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--_item", name,
-                                 "--_ctx", json.dumps(ctx)], cwd=REPO, stdout=f, stderr=subprocess.STDOUT,
-                                env=child_env(ctx), start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve()), "--_item", name, "--_ctx", json.dumps(ctx)],
+            cwd=REPO,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            env=child_env(ctx),
+            start_new_session=True,
+        )
         try:
             rc = proc.wait(timeout=timeout)
             timed_out = False
@@ -225,13 +293,18 @@ def _run_child(name: str, ctx: dict, *, timeout: float, budget: float, logs: Pat
             _kill_group(proc)
             raise
         finally:
-            _kill_group(proc)   # whatever it started and left behind
+            _kill_group(proc)  # whatever it started and left behind
     seconds = time.perf_counter() - t0
     saved = _read_json(result_file) or {}
     figures = saved.get("figures", {})
     if timed_out:
-        return _verdict("FAIL", f"timed out after {timeout:.0f} s ({saved.get('figure') or 'no figure yet'})",
-                        figures, seconds, budget)
+        return _verdict(
+            "FAIL",
+            f"timed out after {timeout:.0f} s ({saved.get('figure') or 'no figure yet'})",
+            figures,
+            seconds,
+            budget,
+        )
     if saved.get("status") in ("PASS", "FAIL", "SKIP"):
         return _verdict(saved["status"], saved["figure"], figures, seconds, budget)
     return _verdict("FAIL", f"the item's process exited {rc} without a verdict (see {log})", figures, seconds, budget)
@@ -253,8 +326,10 @@ def _verdict(status: str, figure: str, figures: dict, seconds: float, budget: fl
 
 
 def _print_verdict(name: str, r: dict, logs: Path) -> None:
-    print(f"{name} {TITLES[name]:10} {r['status']:4}  {r['figure']}  ({r['seconds']:.1f} s of {r['budget_s']:.0f} s)",
-          flush=True)
+    print(
+        f"{name} {TITLES[name]:10} {r['status']:4}  {r['figure']}  ({r['seconds']:.1f} s of {r['budget_s']:.0f} s)",
+        flush=True,
+    )
     if r["status"] == "FAIL":
         log = logs / f"{name}.log"
         tail = log.read_text(errors="replace").splitlines()[-6:] if log.exists() else []
@@ -277,13 +352,17 @@ def _read_json(path: Path) -> dict | None:
 
 
 def _utc() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
 def _git_commit() -> str | None:
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                              timeout=10).stdout.strip() or None
+        return (
+            subprocess.run(
+                ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10
+            ).stdout.strip()
+            or None
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
 
@@ -299,12 +378,17 @@ def child_env(ctx: dict) -> dict:
     importable, no user config (its jobs, device or SLURM settings are not this run's)."""
     bin_dir = str(Path(sys.executable).parent)
     path = os.environ.get("PYTHONPATH")
-    return {**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
-            "PYTHONPATH": str(REPO) + (os.pathsep + path if path else ""),
-            "REPRODUCE_CONFIG": str(Path(ctx["work"]) / "no-user-config.yaml"), "PYTHONUNBUFFERED": "1"}
+    return {
+        **os.environ,
+        "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
+        "PYTHONPATH": str(REPO) + (os.pathsep + path if path else ""),
+        "REPRODUCE_CONFIG": str(Path(ctx["work"]) / "no-user-config.yaml"),
+        "PYTHONUNBUFFERED": "1",
+    }
 
 
 # ---------------------------------------------------------------- one item, in its own process
+
 
 class Item:
     """What an item function gets: the run's settings, and ``figures``, saved as they come so that a
@@ -327,15 +411,23 @@ class Item:
         self.figures.update(figures)
         self.save()
 
-    def sh(self, args: list, *, cwd: Path = REPO, env: dict | None = None,
-           check: bool = True) -> subprocess.CompletedProcess:
+    def sh(
+        self, args: list, *, cwd: Path = REPO, env: dict | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess:
         """Run ``args`` with its output (stderr too) streamed into this item's log, so that a timed-out item's
         log shows how far it got; Fail with its last line when ``check`` and it fails."""
         args = [str(a) for a in args]
         print(f"$ {' '.join(args)}   (in {cwd})", flush=True)
         t0 = time.perf_counter()
-        with subprocess.Popen(args, cwd=cwd, env=env or self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True, errors="replace") as proc:
+        with subprocess.Popen(
+            args,
+            cwd=cwd,
+            env=env or self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+        ) as proc:
             lines = []
             for line in proc.stdout:
                 sys.stdout.write(line)
@@ -378,19 +470,40 @@ def run_item(name: str, ctx: dict) -> int:
 
 # ---------------------------------------------------------------- a: the CUDA-only tests
 
+
 def item_a(item: Item) -> str:
     junit = item.work / "a-junit.xml"
-    proc = item.sh([sys.executable, "-m", "pytest", "-m", "cuda", "-q", "-rs", "-p", "no:cacheprovider",
-                    f"--junitxml={junit}", "tests"], check=False)
+    proc = item.sh(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-m",
+            "cuda",
+            "-q",
+            "-rs",
+            "-p",
+            "no:cacheprovider",
+            f"--junitxml={junit}",
+            "tests",
+        ],
+        check=False,
+    )
     import xml.etree.ElementTree as ET
+
     counts = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
     if junit.exists():
         for suite in ET.parse(junit).getroot().iter("testsuite"):
             for k in counts:
                 counts[k] += int(suite.get(k, 0))
     passed = counts["tests"] - counts["failures"] - counts["errors"] - counts["skipped"]
-    item.note(selected=counts["tests"], passed=passed, failed=counts["failures"] + counts["errors"],
-              skipped=counts["skipped"], exit_code=proc.returncode)
+    item.note(
+        selected=counts["tests"],
+        passed=passed,
+        failed=counts["failures"] + counts["errors"],
+        skipped=counts["skipped"],
+        exit_code=proc.returncode,
+    )
     if counts["tests"] == 0:
         raise Fail(f"no test selected by -m cuda (pytest exit {proc.returncode}): is the cuda marker gone?")
     if counts["failures"] + counts["errors"]:
@@ -406,13 +519,15 @@ def item_a(item: Item) -> str:
 
 # ---------------------------------------------------------------- b: reproduce verify
 
+
 def item_b(item: Item) -> str:
-    if item.quick:   # the smallest study's equivariant group, the trainer's layout and path
+    if item.quick:  # the smallest study's equivariant group, the trainer's layout and path
         studies, extra = ["studies/ci.yaml"], ["--groups", "C4", "--layouts", "trainer", "--paths", "engine"]
     else:
         studies, extra = sorted(str(p.relative_to(REPO)) for p in (REPO / "studies").glob("*.yaml")), []
-    proc = item.sh([sys.executable, "-m", "reproduce", "verify", *studies, "--device", item.device, *extra],
-                   check=False)
+    proc = item.sh(
+        [sys.executable, "-m", "reproduce", "verify", *studies, "--device", item.device, *extra], check=False
+    )
     found = re.findall(r"(\d+) cases, (\d+) mismatched, (\d+) group\(s\) refused", proc.stdout)
     cases, mismatched, refused = (sum(int(f[i]) for f in found) for i in range(3))
     item.note(studies=studies, cases=cases, mismatched=mismatched, refused=refused, exit_code=proc.returncode)
@@ -424,12 +539,13 @@ def item_b(item: Item) -> str:
 
 # ---------------------------------------------------------------- c: the benchmarks
 
+
 def item_c(item: Item) -> str:
     targets = item.figures.setdefault("targets", {})
     judged = item.cuda and not item.quick
     unit = "GPU" if item.cuda else "CPU"
     parts, errors = [], []
-    try:   # both benchmarks run whatever the first one does
+    try:  # both benchmarks run whatever the first one does
         parts.append(_per_sample_grads(item, targets, judged))
     except Fail as e:
         errors.append(str(e))
@@ -440,11 +556,15 @@ def item_c(item: Item) -> str:
     item.note(targets=targets)
     figure = "; ".join(parts + errors)
     missed = [k for k, t in targets.items() if t["met"] is False]
-    incomplete = [k for k, v in item.figures.get("epoch_cost", {}).items()
-                  if v["projected_hours"] is None and not item.quick]
+    incomplete = [
+        k for k, v in item.figures.get("epoch_cost", {}).items() if v["projected_hours"] is None and not item.quick
+    ]
     if errors or missed or incomplete:
-        raise Fail(figure + (f"; missed {', '.join(missed)}" if missed else "")
-                   + (f"; not projected (OOM) {', '.join(incomplete)}" if incomplete else ""))
+        raise Fail(
+            figure
+            + (f"; missed {', '.join(missed)}" if missed else "")
+            + (f"; not projected (OOM) {', '.join(incomplete)}" if incomplete else "")
+        )
     return figure
 
 
@@ -452,17 +572,49 @@ def _per_sample_grads(item: Item, targets: dict, judged: bool) -> str:
     """bench_per_sample_grads.py: the suite's DP step over the non-private one, C4 8-16-32."""
     batch = 4 if item.quick else 4096
     psg = item.work / "c-per-sample-grads.json"
-    item.sh([sys.executable, "bench/bench_per_sample_grads.py", "--device", item.device, "--models", "C4",
-             "--batches", batch, "--multiplicities", 1, "--methods", "nonprivate", "dp_engine",
-             "--steps", 1 if item.quick else 5, "--warmup", 0 if item.quick else 1, "--no-memory",
-             "--profile-steps", 0, "--threads", _threads(), "--json", psg])
+    item.sh(
+        [
+            sys.executable,
+            "bench/bench_per_sample_grads.py",
+            "--device",
+            item.device,
+            "--models",
+            "C4",
+            "--batches",
+            batch,
+            "--multiplicities",
+            1,
+            "--methods",
+            "nonprivate",
+            "dp_engine",
+            "--steps",
+            1 if item.quick else 5,
+            "--warmup",
+            0 if item.quick else 1,
+            "--no-memory",
+            "--profile-steps",
+            0,
+            "--threads",
+            _threads(),
+            "--json",
+            psg,
+        ]
+    )
     row = json.loads(psg.read_text())["rows"][0]
     ratio = row["ratios"]["dp_engine/nonprivate"]
     key = "dp_over_nonprivate_C4_8_16_32_b4096"
     targets[key] = _target(key, ratio["wall"], judged, f"batch {batch}, {item.device}")
-    item.note(per_sample_grads={"batch": batch, "dp_over_nonprivate": ratio["wall"],
-                                "dp_over_nonprivate_paired": ratio["paired"], "peak_gpu_mib": row.get("peak_gpu_mib"),
-                                "step_s": row["median_wall_s"], "parameters": row["parameters"]}, targets=targets)
+    item.note(
+        per_sample_grads={
+            "batch": batch,
+            "dp_over_nonprivate": ratio["wall"],
+            "dp_over_nonprivate_paired": ratio["paired"],
+            "peak_gpu_mib": row.get("peak_gpu_mib"),
+            "step_s": row["median_wall_s"],
+            "parameters": row["parameters"],
+        },
+        targets=targets,
+    )
     peak = f", peak {row['peak_gpu_mib']:.0f} MiB" if row.get("peak_gpu_mib") is not None else ""
     return f"DP/non-DP {ratio['wall']:.2f} (C4 8-16-32, batch {batch}{peak})"
 
@@ -470,29 +622,62 @@ def _per_sample_grads(item: Item, targets: dict, judged: bool) -> str:
 def _epoch_cost(item: Item, targets: dict, judged: bool, unit: str) -> str:
     """epoch_cost.py per paper study: DP/non-private per group, peak memory, projected hours of the grid."""
     cost = item.work / "c-epoch-cost.json"
-    if item.quick:   # one study, one group, a tiny step: the projection's code path, not its numbers
+    if item.quick:  # one study, one group, a tiny step: the projection's code path, not its numbers
         studies, extra = ["studies/bridging_the_gap.yaml"], ["--groups", "C4", "--batch", "2", "--steps", "1"]
     else:
         studies, extra = [f"studies/{s}.yaml" for s in PAPER_STUDIES], ["--batch", "physical", "--steps", "2"]
-    item.sh([sys.executable, "bench/epoch_cost.py", *studies, "--device", item.device, "--threads", _threads(),
-             *extra, "--json", cost])
+    item.sh(
+        [
+            sys.executable,
+            "bench/epoch_cost.py",
+            *studies,
+            "--device",
+            item.device,
+            "--threads",
+            _threads(),
+            *extra,
+            "--json",
+            cost,
+        ]
+    )
     per_study = {}
     for s in json.loads(cost.read_text())["studies"]:
         per_study[s["study"]] = {
             "projected_hours": s["projected_hours"],
             "projected_hours_of_measured_cells": s["projected_hours_of_measured_cells"],
-            "cells": s["cells"], "cells_projected": s["cells_projected"], "steps_per_cell": s["steps_per_cell"],
-            "max_cell_hours": s["max_cell_hours"], "timed_batch": s["timed_batch"],
-            "rows": [{k: r[k] for k in ("group", "multiplicity", "widths", "dp_over_nonprivate", "dp_peak_mib",
-                                        "nonprivate_peak_mib", "oom")} for r in s["rows"]]}
+            "cells": s["cells"],
+            "cells_projected": s["cells_projected"],
+            "steps_per_cell": s["steps_per_cell"],
+            "max_cell_hours": s["max_cell_hours"],
+            "timed_batch": s["timed_batch"],
+            "rows": [
+                {
+                    k: r[k]
+                    for k in (
+                        "group",
+                        "multiplicity",
+                        "widths",
+                        "dp_over_nonprivate",
+                        "dp_peak_mib",
+                        "nonprivate_peak_mib",
+                        "oom",
+                    )
+                }
+                for r in s["rows"]
+            ],
+        }
     item.note(epoch_cost=per_study)
     if "bridging_the_gap" in per_study:
-        targets["table1_gpu_hours"] = _target("table1_gpu_hours", per_study["bridging_the_gap"]["projected_hours"],
-                                              judged, f"{unit}-hours, all 216 cells")
+        targets["table1_gpu_hours"] = _target(
+            "table1_gpu_hours", per_study["bridging_the_gap"]["projected_hours"], judged, f"{unit}-hours, all 216 cells"
+        )
     if "sparser_models_cifar10" in per_study:
-        targets["cifar10_cell_gpu_hours"] = _target("cifar10_cell_gpu_hours",
-                                                    per_study["sparser_models_cifar10"]["max_cell_hours"], judged,
-                                                    f"{unit}-hours, costliest cell")
+        targets["cifar10_cell_gpu_hours"] = _target(
+            "cifar10_cell_gpu_hours",
+            per_study["sparser_models_cifar10"]["max_cell_hours"],
+            judged,
+            f"{unit}-hours, costliest cell",
+        )
     shown = []
     for k, v in per_study.items():
         ratios = [r["dp_over_nonprivate"] for r in v["rows"] if r["dp_over_nonprivate"] is not None]
@@ -500,15 +685,21 @@ def _epoch_cost(item: Item, targets: dict, judged: bool, unit: str) -> str:
         if v["projected_hours"] is not None:
             shown.append(f"{k} {_num(v['projected_hours'])} h{span}")
         else:
-            shown.append(f"{k} {_num(v['projected_hours_of_measured_cells'])} h for {v['cells_projected']} of "
-                         f"{v['cells']} cells{span}")
+            shown.append(
+                f"{k} {_num(v['projected_hours_of_measured_cells'])} h for {v['cells_projected']} of "
+                f"{v['cells']} cells{span}"
+            )
     return f"projected {unit}: " + ", ".join(shown)
 
 
 def _target(key: str, value: float | None, judged: bool, what: str) -> dict:
     limit = TARGETS[key]
-    return {"value": value, "limit": limit, "what": what,
-            "met": (value is not None and value <= limit) if judged else None}
+    return {
+        "value": value,
+        "limit": limit,
+        "what": what,
+        "met": (value is not None and value <= limit) if judged else None,
+    }
 
 
 def _num(v: float | None) -> str:
@@ -521,13 +712,15 @@ def _threads() -> int:
 
 # ---------------------------------------------------------------- d, e, f: shortened real cells
 
+
 def shortened_study(item: Item, name: str) -> tuple[Path, str]:
     """(path of the shortened copy of study ``name``, its cell) under the work directory, with its data;
     made once, reused by the items after (atomically written: a killed item leaves no half file)."""
     import yaml
+
     cell, gpu, quick = CELLS[name]
     root = item.work / "cells"
-    path = root / "studies" / f"{name}.yaml"   # provenance hashes studies/<name>.yaml under the cwd
+    path = root / "studies" / f"{name}.yaml"  # provenance hashes studies/<name>.yaml under the cwd
     if path.exists():
         return path, cell
     study = yaml.safe_load((REPO / "studies" / f"{name}.yaml").read_text(encoding="utf-8"))
@@ -551,6 +744,7 @@ def standin_or_real(item: Item, dataset: str, *, n_train: int) -> tuple[Path, st
         out = files / f"{dataset}-standin.npz"
         buf = io.BytesIO()
         import numpy as np
+
         np.savez(buf, **standin_arrays(dataset, {"train": n_train, "val": n_eval, "test": n_eval}))
         _write_atomic(out, buf.getvalue())
         return out, _sha256(out), f"stand-in: random pixels shaped like {dataset} ({n_train} training images)"
@@ -558,7 +752,7 @@ def standin_or_real(item: Item, dataset: str, *, n_train: int) -> tuple[Path, st
     jpeg, script = shared / "cifar10-jpeg.tar.gz", shared / "make_cifar10_python.py"
     if not item.quick and jpeg.exists() and script.exists():
         out = files / "cifar-10-python.tar.gz"
-        item.sh([sys.executable, script, out], cwd=files)   # ~25 s; the same bytes on every run
+        item.sh([sys.executable, script, out], cwd=files)  # ~25 s; the same bytes on every run
         return out, _sha256(out), f"real CIFAR-10 (JPEG-q75 rebuild from {jpeg.name})"
     out = files / "cifar10-standin.tar.gz"
     # the loader holds out the last tenth of the training images for validation
@@ -572,6 +766,7 @@ def standin_arrays(dataset: str, sizes: dict[str, int], seed: int = 0) -> dict:
     import numpy as np
 
     from reproduce.data.stand_in import dataset_shape
+
     info, side = dataset_shape(dataset, size=28)
     rng = np.random.default_rng(seed)
     arrays = {}
@@ -588,42 +783,81 @@ def standin_cifar_archive(n_train: int, n_test: int, seed: int = 0) -> bytes:
     import pickle
 
     import numpy as np
+
     rng = np.random.default_rng(seed)
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+
         def add(name, obj):
             raw = pickle.dumps(obj, protocol=2)
             info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
             info.size = len(raw)
             tar.addfile(info, io.BytesIO(raw))
+
         per = -(-n_train // 5)
         for i, n in enumerate([per] * 4 + [n_train - 4 * per]):
-            add(f"data_batch_{i + 1}", {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
-                                        b"labels": [int(v) for v in np.arange(n) % 10]})
-        add("test_batch", {b"data": rng.integers(0, 256, (n_test, 3072), dtype=np.uint8),
-                           b"labels": [int(v) for v in np.arange(n_test) % 10]})
+            add(
+                f"data_batch_{i + 1}",
+                {
+                    b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                    b"labels": [int(v) for v in np.arange(n) % 10],
+                },
+            )
+        add(
+            "test_batch",
+            {
+                b"data": rng.integers(0, 256, (n_test, 3072), dtype=np.uint8),
+                b"labels": [int(v) for v in np.arange(n_test) % 10],
+            },
+        )
         add("batches.meta", {b"label_names": [f"class{i}".encode() for i in range(10)]})
     return buf.getvalue()
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
     from reproduce.atomic import write_bytes_atomic
+
     write_bytes_atomic(path, data)
 
 
 def _sha256(path: Path) -> str:
     from reproduce.data.download import hash_file
+
     return hash_file(path)["sha256"]
 
 
-def train_cell(item: Item, study: Path, cell: str, out: Path, checkpoints: Path, *, check: bool = True,
-               background: bool = False, quiet: bool = True):
+def train_cell(
+    item: Item,
+    study: Path,
+    cell: str,
+    out: Path,
+    checkpoints: Path,
+    *,
+    check: bool = True,
+    background: bool = False,
+    quiet: bool = True,
+):
     """``reproduce train`` of ``cell`` in a fresh process (reproduce.cli.main, then the peak device
     memory on stderr), run from the study copy's root so that provenance hashes the copy."""
-    args = [sys.executable, str(Path(__file__).resolve()), "--_reproduce", "train", str(study), "--cell", cell,
-            "--data-root", str(item.work / "data"), "--out", str(out), "--checkpoint-dir", str(checkpoints),
-            "--device", item.device, *(["--quiet"] if quiet else [])]
-    if background:   # its output into this item's log (read by nobody while it runs: no pipe to fill)
+    args = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--_reproduce",
+        "train",
+        str(study),
+        "--cell",
+        cell,
+        "--data-root",
+        str(item.work / "data"),
+        "--out",
+        str(out),
+        "--checkpoint-dir",
+        str(checkpoints),
+        "--device",
+        item.device,
+        *(["--quiet"] if quiet else []),
+    ]
+    if background:  # its output into this item's log (read by nobody while it runs: no pipe to fill)
         print(f"$ {' '.join(args)} &", flush=True)
         return subprocess.Popen(args, cwd=study.parents[1], env=item.env, stdout=sys.stdout, stderr=subprocess.STDOUT)
     return item.sh(args, cwd=study.parents[1], check=check)
@@ -637,21 +871,30 @@ def cell_figures(out: Path, proc=None) -> dict:
     peak = re.findall(r"GPU_ACCEPTANCE_PEAK_MIB=([\d.]+)", proc.stdout if proc else "")
     steps = metrics.get("steps")
     train_s = run.get("train_seconds")
-    return {"epsilon": metrics.get("epsilon"), "test_acc": metrics.get("test_acc"), "steps": steps,
-            "parameters": metrics.get("parameters"), "train_seconds": train_s,
-            "seconds_per_step": train_s / steps if train_s and steps else None,
-            "samples_per_second": run.get("samples_per_second"), "device": prov.get("device"),
-            "data_source": prov.get("data", {}).get("source"), "peak_device_mib": float(peak[-1]) if peak else None,
-            "wall_seconds": round(getattr(proc, "seconds", 0.0), 1) if proc else None}
+    return {
+        "epsilon": metrics.get("epsilon"),
+        "test_acc": metrics.get("test_acc"),
+        "steps": steps,
+        "parameters": metrics.get("parameters"),
+        "train_seconds": train_s,
+        "seconds_per_step": train_s / steps if train_s and steps else None,
+        "samples_per_second": run.get("samples_per_second"),
+        "device": prov.get("device"),
+        "data_source": prov.get("data", {}).get("source"),
+        "peak_device_mib": float(peak[-1]) if peak else None,
+        "wall_seconds": round(getattr(proc, "seconds", 0.0), 1) if proc else None,
+    }
 
 
 def full_cell_steps(name: str, cell: str) -> int:
     """Optimizer steps of ``cell`` in the real study (Poisson steps per epoch: int(1/q) = int(N/B))."""
     import yaml
+
     tr = yaml.safe_load((REPO / "studies" / f"{name}.yaml").read_text(encoding="utf-8"))["training"]
     if tr.get("steps"):
         return tr["steps"]
     from reproduce.data.medmnist_source import remote
+
     n = remote(cell.split("-")[0]).n_samples["train"]
     return tr["epochs"] * int(n / tr["batch_size"])
 
@@ -664,7 +907,7 @@ def item_d(item: Item) -> str:
             out = item.work / "cells" / "out" / name
             proc = train_cell(item, study, cell, out, item.work / "cells" / "d-checkpoints")
             fig = cell_figures(out, proc)
-            if fig["seconds_per_step"] and not item.quick:   # only at the study's own batch size
+            if fig["seconds_per_step"] and not item.quick:  # only at the study's own batch size
                 fig["projected_full_cell_hours"] = fig["seconds_per_step"] * full_cell_steps(name, cell) / 3600
             if fig["device"] and fig["device"].get("type") != item.device:
                 raise Fail(f"trained on {fig['device'].get('type')}, not {item.device}")
@@ -716,10 +959,14 @@ def item_e(item: Item) -> str:
         a, b = (_read_json(d / "metrics.json") or {} for d in (first, again))
         differ = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
         item.note(metrics_that_differ=differ)
-        raise Fail(f"{cell}: rerun differs ({', '.join(f for f, s in same.items() if not s)}; "
-                   f"metrics {', '.join(differ[:5]) or 'none'})")
-    return (f"{cell}: result.json and model.pt identical (sha256 {hashes['result.json'][0][:12]}, "
-            f"{hashes['model.pt'][0][:12]})")
+        raise Fail(
+            f"{cell}: rerun differs ({', '.join(f for f, s in same.items() if not s)}; "
+            f"metrics {', '.join(differ[:5]) or 'none'})"
+        )
+    return (
+        f"{cell}: result.json and model.pt identical (sha256 {hashes['result.json'][0][:12]}, "
+        f"{hashes['model.pt'][0][:12]})"
+    )
 
 
 def item_f(item: Item) -> str:
@@ -727,7 +974,7 @@ def item_f(item: Item) -> str:
     out, checkpoints = item.work / "cells" / "f-resumed", item.work / "cells" / "f-checkpoints"
     shutil.rmtree(out, ignore_errors=True)
     shutil.rmtree(checkpoints, ignore_errors=True)
-    checkpoint = checkpoints / study.stem / f"{cell}.ckpt"   # reproduce train's layout
+    checkpoint = checkpoints / study.stem / f"{cell}.ckpt"  # reproduce train's layout
     proc = train_cell(item, study, cell, out, checkpoints, background=True)
     t0 = time.perf_counter()
     while not checkpoint.exists() and proc.poll() is None:
@@ -743,10 +990,11 @@ def item_f(item: Item) -> str:
     if not checkpoint.exists():
         raise Fail(f"no checkpoint {checkpoint} after the kill")
     item.note(cell=cell, killed_after_s=round(killed_after, 2), killed_exit=proc.returncode)
-    resumed = train_cell(item, study, cell, out, checkpoints, quiet=False)   # not quiet: it says it resumes
+    resumed = train_cell(item, study, cell, out, checkpoints, quiet=False)  # not quiet: it says it resumes
     said = re.search(r"resuming after epoch (\d+) \(step (\d+)\)", resumed.stdout)
     a, b = _read_json(reference / "metrics.json") or {}, _read_json(out / "metrics.json") or {}
     from reproduce.study import load_study
+
     tolerances = load_study(study).checks.tolerances
     checked = {}
     for metric, tol in tolerances.items():
@@ -754,12 +1002,20 @@ def item_f(item: Item) -> str:
             continue
         delta = None if a.get(metric) is None or b.get(metric) is None else abs(b[metric] - a[metric])
         # one run per side: no seed spread, so the tolerance is its absolute part
-        checked[metric] = {"reference": a.get(metric), "resumed": b.get(metric), "delta": delta, "tolerance": tol.abs,
-                           "ok": delta is not None and delta <= tol.abs}
+        checked[metric] = {
+            "reference": a.get(metric),
+            "resumed": b.get(metric),
+            "delta": delta,
+            "tolerance": tol.abs,
+            "ok": delta is not None and delta <= tol.abs,
+        }
     bit = (out / "result.json").exists() and _sha256(reference / "result.json") == _sha256(out / "result.json")
-    item.note(resumed_after_epoch=int(said.group(1)) if said else None, checked=checked,
-              epsilon_equal=a.get("epsilon") is not None and a.get("epsilon") == b.get("epsilon"),
-              result_json_identical=bit)
+    item.note(
+        resumed_after_epoch=int(said.group(1)) if said else None,
+        checked=checked,
+        epsilon_equal=a.get("epsilon") is not None and a.get("epsilon") == b.get("epsilon"),
+        result_json_identical=bit,
+    )
     if not said:
         raise Fail("the rerun did not resume from the checkpoint")
     if not item.figures["epsilon_equal"]:
@@ -768,20 +1024,24 @@ def item_f(item: Item) -> str:
     if bad:
         raise Fail(f"resumed after epoch {said.group(1)}: {', '.join(bad)} beyond tolerance")
     worst = max((c["delta"] for c in checked.values() if c["delta"] is not None), default=0.0)
-    return (f"{cell}: killed after {killed_after:.1f} s, resumed after epoch {said.group(1)}; epsilon equal, "
-            f"{len(checked)} checked metrics within tolerance (max delta {worst:.2g}); result.json "
-            f"{'bit-identical' if bit else 'differs in bits'}")
+    return (
+        f"{cell}: killed after {killed_after:.1f} s, resumed after epoch {said.group(1)}; epsilon equal, "
+        f"{len(checked)} checked metrics within tolerance (max delta {worst:.2g}); result.json "
+        f"{'bit-identical' if bit else 'differs in bits'}"
+    )
 
 
 # ---------------------------------------------------------------- g: reproduce run --executor local
 
+
 def item_g(item: Item) -> str:
     sys.path.insert(0, str(REPO))
     from tests.pipeline import run_helpers
+
     base = item.work / "g"
     shutil.rmtree(base, ignore_errors=True)
     base.mkdir(parents=True)
-    data = run_helpers.embedded_data(base)   # the checkout's data/embedded, else generated (~8 s)
+    data = run_helpers.embedded_data(base)  # the checkout's data/embedded, else generated (~8 s)
     if not (REPO / ".git").exists():
         # a copied tree without git: snapshot what git would list (tracked and not ignored) into a repository
         run_helpers.REPO = _git_snapshot(item, base / "snapshot")
@@ -791,8 +1051,12 @@ def item_g(item: Item) -> str:
     repo = run_helpers.make_repo_copy(base / "repo", text, data)
     env = {**item.env, "REPRODUCE_DEVICE": item.device}
     t0 = time.perf_counter()
-    proc = item.sh([sys.executable, "-m", "reproduce", "run", "studies/default.yaml", "--executor", "local",
-                    "--jobs", 2], cwd=repo, env=env, check=False)
+    proc = item.sh(
+        [sys.executable, "-m", "reproduce", "run", "studies/default.yaml", "--executor", "local", "--jobs", 2],
+        cwd=repo,
+        env=env,
+        check=False,
+    )
     seconds = time.perf_counter() - t0
     cells = run_helpers.cells_of((0,), ("non-private", 8))
     states = {}
@@ -800,8 +1064,13 @@ def item_g(item: Item) -> str:
         record = run_helpers.record(repo, cell)
         results = list((repo / ".reproduce" / "workspaces").glob(f"*/{cell}/results/*/cells/{cell}/result.json"))
         device = (_read_json(results[0]) or {}).get("provenance", {}).get("device", {}) if results else {}
-        states[cell] = {"state": record.get("state"), "gpu": record.get("gpu"), "detail": record.get("detail"),
-                        "device": device.get("type"), "device_name": device.get("name")}
+        states[cell] = {
+            "state": record.get("state"),
+            "gpu": record.get("gpu"),
+            "detail": record.get("detail"),
+            "device": device.get("type"),
+            "device_name": device.get("name"),
+        }
     item.note(cells=states, exit_code=proc.returncode, seconds=round(seconds, 1))
     done = [c for c, s in states.items() if s["state"] == "done"]
     devices = sorted({str(s["device"]) for s in states.values()})
@@ -827,7 +1096,7 @@ def _git_snapshot(item: Item, dst: Path) -> Path:
 
 # ---------------------------------------------------------------- h: host-device copies of one DP step
 
-#: Where the trainer copies between host and device on purpose (README, "What lives on the device"),
+#: Where the trainer copies between host and device on purpose (docs/gpus-and-slurm.md, "What lives on the device"),
 #: by the innermost frame of the suite in the copy's Python stack.
 DESIGNED_COPIES = {
     "reproduce/device.py": "host draws to the device (views' integers, indices; pinned, asynchronous)",
@@ -850,29 +1119,34 @@ def item_h(item: Item) -> str:
     study_path, cell_id = shortened_study(item, "bridging_the_gap")
     study = load_study(study_path)
     update = {"epochs": None, "steps": 3, "log_every": 1000}
-    if item.quick:   # two micro-batches per step, as on the GPU (4096 / 512: eight)
+    if item.quick:  # two micro-batches per step, as on the GPU (4096 / 512: eight)
         update["physical_batch_size"] = max(1, study.training.batch_size // 2)
     training = study.training.model_copy(update=update)
     cell = study.model_copy(update={"training": training}).cell(cell_id)
     n = training.max_train_samples
     info, _ = dataset_shape(cell.dataset, size=28)
-    splits = from_npz_arrays(standin_arrays(cell.dataset, {"train": n, "val": 16, "test": 16}),
-                             DatasetInfo(info.name, info.task, info.n_channels, info.labels, source="stand-in",
-                                         sha256=""))
+    splits = from_npz_arrays(
+        standin_arrays(cell.dataset, {"train": n, "val": 16, "test": 16}),
+        DatasetInfo(info.name, info.task, info.n_channels, info.labels, source="stand-in", sha256=""),
+    )
     captured = {}
-    prof = profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if item.cuda else []),
-                   schedule=schedule(wait=1, warmup=1, active=1, repeat=1), with_stack=True,
-                   on_trace_ready=lambda p: captured.update(events=p.events()))
+    prof = profile(
+        activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if item.cuda else []),
+        schedule=schedule(wait=1, warmup=1, active=1, repeat=1),
+        with_stack=True,
+        on_trace_ready=lambda p: captured.update(events=p.events()),
+    )
     real_train = rt.train
 
     def profiled_train(trainer, **kwargs):
         take_step = trainer.step
 
-        def step():   # the profiler's steps are the trainer's logical (optimizer) steps
+        def step():  # the profiler's steps are the trainer's logical (optimizer) steps
             done = take_step()
             if done:
                 prof.step()
             return done
+
         trainer.step = step
         with prof:
             return real_train(trainer, **kwargs)
@@ -894,20 +1168,30 @@ def item_h(item: Item) -> str:
         if e.name == "aten::copy_":
             key = _suite_frame(e) or "outside the suite"
             copies_from[key] = copies_from.get(key, 0) + 1
-    item.note(cell=cell_id, batch_size=training.batch_size, micro_batches_per_step=micro, events=len(events),
-              python_frames=frames, copy_ops_by_suite_frame=copies_from)
+    item.note(
+        cell=cell_id,
+        batch_size=training.batch_size,
+        micro_batches_per_step=micro,
+        events=len(events),
+        python_frames=frames,
+        copy_ops_by_suite_frame=copies_from,
+    )
     if not frames:
         raise Fail("the profile has no Python frames: cannot tell where copies come from")
-    found = classify_copies(events)   # on the CPU too: none, but the code runs
+    found = classify_copies(events)  # on the CPU too: none, but the code runs
     syncs = sum("Synchronize" in e.name for e in cpu)
     item.note(**found, host_syncs=syncs)
     if not item.cuda:
-        raise Skip(f"no device copies on the CPU (one DP step of {cell_id}, {micro} micro-batches, profiled: "
-                   f"{len(events)} events, {sum(copies_from.values())} tensor copies)")
+        raise Skip(
+            f"no device copies on the CPU (one DP step of {cell_id}, {micro} micro-batches, profiled: "
+            f"{len(events)} events, {sum(copies_from.values())} tensor copies)"
+        )
     designed, undesigned = found["designed_copies"], found["undesigned_copies"]
     pageable = found["pageable_host_to_device"]
-    figure = (f"one DP step ({micro} micro-batches): {sum(designed.values())} designed host-device copies, "
-              f"{sum(undesigned.values())} others, {syncs} host syncs")
+    figure = (
+        f"one DP step ({micro} micro-batches): {sum(designed.values())} designed host-device copies, "
+        f"{sum(undesigned.values())} others, {syncs} host syncs"
+    )
     sites = designed or undesigned
     if not sites:
         raise Fail(f"{figure}: no host-device copy seen at all (the designed ones are expected: the check is blind)")
@@ -927,11 +1211,13 @@ def classify_copies(events) -> dict:
     calls (``cudaMemcpy*``) stand in, their kind unknown."""
     cpu = [e for e in events if "cpu" in str(getattr(e, "device_type", "")).lower()]
     kinds: dict[str, int] = {}
-    for e in events:   # the copies as the device saw them
+    for e in events:  # the copies as the device saw them
         if e.name.startswith("Memcpy"):
             kinds[e.name] = kinds.get(e.name, 0) + 1
-    sites = [(e, [k.name for k in getattr(e, "kernels", []) if k.name.startswith("Memcpy") and "DtoD" not in k.name])
-             for e in cpu]
+    sites = [
+        (e, [k.name for k in getattr(e, "kernels", []) if k.name.startswith("Memcpy") and "DtoD" not in k.name])
+        for e in cpu
+    ]
     sites = [(e, ks) for e, ks in sites if ks]
     method = "ops with copy kernels"
     if not sites:
@@ -946,8 +1232,13 @@ def classify_copies(events) -> dict:
             key = f"{where or 'outside the suite'} ({_op_of(e)}, {kind})"
             bucket[key] = bucket.get(key, 0) + 1
     pageable = sum(v for k, v in designed.items() if k.startswith("reproduce/device.py") and "Pageable" in k)
-    return {"copies_by_kind": kinds, "copy_sites_from": method, "designed_copies": designed,
-            "undesigned_copies": undesigned, "pageable_host_to_device": pageable}
+    return {
+        "copies_by_kind": kinds,
+        "copy_sites_from": method,
+        "designed_copies": designed,
+        "undesigned_copies": undesigned,
+        "pageable_host_to_device": pageable,
+    }
 
 
 #: A Python frame as the profiler names it: ``path/file.py(line): function``
@@ -961,12 +1252,12 @@ def _suite_frame(event) -> str | None:
     while e is not None:
         m = PY_FRAME.search(e.name.replace(os.sep, "/"))
         if m and "reproduce/" in m.group(1) and "bench/" not in m.group(1):
-            path = m.group(1)[m.group(1).rindex("reproduce/"):]
+            path = m.group(1)[m.group(1).rindex("reproduce/") :]
             return f"{path}:{m.group(2)} {m.group(3)}"
-        for frame in getattr(e, "stack", None) or []:   # innermost first
+        for frame in getattr(e, "stack", None) or []:  # innermost first
             m = PY_FRAME.search(frame.replace(os.sep, "/"))
             if m and "reproduce/" in m.group(1) and "bench/" not in m.group(1):
-                path = m.group(1)[m.group(1).rindex("reproduce/"):]
+                path = m.group(1)[m.group(1).rindex("reproduce/") :]
                 return f"{path}:{m.group(2)} {m.group(3)}"
         e = e.cpu_parent
     return None
@@ -975,8 +1266,12 @@ def _suite_frame(event) -> str | None:
 def _op_of(event) -> str:
     """The aten op that asked for the copy (aten::item, aten::to, ...), above the copy's own ops."""
     e = event.cpu_parent if event.name.startswith("cuda") else event
-    while (e is not None and e.cpu_parent is not None and not PY_FRAME.search(e.cpu_parent.name)
-           and e.name in ("aten::copy_", "aten::_to_copy", "aten::_local_scalar_dense")):
+    while (
+        e is not None
+        and e.cpu_parent is not None
+        and not PY_FRAME.search(e.cpu_parent.name)
+        and e.name in ("aten::copy_", "aten::_to_copy", "aten::_local_scalar_dense")
+    ):
         e = e.cpu_parent
     return e.name if e is not None else event.name
 
@@ -987,8 +1282,10 @@ ITEMS = {"a": item_a, "b": item_b, "c": item_c, "d": item_d, "e": item_e, "f": i
 def reproduce_main(argv: list[str]) -> int:
     """``reproduce <argv>`` (reproduce.cli.main), then, on CUDA, the peak device memory on stderr."""
     from reproduce.cli import main as cli_main
+
     rc = cli_main(argv)
     import torch
+
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         print(f"GPU_ACCEPTANCE_PEAK_MIB={torch.cuda.max_memory_allocated() / 2**20:.1f}", file=sys.stderr)
     return rc

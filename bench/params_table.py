@@ -47,8 +47,11 @@ def conventional(widths, in_channels, num_classes) -> int | None:
 
 def equivariant(group, widths, in_channels, num_classes, **kwargs) -> int:
     torch.manual_seed(0)
-    return count(build_equivariant_resnet9(group=group, widths=tuple(widths), in_channels=in_channels,
-                                           num_classes=num_classes, **kwargs))
+    return count(
+        build_equivariant_resnet9(
+            group=group, widths=tuple(widths), in_channels=in_channels, num_classes=num_classes, **kwargs
+        )
+    )
 
 
 def rows(group: str, widths, layout: str, in_channels: int, num_classes: int):
@@ -58,18 +61,19 @@ def rows(group: str, widths, layout: str, in_channels: int, num_classes: int):
         n = conventional(widths, in_channels, num_classes)
         if n is None:
             return None
-        return [label, "-".join(map(str, widths)), "-", f"{n:,}", *["-"] * 5,
-                STATEMENTS.get((group, layout), "")]
+        return [label, "-".join(map(str, widths)), "-", f"{n:,}", *["-"] * 5, STATEMENTS.get((group, layout), "")]
     spec = parse_group(group)
-    cells = [label, "-".join(map(str, field_counts(spec, widths))),
-             "-".join(map(str, field_counts(spec, widths, fix_params=True)))]
+    cells = [
+        label,
+        "-".join(map(str, field_counts(spec, widths))),
+        "-".join(map(str, field_counts(spec, widths, fix_params=True))),
+    ]
     settings = [{}, {"fix_params": True}]
     if spec.finite and spec.n % 2 == 0:
         settings.append({"fix_params": True, "restrict": "halved"})
     # Only C_N / D_N depend on the basis setting: the continuous groups reuse their counts.
     for basis in BASES if spec.finite else ["authors"]:
-        counts = [f"{equivariant(group, widths, in_channels, num_classes, basis=basis, **kw):,}"
-                  for kw in settings]
+        counts = [f"{equivariant(group, widths, in_channels, num_classes, basis=basis, **kw):,}" for kw in settings]
         cells += counts + ["-"] * (3 - len(counts))
     if not spec.finite:
         cells += cells[-3:]
@@ -79,14 +83,25 @@ def rows(group: str, widths, layout: str, in_channels: int, num_classes: int):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--widths", type=int, nargs=3, default=[8, 16, 32])
-    parser.add_argument("--wide", type=int, nargs=3, default=[64, 128, 256],
-                        help="layout of the wide rows (conventional and C4 only)")
+    parser.add_argument(
+        "--wide", type=int, nargs=3, default=[64, 128, 256], help="layout of the wide rows (conventional and C4 only)"
+    )
     parser.add_argument("--num-classes", type=int, default=9, help="9: pathmnist")
     parser.add_argument("--in-channels", type=int, default=3)
     args = parser.parse_args()
 
-    header = ["model", "fields", "fields (fix)", "params", "params (fix)", "params (fix, halved)",
-              "escnn basis: params", "params (fix)", "params (fix, halved)", "paper statement"]
+    header = [
+        "model",
+        "fields",
+        "fields (fix)",
+        "params",
+        "params (fix)",
+        "params (fix, halved)",
+        "escnn basis: params",
+        "params (fix)",
+        "params (fix, halved)",
+        "paper statement",
+    ]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     plan = [(g, args.widths, "small") for g in GROUPS] + [(g, args.wide, "wide") for g in ("e", "C4")]

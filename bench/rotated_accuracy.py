@@ -30,18 +30,24 @@ def main(study_path: str = "studies/default.yaml") -> None:
         row = rows.setdefault((cell.group, str(cell.epsilon)), {k: [] for k in METRICS})
         for k in METRICS:
             row[k].append(float(m[k]))
-    print(f"{'group':6} {'epsilon':12} {'params':>8} {'test':>7} {'rot90':>7} {'rot45':>7}   (% test accuracy, mean over seeds {study.grid.seed})")
+    print(
+        f"{'group':6} {'epsilon':12} {'params':>8} {'test':>7} {'rot90':>7} {'rot45':>7}   (% test accuracy, mean over seeds {study.grid.seed})"
+    )
     means = {}
     for (group, eps), row in rows.items():
         means[group, eps] = {k: statistics.fmean(v) for k, v in row.items()}
         r = means[group, eps]
-        print(f"{group:6} {eps:12} {int(r['parameters']):>8,} {100 * r['test_acc']:7.2f} {100 * r['test_acc_rot90']:7.2f} {100 * r['test_acc_rot45']:7.2f}")
+        print(
+            f"{group:6} {eps:12} {int(r['parameters']):>8,} {100 * r['test_acc']:7.2f} {100 * r['test_acc_rot90']:7.2f} {100 * r['test_acc_rot45']:7.2f}"
+        )
     for eps in dict.fromkeys(e for _, e in rows):
         if ("C4", eps) in means and ("e", eps) in means:
             d = {k: 100 * (means["C4", eps][k] - means["e", eps][k]) for k in METRICS[1:]}
             verdict = "C4 better on every test set" if min(d.values()) > 0 else "C4 NOT better everywhere"
-            print(f"C4 - e at {eps}: test {d['test_acc']:+.2f}, rot90 {d['test_acc_rot90']:+.2f}, "
-                  f"rot45 {d['test_acc_rot45']:+.2f} points -> {verdict}")
+            print(
+                f"C4 - e at {eps}: test {d['test_acc']:+.2f}, rot90 {d['test_acc_rot90']:+.2f}, "
+                f"rot45 {d['test_acc_rot45']:+.2f} points -> {verdict}"
+            )
 
 
 if __name__ == "__main__":

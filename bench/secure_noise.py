@@ -51,33 +51,40 @@ def main() -> None:
     t_gauss = best_of(lambda: os_standard_normal(n), args.repeats)
     t_torch = best_of(lambda: torch.randn(n, generator=torch.Generator().manual_seed(0)), args.repeats)
     print(f"os.urandom: {8 * n / t_bytes / 1e6:.0f} MB/s")
-    print(f"OS Gaussians (Box-Muller, float64), 2.4M vector: {n / t_gauss / 1e6:.1f} M draws/s "
-          f"({t_gauss * 1e3:.0f} ms); seeded torch.randn float32: {n / t_torch / 1e6:.0f} M draws/s "
-          f"({t_torch * 1e3:.1f} ms)")
+    print(
+        f"OS Gaussians (Box-Muller, float64), 2.4M vector: {n / t_gauss / 1e6:.1f} M draws/s "
+        f"({t_gauss * 1e3:.0f} ms); seeded torch.randn float32: {n / t_torch / 1e6:.0f} M draws/s "
+        f"({t_torch * 1e3:.1f} ms)"
+    )
 
     model = build_model(group="e", widths=(64, 128, 256), in_channels=3, num_classes=10, seed=0)
     params = [p for p in model.parameters() if p.requires_grad]
     n_params = sum(p.numel() for p in params)
 
     def noise_time(optimizer_class, **kwargs) -> float:
-        opt = optimizer_class(torch.optim.SGD(params, lr=0.1), noise_multiplier=1.0, max_grad_norm=1.0,
-                              expected_batch_size=8192, **kwargs)
+        opt = optimizer_class(
+            torch.optim.SGD(params, lr=0.1), noise_multiplier=1.0, max_grad_norm=1.0, expected_batch_size=8192, **kwargs
+        )
 
         def add_noise():
             for p in params:
                 p.summed_grad = torch.zeros_like(p)
             opt.add_noise()
+
         return best_of(add_noise, args.repeats)
 
     seeded = noise_time(DPOptimizer, generator=torch.Generator().manual_seed(0))
     secure = noise_time(SecureDPOptimizer)
-    print(f"add_noise per step, {n_params:,} parameters: seeded {seeded * 1e3:.1f} ms, secure "
-          f"{secure * 1e3:.0f} ms (4 OS Gaussians per entry) -> +{(secure - seeded) * 1e3:.0f} ms, "
-          f"x{secure / seeded:.0f}")
+    print(
+        f"add_noise per step, {n_params:,} parameters: seeded {seeded * 1e3:.1f} ms, secure "
+        f"{secure * 1e3:.0f} ms (4 OS Gaussians per entry) -> +{(secure - seeded) * 1e3:.0f} ms, "
+        f"x{secure / seeded:.0f}"
+    )
 
     N, q = 45_000, 8192 / 45_000
-    seeded_sampler = UniformWithReplacementSampler(num_samples=N, sample_rate=q,
-                                                   generator=torch.Generator().manual_seed(0))
+    seeded_sampler = UniformWithReplacementSampler(
+        num_samples=N, sample_rate=q, generator=torch.Generator().manual_seed(0)
+    )
     secure_sampler = SecurePoissonSampler(num_samples=N, sample_rate=q)
     s_seeded = best_of(lambda: next(iter(seeded_sampler)), args.repeats)
     s_secure = best_of(lambda: next(iter(secure_sampler)), args.repeats)
@@ -89,19 +96,33 @@ def main() -> None:
     from torch.utils.data import TensorDataset
 
     from reproduce.privacy.dp_sgd import make_private
+
     B = args.batch
     data = TensorDataset(torch.randn(4 * B, 3, 32, 32), torch.randint(0, 10, (4 * B,)))
-    dp = make_private(model, torch.optim.SGD(params, lr=0.1), data, batch_size=B, steps=1, target_epsilon=8.0,
-                      delta=1e-5, max_grad_norm=1.0, accountant="rdp", seed=0)
+    dp = make_private(
+        model,
+        torch.optim.SGD(params, lr=0.1),
+        data,
+        batch_size=B,
+        steps=1,
+        target_epsilon=8.0,
+        delta=1e-5,
+        max_grad_norm=1.0,
+        accountant="rdp",
+        seed=0,
+    )
     x, y = data[:B]
 
     def dp_step():
         dp.optimizer.zero_grad(set_to_none=True)
         dp.backward(F.cross_entropy(dp.model(x), y))
         dp.optimizer.step()
+
     step = best_of(dp_step, max(2, args.repeats // 2))
-    print(f"one seeded DP step on {B} images: {step:.2f} s -> the secure overhead is {overhead / step:.1%} of it "
-          f"(a smaller share of a {8192 * 4}-view step)")
+    print(
+        f"one seeded DP step on {B} images: {step:.2f} s -> the secure overhead is {overhead / step:.1%} of it "
+        f"(a smaller share of a {8192 * 4}-view step)"
+    )
 
 
 if __name__ == "__main__":

@@ -49,14 +49,16 @@ class _Run:
         torch.manual_seed(cell.seed)
         info = splits.info
         model = build_cell_model(cell, in_channels=info.n_channels, num_classes=info.num_classes)
-        train_set = training_set(splits, max_samples=study.training.max_train_samples, task=info.task,
-                                 device=torch.device("cpu"), audit=None)
-        self.trainer = (PrivateTrainer if cell.private else PlainTrainer).for_cell(cell, model, train_set,
-                                                                                   task=info.task)
+        train_set = training_set(
+            splits, max_samples=study.training.max_train_samples, task=info.task, device=torch.device("cpu"), audit=None
+        )
+        self.trainer = (PrivateTrainer if cell.private else PlainTrainer).for_cell(
+            cell, model, train_set, task=info.task
+        )
         self.tracker = StepTracker(model, task=info.task, every=study.training.log_every)
         self.totals: dict[str, float] = collections.defaultdict(float)
         self.samples = self.micro_batches = 0
-        self.per_sample: list[float] = []   # seconds per sample of each timed logical step
+        self.per_sample: list[float] = []  # seconds per sample of each timed logical step
         self._batches = self._forever()
         self._step = 0
 
@@ -88,8 +90,9 @@ class _Run:
                 break
         # what the loop does after each optimizer step (logged steps: sparsity, clipping diagnostics)
         t0 = time.perf_counter()
-        self.tracker.after_step(self._step, 0, loss, clipped=self.trainer.clipped_update,
-                                diagnostics=self.trainer.step_diagnostics)
+        self.tracker.after_step(
+            self._step, 0, loss, clipped=self.trainer.clipped_update, diagnostics=self.trainer.step_diagnostics
+        )
         if timed:
             self.totals["step"] += time.perf_counter() - t0
         if timed and samples:
@@ -115,20 +118,28 @@ def main() -> None:
     from reproduce.privacy.heap import keep_freed_memory
     from reproduce.study import load_study
 
-    keep_freed_memory()   # as run_cell does, for both trainers
+    keep_freed_memory()  # as run_cell does, for both trainers
     study = load_study(args.study)
     if args.physical_batch_size is not None:
-        study = study.model_copy(update={"training": study.training.model_copy(
-            update={"physical_batch_size": args.physical_batch_size})})
+        study = study.model_copy(
+            update={"training": study.training.model_copy(update={"physical_batch_size": args.physical_batch_size})}
+        )
     cells = study.cells()
     groups = args.groups or list(dict.fromkeys(c.group for c in cells))
-    print(f"{args.study}: batch {study.training.batch_size}, physical batch {study.training.physical_batch_size}, "
-          f"{args.threads} threads, {args.steps} timed logical steps per trainer")
+    print(
+        f"{args.study}: batch {study.training.batch_size}, physical batch {study.training.physical_batch_size}, "
+        f"{args.threads} threads, {args.steps} timed logical steps per trainer"
+    )
     for group in groups:
         mine = [c for c in cells if c.group == group and c.multiplicity == cells[0].multiplicity]
         private = next((c for c in mine if c.private), None)
-        plain = None if private is None else next(
-            (c for c in mine if not c.private and c.seed == private.seed and c.dataset == private.dataset), None)
+        plain = (
+            None
+            if private is None
+            else next(
+                (c for c in mine if not c.private and c.seed == private.seed and c.dataset == private.dataset), None
+            )
+        )
         if plain is None:
             print(f"  {group}: skipped (the study has no DP cell with a non-private twin for it)")
             continue
@@ -140,12 +151,16 @@ def main() -> None:
                 runs[name].logical_step(timed=i >= args.warmup)
         for name, run in runs.items():
             parts = " ".join(f"{p} {run.totals[p] / run.samples * 1e6:.0f}" for p in PHASES)
-            print(f"  {group} {name:11s} {run.micro_batches} micro-batches of {run.samples / run.micro_batches:.0f} "
-                  f"on average; us per sample: {parts}; total {run.us_per_sample():.0f}")
+            print(
+                f"  {group} {name:11s} {run.micro_batches} micro-batches of {run.samples / run.micro_batches:.0f} "
+                f"on average; us per sample: {parts}; total {run.us_per_sample():.0f}"
+            )
         dp, np_ = runs["DP"], runs["non-private"]
-        print(f"  {group} DP/non-private: totals {dp.us_per_sample() / np_.us_per_sample():.3f}, "
-              f"medians {statistics.median(dp.per_sample) / statistics.median(np_.per_sample):.3f}, "
-              f"fastest steps {min(dp.per_sample) / min(np_.per_sample):.3f}")
+        print(
+            f"  {group} DP/non-private: totals {dp.us_per_sample() / np_.us_per_sample():.3f}, "
+            f"medians {statistics.median(dp.per_sample) / statistics.median(np_.per_sample):.3f}, "
+            f"fastest steps {min(dp.per_sample) / min(np_.per_sample):.3f}"
+        )
 
 
 if __name__ == "__main__":

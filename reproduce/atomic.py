@@ -11,7 +11,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Callable, IO
+from typing import IO, Callable
 
 
 def fsync_dir(directory: Path) -> None:
@@ -41,7 +41,7 @@ def write_atomic(path: Path | str, write: Callable[[IO[bytes]], None]) -> Path:
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)   # mkstemp creates 0600; results and data are meant to be shared
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; results and data are meant to be shared
         os.replace(tmp, path)
     except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
@@ -75,9 +75,10 @@ def read_json(path: Path | str, *, what: str, remedy: str):
     """The JSON document in ``path`` (UTF-8); ReproduceError naming the file, ``what`` it holds and
     ``remedy`` (what to do) when it is truncated, corrupt or not UTF-8."""
     from reproduce.errors import ReproduceError
+
     try:
         return json.loads(Path(path).read_bytes().decode("utf-8"))
-    except ValueError as e:   # json's JSONDecodeError and UnicodeDecodeError both are
+    except ValueError as e:  # json's JSONDecodeError and UnicodeDecodeError both are
         raise ReproduceError(f"{path}: corrupt {what} ({e}); {remedy}") from None
 
 
@@ -85,10 +86,12 @@ def decode_utf8(raw: bytes, path: Path | str, *, error: type[Exception] | None =
     """``raw`` (the bytes of ``path``) as UTF-8, never the locale's encoding, so every machine reads the
     same file; ``error`` (default ReproduceError) names the line and offset of the first byte that is not."""
     from reproduce.errors import ReproduceError
+
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as e:
         line = raw.count(b"\n", 0, e.start) + 1
         raise (error or ReproduceError)(
             f"{path}:{line}: byte 0x{raw[e.start]:02x} at offset {e.start} is not UTF-8; save the file as UTF-8 "
-            "(e.g. `iconv -f latin1 -t utf-8`, or your editor's encoding setting)") from None
+            "(e.g. `iconv -f latin1 -t utf-8`, or your editor's encoding setting)"
+        ) from None

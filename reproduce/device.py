@@ -45,6 +45,7 @@ def requested_device(flag: str | None = None, *, config: dict | None = None) -> 
         return os.environ[DEVICE_ENV]
     if config is None:
         from reproduce.user_config import load_user_config
+
         config = load_user_config()
     return config.get("device") or "auto"
 
@@ -59,13 +60,17 @@ def resolve_device(spec: str = "auto") -> torch.device:
     device = torch.device(spec)
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise DeviceError(f"device {spec!r} requested, but no CUDA device is available here "
-                              f"(torch {torch.__version__}, built with CUDA {torch.version.cuda}); "
-                              "use --device cpu or auto")
+            raise DeviceError(
+                f"device {spec!r} requested, but no CUDA device is available here "
+                f"(torch {torch.__version__}, built with CUDA {torch.version.cuda}); "
+                "use --device cpu or auto"
+            )
         index = device.index or 0
         if index >= torch.cuda.device_count():
-            raise DeviceError(f"device {spec!r} requested, but only {torch.cuda.device_count()} CUDA device(s) "
-                              f"are visible (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r})")
+            raise DeviceError(
+                f"device {spec!r} requested, but only {torch.cuda.device_count()} CUDA device(s) "
+                f"are visible (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r})"
+            )
         device = torch.device("cuda", index)
     return device
 
@@ -114,10 +119,16 @@ def device_facts(device: torch.device) -> dict:
     facts = {"type": device.type, "torch_threads": torch.get_num_threads()}
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
-        facts.update(index=device.index or 0, name=props.name, memory_bytes=int(props.total_memory),
-                     capability=f"{props.major}.{props.minor}", cuda=torch.version.cuda,
-                     cudnn=torch.backends.cudnn.version(), tf32=torch.backends.cuda.matmul.allow_tf32,
-                     cudnn_deterministic=torch.backends.cudnn.deterministic)
+        facts.update(
+            index=device.index or 0,
+            name=props.name,
+            memory_bytes=int(props.total_memory),
+            capability=f"{props.major}.{props.minor}",
+            cuda=torch.version.cuda,
+            cudnn=torch.backends.cudnn.version(),
+            tf32=torch.backends.cuda.matmul.allow_tf32,
+            cudnn_deterministic=torch.backends.cudnn.deterministic,
+        )
     return facts
 
 

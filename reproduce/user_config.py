@@ -16,8 +16,19 @@ from reproduce.atomic import decode_utf8
 from reproduce.errors import ReproduceError
 
 RUN_KEYS = ("jobs", "device", "slurm")
-SLURM_KEYS = ("partition", "gpus_per_task", "cpus_per_task", "time", "mem", "account", "qos", "constraint",
-              "exclude", "setup", "additional_parameters")
+SLURM_KEYS = (
+    "partition",
+    "gpus_per_task",
+    "cpus_per_task",
+    "time",
+    "mem",
+    "account",
+    "qos",
+    "constraint",
+    "exclude",
+    "setup",
+    "additional_parameters",
+)
 
 
 def load_user_config(path: Path | None = None) -> dict:
@@ -37,6 +48,7 @@ def load_user_config(path: Path | None = None) -> dict:
         raise ReproduceError(f"{path}: `run:` must be a mapping")
     unknown = set(run) - set(RUN_KEYS) | set(run.get("slurm") or {}) - set(SLURM_KEYS)
     if unknown:
-        raise ReproduceError(f"{path}: unknown setting(s) {sorted(unknown)} "
-                             f"(run: {', '.join(RUN_KEYS)}; slurm: {', '.join(SLURM_KEYS)})")
+        raise ReproduceError(
+            f"{path}: unknown setting(s) {sorted(unknown)} (run: {', '.join(RUN_KEYS)}; slurm: {', '.join(SLURM_KEYS)})"
+        )
     return run

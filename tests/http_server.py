@@ -76,7 +76,7 @@ def _handler(server: FileServer):
                 self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
             self.end_headers()
             if name in server.truncate:
-                body = body[:server.truncate[name]]
+                body = body[: server.truncate[name]]
                 self.close_connection = True
             self.wfile.write(body)
             self.wfile.flush()

@@ -67,8 +67,9 @@ def test_provenance_records_the_facts_of_the_device_used():
 
     from reproduce.records.provenance import Provenance
     from reproduce.training.cell import provenance
-    from reproduce.study import parse_study
-    cell = parse_study("name: facts\ntraining:\n  epochs: 1\ngrid:\n  dataset: [bloodmnist]\n  group: [e]\n  epsilon: [8]\n  seed: [0]\n").cells()[0]
+    from tests.conftest import tiny_study
+
+    cell = tiny_study(name="facts", dataset="bloodmnist", epsilon=8).cells()[0]
     data = SimpleNamespace(name="bloodmnist", sha256="0" * 64, source="stand-in")
     record = provenance(cell=cell, data=data, device=torch.device("cpu"))
     assert record.device == device_facts(torch.device("cpu"))
@@ -78,6 +79,7 @@ def test_provenance_records_the_facts_of_the_device_used():
 
 def test_device_label_reads_old_and_new_records():
     from reproduce.device import device_label
+
     assert device_label("cpu") == "cpu"
     assert device_label({"type": "cpu", "torch_threads": 2}) == "cpu"
     assert device_label({"type": "cuda", "index": 1, "name": "NVIDIA H200"}) == "cuda:1 NVIDIA H200"
@@ -85,6 +87,7 @@ def test_device_label_reads_old_and_new_records():
 
 def test_host_tensors_stay_themselves_on_the_cpu():
     from reproduce.device import host_to_device, resident
+
     t = torch.arange(5)
     assert host_to_device(t, torch.device("cpu")) is t
     (r,) = resident((t,), torch.device("cpu"))
@@ -95,6 +98,7 @@ def test_host_tensors_stay_themselves_on_the_cpu():
 @pytest.mark.skipif(not CUDA, reason="no CUDA device on this machine")
 def test_host_tensors_reach_cuda_and_a_training_set_too_big_stays_on_the_host(monkeypatch):
     import reproduce.device as dev
+
     device = resolve_device("cuda")
     assert torch.equal(dev.host_to_device(torch.arange(5), device).cpu(), torch.arange(5))
     assert dev.resident((torch.zeros(4),), device)[0].device.type == "cuda"

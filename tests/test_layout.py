@@ -67,7 +67,7 @@ def layers(edges: dict[str, set[str]]) -> dict[str, int]:
 
     def visit(unit: str, path: tuple[str, ...]) -> int:
         if unit in path:
-            raise ValueError("import cycle: " + " -> ".join([*path[path.index(unit):], unit]))
+            raise ValueError("import cycle: " + " -> ".join([*path[path.index(unit) :], unit]))
         if unit not in out:
             out[unit] = 1 + max((visit(o, (*path, unit)) for o in edges[unit]), default=-1)
         return out[unit]
@@ -79,7 +79,7 @@ def layers(edges: dict[str, set[str]]) -> dict[str, int]:
 
 def test_the_units_of_the_package_import_each_other_without_a_cycle():
     edges = import_map()
-    level = layers(edges)    # raises on a cycle
+    level = layers(edges)  # raises on a cycle
     # the CLI and the entry point sit on top; nothing imports them
     assert not [u for u, others in edges.items() if {"cli", "__main__"} & others and u != "__main__"]
     assert level["cli"] == max(level[u] for u in edges if u != "__main__")
@@ -96,13 +96,15 @@ def test_a_cycle_is_found():
 
 def test_the_result_records_load_without_torch():
     # reproduce check, the report's readers and the audit verdict read results; torch takes seconds to load
-    code = ("import sys, reproduce.records.result, reproduce.checks.audit, reproduce.checks.baseline; "
-            "print(sorted(m for m in ('torch', 'opacus', 'escnn') if m in sys.modules))")
+    code = (
+        "import sys, reproduce.records.result, reproduce.checks.audit, reproduce.checks.baseline; "
+        "print(sorted(m for m in ('torch', 'opacus', 'escnn') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     assert out.stdout.strip() == "[]"
 
 
-if __name__ == "__main__":   # the figures of the map: python tests/test_layout.py
+if __name__ == "__main__":  # the figures of the map: python tests/test_layout.py
     edges = import_map()
     level = layers(edges)
     for unit in sorted(edges, key=lambda u: (-level[u], u)):

@@ -51,8 +51,14 @@ they were. The object masks cover the embedded data only; other datasets get no 
 """
 
 from reproduce.attribution.attribute import TARGETS, Attributions, attribute, score
-from reproduce.attribution.colocation import (colocation_scores, object_share, pixel_saliency,
-                                              rank_correlation, summarise, top_k_overlap)
+from reproduce.attribution.colocation import (
+    colocation_scores,
+    object_share,
+    pixel_saliency,
+    rank_correlation,
+    summarise,
+    top_k_overlap,
+)
 from reproduce.attribution.gradcam import grad_cam
 from reproduce.attribution.guided import GUIDED_RULES, guided_backprop, guided_grad_cam, register_guided_rule
 from reproduce.attribution.layers import final_feature_layer
@@ -60,8 +66,25 @@ from reproduce.attribution.objects import embedded_object_masks
 from reproduce.attribution.response import filter_norms, response_map
 from reproduce.attribution.selection import select_per_class
 
-__all__ = ["TARGETS", "Attributions", "attribute", "score", "colocation_scores", "object_share",
-           "pixel_saliency", "rank_correlation", "summarise", "top_k_overlap", "grad_cam",
-           "GUIDED_RULES", "guided_backprop", "guided_grad_cam", "register_guided_rule",
-           "final_feature_layer", "embedded_object_masks", "filter_norms", "response_map",
-           "select_per_class"]
+__all__ = [
+    "TARGETS",
+    "Attributions",
+    "attribute",
+    "score",
+    "colocation_scores",
+    "object_share",
+    "pixel_saliency",
+    "rank_correlation",
+    "summarise",
+    "top_k_overlap",
+    "grad_cam",
+    "GUIDED_RULES",
+    "guided_backprop",
+    "guided_grad_cam",
+    "register_guided_rule",
+    "final_feature_layer",
+    "embedded_object_masks",
+    "filter_norms",
+    "response_map",
+    "select_per_class",
+]

@@ -43,12 +43,21 @@ class Attributions:
 
     def pixel_maps(self) -> dict[str, np.ndarray]:
         """The three attributions as per-pixel [N, H, W] maps (channels reduced by ``pixel_saliency``)."""
-        return {"gradcam": self.gradcam, "guided": pixel_saliency(self.guided),
-                "guided_gradcam": pixel_saliency(self.guided_gradcam)}
+        return {
+            "gradcam": self.gradcam,
+            "guided": pixel_saliency(self.guided),
+            "guided_gradcam": pixel_saliency(self.guided_gradcam),
+        }
 
 
-def attribute(model: nn.Module, images: torch.Tensor, labels: np.ndarray | torch.Tensor, *,
-              target: str = "label", layer: nn.Module | None = None) -> Attributions:
+def attribute(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: np.ndarray | torch.Tensor,
+    *,
+    target: str = "label",
+    layer: nn.Module | None = None,
+) -> Attributions:
     """Grad-CAM, guided backprop, their product and the response map of each image.
 
     Args:
@@ -72,13 +81,19 @@ def attribute(model: nn.Module, images: torch.Tensor, labels: np.ndarray | torch
     cam = grad_cam(model, images, targets, layer=layer)
     guided = guided_backprop(model, images, targets)
     as_np = lambda t: t.detach().cpu().float().numpy()  # noqa: E731
-    return Attributions(targets=targets.numpy().astype(np.int64), predictions=predictions.numpy().astype(np.int64),
-                        gradcam=as_np(cam), guided=as_np(guided), guided_gradcam=as_np(guided_grad_cam(guided, cam)),
-                        response=as_np(response_map(model, images, layer=layer)))
+    return Attributions(
+        targets=targets.numpy().astype(np.int64),
+        predictions=predictions.numpy().astype(np.int64),
+        gradcam=as_np(cam),
+        guided=as_np(guided),
+        guided_gradcam=as_np(guided_grad_cam(guided, cam)),
+        response=as_np(response_map(model, images, layer=layer)),
+    )
 
 
-def score(attributions: Attributions, *, masks: np.ndarray | None = None,
-          fraction: float = TOP_FRACTION) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+def score(
+    attributions: Attributions, *, masks: np.ndarray | None = None, fraction: float = TOP_FRACTION
+) -> tuple[dict[str, np.ndarray], dict[str, float]]:
     """Co-location scores of the response map with each attribution, per image and averaged.
 
     Args:

@@ -71,9 +71,13 @@ def object_share(attribution: np.ndarray, mask: np.ndarray) -> float:
     return math.nan if total == 0 else float((a * m).sum() / total)
 
 
-def colocation_scores(response: np.ndarray, maps: dict[str, np.ndarray], *,
-                      masks: np.ndarray | None = None,
-                      fraction: float = TOP_FRACTION) -> dict[str, np.ndarray]:
+def colocation_scores(
+    response: np.ndarray,
+    maps: dict[str, np.ndarray],
+    *,
+    masks: np.ndarray | None = None,
+    fraction: float = TOP_FRACTION,
+) -> dict[str, np.ndarray]:
     """Per-image co-location of the response map with each attribution map, and object shares.
 
     Args:
@@ -91,7 +95,8 @@ def colocation_scores(response: np.ndarray, maps: dict[str, np.ndarray], *,
     for name, m in maps.items():
         scores[f"rank_correlation/{name}"] = np.array([rank_correlation(r, a) for r, a in zip(response, m)])
         scores[f"top_k_overlap/{name}"] = np.array(
-            [top_k_overlap(r, a, fraction=fraction) for r, a in zip(response, m)])
+            [top_k_overlap(r, a, fraction=fraction) for r, a in zip(response, m)]
+        )
     if masks is not None:
         for name, m in {"response": response, **maps}.items():
             scores[f"object_share/{name}"] = np.array([object_share(a, k) for a, k in zip(m, masks)])

@@ -9,8 +9,14 @@ from torch import nn
 from reproduce.attribution.layers import final_feature_layer
 
 
-def grad_cam(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, *,
-             layer: nn.Module | None = None, size: tuple[int, int] | None = None) -> torch.Tensor:
+def grad_cam(
+    model: nn.Module,
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    layer: nn.Module | None = None,
+    size: tuple[int, int] | None = None,
+) -> torch.Tensor:
     """Grad-CAM map of each image for its target logit, upsampled to ``size``.
 
     ``relu(sum_k alpha_k A_k)`` with ``alpha_k`` the spatial mean of d logit_target / d A_k, A the

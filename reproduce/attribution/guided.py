@@ -44,10 +44,12 @@ GUIDED_RULES: dict[type, Callable[[nn.Module], Callable[[], None]]] = {}
 
 def register_guided_rule(*types: type):
     """Decorator: ``rule(module) -> undo`` becomes the guided rule of modules of ``types``."""
+
     def decorate(rule):
         for t in types:
             GUIDED_RULES[t] = rule
         return rule
+
     return decorate
 
 
@@ -81,6 +83,7 @@ def _gate_rule(module: InducedGate) -> Callable[[], None]:
     def clamp_gates(m, args):
         x = args[0]
         return (torch.cat([clamp_gradient(x[:, :n_gates]), x[:, n_gates:]], dim=1), *args[1:])
+
     return module.register_forward_pre_hook(clamp_gates).remove
 
 
@@ -88,13 +91,16 @@ def _gate_rule(module: InducedGate) -> Callable[[], None]:
 def _fourier_rule(module: EscnnOp) -> Callable[[], None]:
     inner = module.module
     if not isinstance(inner, enn.FourierPointwise):
-        raise ValueError(f"no guided rule for escnn's {type(inner).__name__}; register one with "
-                         "reproduce.attribution.guided.register_guided_rule")
+        raise ValueError(
+            f"no guided rule for escnn's {type(inner).__name__}; register one with "
+            "reproduce.attribution.guided.register_guided_rule"
+        )
     function = inner._function  # the pointwise non-linearity on the sampled group elements
     inner._function = lambda x: function(clamp_gradient(x))
 
     def undo():
         inner._function = function
+
     return undo
 
 
@@ -117,8 +123,10 @@ def guided_rules(model: nn.Module) -> Iterator[int]:
             if rule is not None:
                 undos.append(rule(m))
         if not undos:
-            raise ValueError(f"{type(model).__name__} has no non-linearity with a guided rule "
-                             f"(known: {sorted(t.__name__ for t in GUIDED_RULES)})")
+            raise ValueError(
+                f"{type(model).__name__} has no non-linearity with a guided rule "
+                f"(known: {sorted(t.__name__ for t in GUIDED_RULES)})"
+            )
         yield len(undos)
     finally:
         for undo in reversed(undos):

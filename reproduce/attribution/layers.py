@@ -28,9 +28,12 @@ def final_feature_layer(model: nn.Module) -> nn.Module:
     """
     from reproduce.models.equivariant import EquivariantResNet9
     from reproduce.models.resnet9 import ResNet9
+
     if isinstance(model, ResNet9):
         return model.scale_norm2
     if isinstance(model, EquivariantResNet9):
         return model.invariant
-    raise ValueError(f"no final feature layer is known for {type(model).__name__}; "
-                     "pass layer=<the module whose output map to attribute to>")
+    raise ValueError(
+        f"no final feature layer is known for {type(model).__name__}; "
+        "pass layer=<the module whose output map to attribute to>"
+    )

@@ -29,14 +29,17 @@ from reproduce.errors import ReproduceError
 def _recording_cells(embedded, record: list) -> Iterator[None]:
     original = getattr(embedded, "_CELLS", None)
     if original is None:
-        raise ReproduceError("reproduce.data.embedded no longer has _CELLS renderers; "
-                             "reproduce.attribution.objects must follow its new layout")
+        raise ReproduceError(
+            "reproduce.data.embedded no longer has _CELLS renderers; "
+            "reproduce.attribution.objects must follow its new layout"
+        )
 
     def recorder(render):
         def wrapped(*args, **kwargs):
             h, e, alpha = render(*args, **kwargs)
             record.append(np.asarray(alpha, dtype=np.float64))
             return h, e, alpha
+
         return wrapped
 
     embedded._CELLS = tuple(recorder(r) for r in original)
@@ -51,8 +54,9 @@ def _downsample(alpha: np.ndarray) -> np.ndarray:
     return 0.25 * (alpha[:, 0::2, 0::2] + alpha[:, 1::2, 0::2] + alpha[:, 0::2, 1::2] + alpha[:, 1::2, 1::2])
 
 
-def embedded_object_masks(split: str = "test", *, seed: int = 0, sizes: dict[str, int] | None = None,
-                          images: np.ndarray | None = None) -> np.ndarray:
+def embedded_object_masks(
+    split: str = "test", *, seed: int = 0, sizes: dict[str, int] | None = None, images: np.ndarray | None = None
+) -> np.ndarray:
     """Object coverage of every image of one split of the embedded dataset.
 
     Args:
@@ -71,6 +75,7 @@ def embedded_object_masks(split: str = "test", *, seed: int = 0, sizes: dict[str
             or a generator that changed).
     """
     from reproduce.data import embedded
+
     sizes = dict(embedded.DEFAULT_SIZES if sizes is None else sizes)
     if split not in sizes:
         raise ValueError(f"split must be one of {tuple(sizes)}, got {split!r}")
@@ -81,9 +86,13 @@ def embedded_object_masks(split: str = "test", *, seed: int = 0, sizes: dict[str
         arrays = embedded.generate_arrays(seed=seed, **only)
     regenerated = arrays[f"{split}_images"]
     if len(record) != len(regenerated):
-        raise ReproduceError(f"recorded {len(record)} cells for {len(regenerated)} images: the embedded "
-                             "generator no longer draws one cell per image")
+        raise ReproduceError(
+            f"recorded {len(record)} cells for {len(regenerated)} images: the embedded "
+            "generator no longer draws one cell per image"
+        )
     if images is not None and not np.array_equal(np.asarray(images), regenerated):
-        raise ReproduceError(f"the given {split} images are not what reproduce.data.embedded renders with "
-                             f"seed={seed} and sizes={sizes}; masks would not match them")
+        raise ReproduceError(
+            f"the given {split} images are not what reproduce.data.embedded renders with "
+            f"seed={seed} and sizes={sizes}; masks would not match them"
+        )
     return _downsample(np.stack(record)) if record else np.zeros((0, 28, 28))

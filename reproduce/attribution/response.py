@@ -52,8 +52,9 @@ def filter_norms(model: nn.Module) -> dict[str, np.ndarray]:
     return norms
 
 
-def response_map(model: nn.Module, images: torch.Tensor, *, layer: nn.Module | None = None,
-                 size: tuple[int, int] | None = None) -> torch.Tensor:
+def response_map(
+    model: nn.Module, images: torch.Tensor, *, layer: nn.Module | None = None, size: tuple[int, int] | None = None
+) -> torch.Tensor:
     """Channel-wise L2 norm of ``layer``'s output for each image, upsampled to ``size``.
 
     Args:

@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 
-def select_per_class(labels: np.ndarray, *, per_class: int, seed: int = 0,
-                     classes: int | None = None) -> np.ndarray:
+def select_per_class(labels: np.ndarray, *, per_class: int, seed: int = 0, classes: int | None = None) -> np.ndarray:
     """``per_class`` image indices of every class, drawn without replacement.
 
     Each class draws from its own stream (seed, class), so the picks of one class do not depend on

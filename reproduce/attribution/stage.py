@@ -28,15 +28,15 @@ import torch
 
 from reproduce.atomic import write_bytes_atomic, write_json_atomic
 from reproduce.attribution.attribute import attribute, score
-from reproduce.attribution.response import filter_norms
 from reproduce.attribution.files import SCORES_FILE
+from reproduce.attribution.response import filter_norms
 from reproduce.attribution.selection import select_per_class
 from reproduce.data import load_dataset
 from reproduce.errors import ReproduceError
-from reproduce.study import Study
-from reproduce.training.kept import load_cell_model
 from reproduce.pipeline.stages import untrained_cells, untrained_message
 from reproduce.records.result import read_result
+from reproduce.study import Study
+from reproduce.training.kept import load_cell_model
 from reproduce.training.task import multi_label, to_tensor
 
 #: test images per class whose attributions are computed, and the selection's seed
@@ -60,9 +60,10 @@ def _selection(labels: np.ndarray, num_classes: int) -> np.ndarray:
     per_class = int(min(PER_CLASS, counts[counts > 0].min()))
     if (counts > 0).all():
         return select_per_class(flat, per_class=per_class, seed=SELECTION_SEED, classes=num_classes)
-    present = np.flatnonzero(counts)   # relabel the present classes 0..k-1; indices stay the split's
-    return select_per_class(np.searchsorted(present, flat), per_class=per_class, seed=SELECTION_SEED,
-                            classes=len(present))
+    present = np.flatnonzero(counts)  # relabel the present classes 0..k-1; indices stay the split's
+    return select_per_class(
+        np.searchsorted(present, flat), per_class=per_class, seed=SELECTION_SEED, classes=len(present)
+    )
 
 
 def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
@@ -83,8 +84,9 @@ def _check_trained(study: Study, results_dir: Path, *, strict: bool) -> None:
     print(f"warning: {message}; they are skipped (--strict makes this an error)", file=sys.stderr)
 
 
-def attribute_study(study: Study, *, results_dir: Path, data_root: Path, out_dir: Path | None = None,
-                    strict: bool = False) -> list[Path]:
+def attribute_study(
+    study: Study, *, results_dir: Path, data_root: Path, out_dir: Path | None = None, strict: bool = False
+) -> list[Path]:
     """Attribute every trained cell of ``study``; returns the files written (``scores.json`` last).
 
     Args:
@@ -115,6 +117,7 @@ def attribute_study(study: Study, *, results_dir: Path, data_root: Path, out_dir
                 masks = None
                 if cell.dataset == "embedded":
                     from reproduce.attribution.objects import embedded_object_masks
+
                     masks = embedded_object_masks("test", images=raw)[idx]
                 selections[cell.dataset] = (idx, raw[idx], labels[idx], masks)
         if selections[cell.dataset] is None:
@@ -129,7 +132,7 @@ def attribute_study(study: Study, *, results_dir: Path, data_root: Path, out_dir
         write_bytes_atomic(path, _npz_bytes({"indices": idx, "images": raw, **att.arrays()}))
         written.append(path)
     # Cells of an older grid leave no stale file behind (DVC would cache it with the new ones).
-    out_dir.mkdir(parents=True, exist_ok=True)   # only now: a failed run leaves no empty directory
+    out_dir.mkdir(parents=True, exist_ok=True)  # only now: a failed run leaves no empty directory
     keep = {p.name for p in written} | {SCORES_FILE}
     for stale in out_dir.iterdir():
         if stale.name not in keep and stale.suffix in (".npz", ".json"):

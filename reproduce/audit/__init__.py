@@ -53,13 +53,53 @@ section, ``AuditConfig`` in reproduce/study/__init__.py; ``record.AuditRecord`` 
    can show.
 """
 
-from reproduce.audit.bounds import (OneRunAudit, epsilon_lower_bound, guesses, max_epsilon_lower_bound,
-                                    one_run_audit, one_run_p_value)
-from reproduce.audit.canaries import (GRADIENT_CANARY_KINDS, INCLUSION_PROBABILITY, INPUT_CANARY_KINDS,
-                                      GradientCanaries, InputCanaries, inclusion_mask, input_canaries,
-                                      loss_scores, parameter_vector, with_included_canaries)
+from reproduce.audit.canaries import (
+    GRADIENT_CANARY_KINDS,
+    INCLUSION_PROBABILITY,
+    INPUT_CANARY_KINDS,
+    GradientCanaries,
+    InputCanaries,
+    inclusion_mask,
+    input_canaries,
+    loss_scores,
+    parameter_vector,
+    with_included_canaries,
+)
 
-__all__ = ["GRADIENT_CANARY_KINDS", "INCLUSION_PROBABILITY", "INPUT_CANARY_KINDS", "GradientCanaries",
-           "InputCanaries", "OneRunAudit", "epsilon_lower_bound", "guesses", "inclusion_mask",
-           "input_canaries", "loss_scores", "max_epsilon_lower_bound", "one_run_audit", "one_run_p_value",
-           "parameter_vector", "with_included_canaries"]
+__all__ = [
+    "GRADIENT_CANARY_KINDS",
+    "INCLUSION_PROBABILITY",
+    "INPUT_CANARY_KINDS",
+    "GradientCanaries",
+    "InputCanaries",
+    "OneRunAudit",
+    "epsilon_lower_bound",
+    "guesses",
+    "inclusion_mask",
+    "input_canaries",
+    "loss_scores",
+    "max_epsilon_lower_bound",
+    "one_run_audit",
+    "one_run_p_value",
+    "parameter_vector",
+    "with_included_canaries",
+]
+
+# The bounds need scipy.stats (a second to load): loaded on first use, so that the study schema, which reads
+# the canary kinds above, stays quick to import.
+_BOUNDS = (
+    "OneRunAudit",
+    "epsilon_lower_bound",
+    "guesses",
+    "max_epsilon_lower_bound",
+    "one_run_audit",
+    "one_run_p_value",
+)
+
+
+def __getattr__(name: str):
+    if name in _BOUNDS:
+        from reproduce.audit import bounds  # a plain import, so the stages' derived dependencies see it
+
+        return getattr(bounds, name)
+    raise AttributeError(f"module 'reproduce.audit' has no attribute {name!r}")

@@ -34,8 +34,9 @@ def _check_counts(m: int, r: int, c: int) -> None:
         if isinstance(value, bool) or int(value) != value:
             raise ValueError(f"{name} must be an integer count, got {value!r}")
     if not 0 <= c <= r <= m:
-        raise ValueError(f"counts must satisfy 0 <= c <= r <= m (correct <= guesses <= canaries), "
-                         f"got m={m}, r={r}, c={c}")
+        raise ValueError(
+            f"counts must satisfy 0 <= c <= r <= m (correct <= guesses <= canaries), got m={m}, r={r}, c={c}"
+        )
 
 
 def _check_delta(delta: float) -> None:
@@ -119,13 +120,16 @@ def guesses(scores: np.ndarray, included: np.ndarray, k_pos: int, k_neg: int) ->
     scores = np.asarray(scores, dtype=np.float64)
     included = np.asarray(included)
     if scores.ndim != 1 or included.shape != scores.shape:
-        raise ValueError(f"scores and included must be 1-D of one length, got shapes "
-                         f"{scores.shape} and {included.shape}")
+        raise ValueError(
+            f"scores and included must be 1-D of one length, got shapes {scores.shape} and {included.shape}"
+        )
     if included.dtype != np.bool_:
         raise ValueError(f"included must be a bool mask, got dtype {included.dtype}")
     if not np.all(np.isfinite(scores)):
-        raise ValueError(f"{int(np.sum(~np.isfinite(scores)))} canary scores are not finite "
-                         f"(a diverged model?); the audit needs a score for every canary")
+        raise ValueError(
+            f"{int(np.sum(~np.isfinite(scores)))} canary scores are not finite "
+            f"(a diverged model?); the audit needs a score for every canary"
+        )
     m = scores.size
     for name, k in (("k_pos", k_pos), ("k_neg", k_neg)):
         if isinstance(k, bool) or int(k) != k or k < 0:
@@ -133,7 +137,7 @@ def guesses(scores: np.ndarray, included: np.ndarray, k_pos: int, k_neg: int) ->
     if k_pos + k_neg > m:
         raise ValueError(f"k_pos + k_neg = {k_pos + k_neg} guesses exceed the m = {m} canaries")
     order = np.argsort(-scores, kind="stable")  # highest first
-    correct = int(np.sum(included[order[:k_pos]])) + int(np.sum(~included[order[m - k_neg:]]))
+    correct = int(np.sum(included[order[:k_pos]])) + int(np.sum(~included[order[m - k_neg :]]))
     return int(k_pos + k_neg), correct
 
 
@@ -141,15 +145,15 @@ def guesses(scores: np.ndarray, included: np.ndarray, k_pos: int, k_neg: int) ->
 class OneRunAudit:
     """The result of a one-run audit: the counts, the bound, and what it was computed at."""
 
-    m: int                      # canaries
-    included: int               # of them in the training set
-    k_pos: int                  # "in" guesses (highest scores) of the best candidate
-    k_neg: int                  # "out" guesses (lowest scores) of the best candidate
-    r: int                      # guesses, k_pos + k_neg
-    c: int                      # correct guesses
+    m: int  # canaries
+    included: int  # of them in the training set
+    k_pos: int  # "in" guesses (highest scores) of the best candidate
+    k_neg: int  # "out" guesses (lowest scores) of the best candidate
+    r: int  # guesses, k_pos + k_neg
+    c: int  # correct guesses
     delta: float
-    confidence: float           # overall, after the Bonferroni correction over candidates
-    candidates: int             # how many (k_pos, k_neg) pairs were tried
+    confidence: float  # overall, after the Bonferroni correction over candidates
+    candidates: int  # how many (k_pos, k_neg) pairs were tried
     epsilon_lower_bound: float
 
     def exceeds(self, epsilon: float) -> bool:
@@ -161,8 +165,14 @@ class OneRunAudit:
         return {f"{prefix}_{field.name}": getattr(self, field.name) for field in dataclasses.fields(self)}
 
 
-def one_run_audit(scores: np.ndarray, included: np.ndarray, *, guess_counts: Sequence[tuple[int, int]],
-                  delta: float, confidence: float) -> OneRunAudit:
+def one_run_audit(
+    scores: np.ndarray,
+    included: np.ndarray,
+    *,
+    guess_counts: Sequence[tuple[int, int]],
+    delta: float,
+    confidence: float,
+) -> OneRunAudit:
     """The best one-run bound over candidate guess counts, Bonferroni-corrected over them.
 
     Each candidate (k_pos, k_neg) is audited at confidence 1 - (1 - confidence) / len(guess_counts),
@@ -190,9 +200,18 @@ def one_run_audit(scores: np.ndarray, included: np.ndarray, *, guess_counts: Seq
         r, c = guesses(scores, included, k_pos, k_neg)
         bound = epsilon_lower_bound(m=len(scores), r=r, c=c, delta=delta, confidence=each)
         if best is None or bound > best.epsilon_lower_bound:
-            best = OneRunAudit(m=len(scores), included=int(np.sum(included)), k_pos=int(k_pos),
-                               k_neg=int(k_neg), r=r, c=c, delta=float(delta), confidence=float(confidence),
-                               candidates=len(guess_counts), epsilon_lower_bound=bound)
+            best = OneRunAudit(
+                m=len(scores),
+                included=int(np.sum(included)),
+                k_pos=int(k_pos),
+                k_neg=int(k_neg),
+                r=r,
+                c=c,
+                delta=float(delta),
+                confidence=float(confidence),
+                candidates=len(guess_counts),
+                epsilon_lower_bound=bound,
+            )
     return best
 
 
@@ -205,5 +224,11 @@ def max_epsilon_lower_bound(*, m: int, delta: float, confidence: float) -> float
     return epsilon_lower_bound(m=m, r=m, c=m, delta=delta, confidence=confidence)
 
 
-__all__ = ["OneRunAudit", "epsilon_lower_bound", "guesses", "max_epsilon_lower_bound", "one_run_audit",
-           "one_run_p_value"]
+__all__ = [
+    "OneRunAudit",
+    "epsilon_lower_bound",
+    "guesses",
+    "max_epsilon_lower_bound",
+    "one_run_audit",
+    "one_run_p_value",
+]

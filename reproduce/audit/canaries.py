@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Literal
 
 import numpy as np
 
@@ -32,6 +31,8 @@ _STREAM_MASK, _STREAM_INPUT, _STREAM_DIRECTION = 1, 2, 3
 
 INPUT_CANARY_KINDS = ("mislabeled", "ood")
 GRADIENT_CANARY_KINDS = ("dirac", "gaussian")
+# The audit's kinds (black box, white box), each with its canaries: the study schema's names.
+CANARY_KINDS = {"input": INPUT_CANARY_KINDS, "gradient": GRADIENT_CANARY_KINDS}
 
 
 def _rng(seed: int, *stream: int) -> np.random.Generator:
@@ -56,16 +57,17 @@ class InputCanaries:
     """m candidate training records in the layout of ``reproduce.data.base.Splits``."""
 
     kind: str
-    images: np.ndarray          # [m, H, W, C], the dtype of the dataset's images (uint8)
-    labels: np.ndarray          # int64 [m, 1]
-    source_index: np.ndarray    # int64 [m]: the pool row a mislabeled canary copies; -1 for ood
+    images: np.ndarray  # [m, H, W, C], the dtype of the dataset's images (uint8)
+    labels: np.ndarray  # int64 [m, 1]
+    source_index: np.ndarray  # int64 [m]: the pool row a mislabeled canary copies; -1 for ood
 
     def __len__(self) -> int:
         return len(self.images)
 
 
-def input_canaries(kind: str, images: np.ndarray, labels: np.ndarray, *, m: int, num_classes: int,
-                   seed: int) -> InputCanaries:
+def input_canaries(
+    kind: str, images: np.ndarray, labels: np.ndarray, *, m: int, num_classes: int, seed: int
+) -> InputCanaries:
     """Build m input canaries from a pool of images in the dataset's layout.
 
     Args:
@@ -84,15 +86,18 @@ def input_canaries(kind: str, images: np.ndarray, labels: np.ndarray, *, m: int,
     if kind not in INPUT_CANARY_KINDS:
         raise ValueError(f"unknown input canary kind {kind!r}; choose one of {', '.join(INPUT_CANARY_KINDS)}")
     if images.ndim != 4 or labels.shape != (len(images), 1):
-        raise ValueError(f"expected a pool of images [N, H, W, C] and labels [N, 1] (single-label), got "
-                         f"shapes {images.shape} and {labels.shape}")
+        raise ValueError(
+            f"expected a pool of images [N, H, W, C] and labels [N, 1] (single-label), got "
+            f"shapes {images.shape} and {labels.shape}"
+        )
     if num_classes < 2:
         raise ValueError(f"canaries need at least 2 classes, got num_classes={num_classes}")
     rng = _rng(seed, _STREAM_INPUT)
     if kind == "mislabeled":
         if m > len(images):
-            raise ValueError(f"m = {m} mislabeled canaries need as many distinct pool images, the pool has "
-                             f"{len(images)}")
+            raise ValueError(
+                f"m = {m} mislabeled canaries need as many distinct pool images, the pool has {len(images)}"
+            )
         rows = rng.choice(len(images), size=m, replace=False)
         # A shift in 1..num_classes-1 makes every label wrong and uniform among the wrong ones.
         wrong = (labels[rows, 0] + rng.integers(1, num_classes, size=m)) % num_classes
@@ -106,8 +111,9 @@ def input_canaries(kind: str, images: np.ndarray, labels: np.ndarray, *, m: int,
     return InputCanaries(kind, noise, ood_labels, np.full(m, -1, dtype=np.int64))
 
 
-def with_included_canaries(images: np.ndarray, labels: np.ndarray, canaries: InputCanaries,
-                           included: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def with_included_canaries(
+    images: np.ndarray, labels: np.ndarray, canaries: InputCanaries, included: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The training set of an audited run: the real records, then the included canaries.
 
     Returns:
@@ -116,12 +122,16 @@ def with_included_canaries(images: np.ndarray, labels: np.ndarray, canaries: Inp
     """
     included = np.asarray(included)
     if included.dtype != np.bool_ or included.shape != (len(canaries),):
-        raise ValueError(f"included must be a bool mask of the {len(canaries)} canaries, got "
-                         f"{included.dtype} {included.shape}")
+        raise ValueError(
+            f"included must be a bool mask of the {len(canaries)} canaries, got {included.dtype} {included.shape}"
+        )
     canary_rows = np.full(len(canaries), -1, dtype=np.int64)
     canary_rows[included] = len(images) + np.arange(int(included.sum()))
-    return (np.concatenate([images, canaries.images[included]]),
-            np.concatenate([labels, canaries.labels[included]]), canary_rows)
+    return (
+        np.concatenate([images, canaries.images[included]]),
+        np.concatenate([labels, canaries.labels[included]]),
+        canary_rows,
+    )
 
 
 def loss_scores(losses: np.ndarray) -> np.ndarray:
@@ -148,16 +158,18 @@ class GradientCanaries:
     m: int
     num_params: int
     seed: int
-    kind: Literal["dirac", "gaussian"]
+    kind: str  # one of GRADIENT_CANARY_KINDS
 
     def __post_init__(self) -> None:
         _check_m(self.m)
         if self.kind not in GRADIENT_CANARY_KINDS:
-            raise ValueError(f"unknown gradient canary kind {self.kind!r}; choose one of "
-                             f"{', '.join(GRADIENT_CANARY_KINDS)}")
+            raise ValueError(
+                f"unknown gradient canary kind {self.kind!r}; choose one of {', '.join(GRADIENT_CANARY_KINDS)}"
+            )
         if self.kind == "dirac" and self.m > self.num_params:
-            raise ValueError(f"{self.m} Dirac canaries need as many distinct coordinates; the model has "
-                             f"{self.num_params} parameters")
+            raise ValueError(
+                f"{self.m} Dirac canaries need as many distinct coordinates; the model has {self.num_params} parameters"
+            )
 
     @functools.cached_property
     def _dirac(self) -> tuple[np.ndarray, np.ndarray]:
@@ -207,6 +219,16 @@ def parameter_vector(model) -> np.ndarray:
     return torch.cat(flat).numpy() if flat else np.zeros(0)
 
 
-__all__ = ["GRADIENT_CANARY_KINDS", "INCLUSION_PROBABILITY", "INPUT_CANARY_KINDS", "GradientCanaries",
-           "InputCanaries", "inclusion_mask", "input_canaries", "loss_scores", "parameter_vector",
-           "with_included_canaries"]
+__all__ = [
+    "CANARY_KINDS",
+    "GRADIENT_CANARY_KINDS",
+    "INCLUSION_PROBABILITY",
+    "INPUT_CANARY_KINDS",
+    "GradientCanaries",
+    "InputCanaries",
+    "inclusion_mask",
+    "input_canaries",
+    "loss_scores",
+    "parameter_vector",
+    "with_included_canaries",
+]

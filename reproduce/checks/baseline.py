@@ -7,10 +7,10 @@ A metric passes when |now - baseline| <= max(abs, std * seed_std), where seed_st
 standard deviation of that metric over the seeds of the cell's row (same dataset, group, epsilon,
 multiplicity). Metrics without a declared tolerance are not checked.
 
-``audit_check`` is the privacy check of an audited study (one with an ``audit`` section): a cell
+``reproduce.checks.audit.audit_check`` is the privacy check of an audited study (one with an ``audit`` section): a cell
 whose measured epsilon lower bound exceeds its accountant's epsilon broke its guarantee, and fails
 the check whether or not a baseline exists. ``audit_epsilon_lower`` is a metric like any other for
-the tolerances (``checks.tolerances.audit_epsilon_lower``).
+the tolerances (``checks.tolerances.audit_epsilon_lower``). ``check_study`` runs both, in that order.
 
 ``reproduced_by_hash`` is the exact check beside it: each cell's outputs against the DVC hashes in the
 study's committed ``dvc.lock`` (``git show HEAD:<lock>``). On the platform that produced the lock a
@@ -30,9 +30,10 @@ from pathlib import Path
 import yaml
 
 from reproduce.atomic import read_json, write_text_atomic
-from reproduce.checks.audit import AuditVerdict, audit_verdicts
-from reproduce.study import Study
+from reproduce.checks.audit import audit_check, render_audit, violation_message
+from reproduce.errors import ReproduceError
 from reproduce.records.result import CellResult, read_results
+from reproduce.study import Study
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,7 +52,7 @@ class Verdict:
 
 
 def _row(cell_id: str) -> str:
-    return cell_id.rsplit("-", 1)[0]   # the id without its seed, when the seed is its last token
+    return cell_id.rsplit("-", 1)[0]  # the id without its seed, when the seed is its last token
 
 
 def seed_rows(study: Study) -> dict[str, str]:
@@ -60,7 +61,9 @@ def seed_rows(study: Study) -> dict[str, str]:
     return {c.id: dataclasses.replace(c, seed="*").id for c in study.cells()}
 
 
-def seed_stds(baseline: dict[str, dict[str, float]], rows: dict[str, str] | None = None) -> dict[tuple[str, str], float]:
+def seed_stds(
+    baseline: dict[str, dict[str, float]], rows: dict[str, str] | None = None
+) -> dict[tuple[str, str], float]:
     """Std over seeds of each metric, per row (``rows``: cell id -> row, default the id without its last token)."""
     out: dict[tuple[str, str], list[float]] = {}
     for cell, metrics in baseline.items():
@@ -79,7 +82,9 @@ def compare(study: Study, baseline: dict[str, dict[str, float]], now: dict[str, 
     expected = [c.id for c in study.cells()]
     for cell in expected:
         if cell not in baseline:
-            out.append(Verdict(cell, "*", None, None, None, False, "cell not in baseline (run `reproduce check --update`)"))
+            out.append(
+                Verdict(cell, "*", None, None, None, False, "cell not in baseline (run `reproduce check --update`)")
+            )
             continue
         if cell not in now:
             out.append(Verdict(cell, "*", None, None, None, False, "missing cell: no current result"))
@@ -87,7 +92,7 @@ def compare(study: Study, baseline: dict[str, dict[str, float]], now: dict[str, 
         for metric, tol in tolerances.items():
             b, n = baseline[cell].get(metric), now[cell].get(metric)
             if b is None and n is None:
-                continue   # not applicable to this cell (e.g. epsilon of a non-private cell)
+                continue  # not applicable to this cell (e.g. epsilon of a non-private cell)
             if b is None or n is None:
                 out.append(Verdict(cell, metric, b, n, None, False, "metric missing"))
                 continue
@@ -104,8 +109,10 @@ def render(verdicts: list[Verdict]) -> str:
     fmt = lambda v: "" if v is None else f"{v:10.5g}"  # noqa: E731
     for v in verdicts:
         verdict = "ok" if v.ok else f"FAIL {v.reason}".rstrip()
-        lines.append(f"{v.cell:36} {v.metric:14} {fmt(v.baseline):>10} {fmt(v.now):>10} {fmt(v.delta):>10} "
-                     f"{fmt(v.tolerance):>10}  {verdict}")
+        lines.append(
+            f"{v.cell:36} {v.metric:14} {fmt(v.baseline):>10} {fmt(v.now):>10} {fmt(v.delta):>10} "
+            f"{fmt(v.tolerance):>10}  {verdict}"
+        )
     bad = sum(not v.ok for v in verdicts)
     lines.append(f"{len(verdicts) - bad} ok, {bad} failed")
     return "\n".join(lines)
@@ -124,33 +131,18 @@ def current_metrics(study: Study, results_dir: Path) -> dict[str, dict[str, floa
     return checked_metrics(study, read_results(study, results_dir))
 
 
-def audit_check(study: Study, results: dict[str, CellResult]) -> list[AuditVerdict]:
-    """The audited cells' verdicts (lower bound vs accountant's epsilon), in cell order."""
-    return audit_verdicts([c.id for c in study.cells()], results)
-
-
-def render_audit(study: Study, verdicts: list[AuditVerdict]) -> str:
-    """The audit check in words: every violation first and loud, then the consistent cells, then a count."""
-    bad = [v for v in verdicts if v.violated]
-    lines = [f"Privacy audit ({len(verdicts)} of {len(study.cells())} audited cells have a result): "
-             "each lower bound against the accountant's epsilon"]
-    if bad:
-        lines.append(f"!!! {len(bad)} PRIVACY VIOLATION(S): the measured lower bound exceeds the accountant's "
-                     "epsilon, so the run did not do what its privacy proof assumes !!!")
-    lines += [f"  {v.message()}" for v in bad]
-    lines += [f"  {v.message()}" for v in verdicts if not v.violated]
-    lines.append(f"{len(verdicts) - len(bad)} consistent, {len(bad)} violated")
-    return "\n".join(lines)
-
-
 def baseline_path(study: Study, root: Path = Path(".")) -> Path:
     return root / "baselines" / f"{study.name}.json"
 
 
 def read_baseline(path: Path) -> dict:
     """The committed baseline in ``path``; ReproduceError naming it when it is truncated or corrupt."""
-    return read_json(path, what="baseline", remedy=f"restore it from git (`git checkout -- {path}`) or recreate it "
-                                                    "deliberately with `reproduce check <study> --update`")
+    return read_json(
+        path,
+        what="baseline",
+        remedy=f"restore it from git (`git checkout -- {path}`) or recreate it "
+        "deliberately with `reproduce check <study> --update`",
+    )
 
 
 def update_baseline(study: Study, now: dict[str, dict[str, float]], path: Path) -> str:
@@ -160,21 +152,27 @@ def update_baseline(study: Study, now: dict[str, dict[str, float]], path: Path) 
     for cell in sorted(set(old) | set(now)):
         if old.get(cell) != now.get(cell):
             changes.append(f"  {cell}: {old.get(cell)} -> {now.get(cell)}")
-    write_text_atomic(path, json.dumps(now, indent=2, sort_keys=True) + "\n")   # never half a baseline
+    write_text_atomic(path, json.dumps(now, indent=2, sort_keys=True) + "\n")  # never half a baseline
     return "\n".join(changes) if changes else "  (no change)"
 
 
 def lock_path(study: Study) -> Path:
     """The study's ``dvc.lock`` beside its generated ``dvc.yaml``, relative to the repository root."""
     from reproduce.study.files import pipeline_path
+
     return pipeline_path(study).with_name("dvc.lock")
 
 
 def committed_lock(study: Study, root: Path = Path("."), rev: str = "HEAD") -> dict | None:
     """The study's ``dvc.lock`` as committed at ``rev``; None when git has none (or no git)."""
     try:
-        out = subprocess.run(["git", "show", f"{rev}:{lock_path(study).as_posix()}"], cwd=root,
-                             capture_output=True, text=True, timeout=30)
+        out = subprocess.run(
+            ["git", "show", f"{rev}:{lock_path(study).as_posix()}"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     return yaml.safe_load(out.stdout) if out.returncode == 0 else None
@@ -182,8 +180,11 @@ def committed_lock(study: Study, root: Path = Path("."), rev: str = "HEAD") -> d
 
 def cell_hashes(lock: dict) -> dict[str, dict[str, str]]:
     """Cell id -> {output path: md5} of every ``train@<cell>`` stage of a ``dvc.lock``."""
-    return {name.split("@", 1)[1]: {o["path"]: o["md5"] for o in stage.get("outs", ())}
-            for name, stage in (lock.get("stages") or {}).items() if name.startswith("train@")}
+    return {
+        name.split("@", 1)[1]: {o["path"]: o["md5"] for o in stage.get("outs", ())}
+        for name, stage in (lock.get("stages") or {}).items()
+        if name.startswith("train@")
+    }
 
 
 def _md5(path: Path) -> str | None:
@@ -194,7 +195,7 @@ def _md5(path: Path) -> str | None:
 @dataclasses.dataclass(frozen=True)
 class HashVerdict:
     cell: str
-    reproduced: bool | None   # None: nothing to compare (not in the lock, or no current result)
+    reproduced: bool | None  # None: nothing to compare (not in the lock, or no current result)
     detail: str
 
 
@@ -222,9 +223,56 @@ def reproduced_by_hash(study: Study, lock: dict, verdicts: list[Verdict], root: 
 
 
 def render_hashes(study: Study, verdicts: list[HashVerdict]) -> str:
-    lines = [f"DVC hashes vs the committed {lock_path(study)} (bit for bit is expected on the platform "
-             "that committed it; elsewhere the tolerances above decide):"]
+    lines = [
+        f"DVC hashes vs the committed {lock_path(study)} (bit for bit is expected on the platform "
+        "that committed it; elsewhere the tolerances above decide):"
+    ]
     lines += [f"  {v.cell:36} {v.detail}" for v in verdicts]
     same = sum(v.reproduced is True for v in verdicts)
     lines.append(f"{same} of {len(verdicts)} cells reproduced bit for bit")
     return "\n".join(lines)
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckOutcome:
+    """What ``reproduce check`` says: the report (stdout), a privacy violation (stderr) and the exit status."""
+
+    report: str
+    violation: str | None
+    exit_code: int
+
+
+def check_study(study: Study, *, results_dir: Path, update: bool, study_arg: str) -> CheckOutcome:
+    """The privacy audit of an audited study (always, baseline or not: a lower bound above the accountant's
+    epsilon is a broken guarantee, never a tolerance question), then the results against the baseline (or
+    the baseline rewritten deliberately with ``update``), then the DVC hashes against the committed lock.
+    ``study_arg``: the study file as the user named it, for the commands this suggests."""
+    results = read_results(study, results_dir)
+    now = checked_metrics(study, results)
+    path = baseline_path(study)
+    audited = audit_check(study, results) if study.audit is not None else []
+    violation = violation_message([v.cell for v in audited if v.violated])
+    out = [render_audit(study, audited)] if study.audit is not None else []
+    create = f"`reproduce check {study_arg} --update`"
+    if update:
+        missing = [c.id for c in study.cells() if c.id not in now]
+        if missing:
+            raise ReproduceError(f"cannot update the baseline: no result for {', '.join(missing)}")
+        out.append(f"updated {path}:\n{update_baseline(study, now, path)}")
+        return CheckOutcome("\n".join(out), violation, int(violation is not None))
+    if not path.exists():
+        if study.audit is None or not audited:
+            raise ReproduceError(f"no baseline {path}; create it deliberately with {create}")
+        out.append(f"no baseline {path}: only the privacy audit was checked (create one deliberately with {create})")
+        return CheckOutcome("\n".join(out), violation, int(violation is not None))
+    verdicts = compare(study, read_baseline(path), now)
+    out.append(render(verdicts))
+    # The exact check: outputs vs the committed dvc.lock; informative only (platforms round differently).
+    lock = committed_lock(study)
+    out.append(
+        render_hashes(study, reproduced_by_hash(study, lock, verdicts))
+        if lock
+        else f"no committed {lock_path(study)}: nothing to compare by DVC hash"
+    )
+    failed = violation is not None or not all(v.ok for v in verdicts)
+    return CheckOutcome("\n".join(out), violation, int(failed))

@@ -107,12 +107,16 @@ def _force_layout(model: nn.Module, layout: str) -> list:
         x = args[0]
         return (relayout(x), *args[1:]) if isinstance(x, torch.Tensor) and x.dim() == 4 else None
 
-    return [m.register_forward_pre_hook(pre_hook) for m in model.modules()
-            if any(p.requires_grad for p in m.parameters(recurse=False))]
+    return [
+        m.register_forward_pre_hook(pre_hook)
+        for m in model.modules()
+        if any(p.requires_grad for p in m.parameters(recurse=False))
+    ]
 
 
-def _brute_force(model: nn.Module, views: torch.Tensor, targets: torch.Tensor, multiplicity: int,
-                 task: str) -> list[torch.Tensor]:
+def _brute_force(
+    model: nn.Module, views: torch.Tensor, targets: torch.Tensor, multiplicity: int, task: str
+) -> list[torch.Tensor]:
     """Per-sample gradients [n, ...] per parameter: one autograd call per sample on its own K views."""
     params = [p for p in model.parameters() if p.requires_grad]
     per_sample = [[] for _ in params]
@@ -126,13 +130,30 @@ def _brute_force(model: nn.Module, views: torch.Tensor, targets: torch.Tensor, m
 
 def _small(cell: Cell, *, batch_size: int, physical_batch_size: int) -> Cell:
     """``cell`` with one small Poisson batch: everything else (model, privacy, K, seed) is the study's."""
-    training = cell.study.training.model_copy(update={"batch_size": batch_size, "physical_batch_size": physical_batch_size,
-                                                      "epochs": None, "steps": 1, "max_train_samples": None})
+    training = cell.study.training.model_copy(
+        update={
+            "batch_size": batch_size,
+            "physical_batch_size": physical_batch_size,
+            "epochs": None,
+            "steps": 1,
+            "max_train_samples": None,
+        }
+    )
     return dataclasses.replace(cell, study=cell.study.model_copy(update={"training": training}))
 
 
-def verify_case(cell: Cell, model: nn.Module, train_set: TensorDataset, *, task: str, layout: str, mode: str,
-                batch_size: int, physical_batch_size: int, device: torch.device) -> CaseReport:
+def verify_case(
+    cell: Cell,
+    model: nn.Module,
+    train_set: TensorDataset,
+    *,
+    task: str,
+    layout: str,
+    mode: str,
+    batch_size: int,
+    physical_batch_size: int,
+    device: torch.device,
+) -> CaseReport:
     """Check one logical DP batch of ``cell`` through the trainer's own ``PrivateTrainer`` against
     per-sample autograd on the views it fed the model."""
     dp_model, reference = copy.deepcopy(model), copy.deepcopy(model)
@@ -162,7 +183,7 @@ def verify_case(cell: Cell, model: nn.Module, train_set: TensorDataset, *, task:
                 for acc, p in zip(ours, params):
                     acc.append(p.grad_sample.detach().clone())
                 # the trainer's engine pads the micro-batch with zero samples (dropped from its gradients)
-                for acc, g in zip(truth, _brute_force(reference, fed[0][:len(targets)], targets, K, task)):
+                for acc, g in zip(truth, _brute_force(reference, fed[0][: len(targets)], targets, K, task)):
                     acc.append(g)
             if trainer.step():
                 break
@@ -172,8 +193,10 @@ def verify_case(cell: Cell, model: nn.Module, train_set: TensorDataset, *, task:
     truth = [torch.cat(g).flatten(1) if g else p.new_zeros(0, p.numel()) for g, p in zip(truth, params)]
     n = ours[0].shape[0]
     # per parameter tensor (a wrong bias must not hide behind its layer's larger weight gradient)
-    errors = {name: float(_relative(a.double(), b.double()).max()) if n else 0.0
-              for (name, _), a, b in zip(named, ours, truth)}
+    errors = {
+        name: float(_relative(a.double(), b.double()).max()) if n else 0.0
+        for (name, _), a, b in zip(named, ours, truth)
+    }
     # The study's clipping rule on the norm over all parameters (flat: opacus's min(1, C / (||g_i|| +
     # 1e-6)); an adaptive rule's first step clips at its initial C). The reference arithmetic is
     # float64: torch's float32 norm of one 2.4M-entry row is off by ~1e-4 (measured on the CIFAR-10
@@ -204,15 +227,23 @@ def _verified_cells(study: Study) -> list[Cell]:
 def _training_set(cell: Cell, *, dtype: torch.dtype) -> tuple[TensorDataset, object]:
     """The stand-in training split of the cell's dataset, as the trainer turns a split into tensors."""
     from reproduce.data.stand_in import stand_in
+
     splits = stand_in(cell.dataset, size=cell.study.data.size, seed=cell.seed)
     x, y = splits.images("train"), splits.labels("train")
     return TensorDataset(to_tensor(x).to(dtype), to_targets(y, splits.info.task)), splits.info
 
 
-def verify_study(study: Study, *, batch_size: int = 6, physical_batch_size: int = 4,
-                 layouts: tuple[str, ...] = tuple(LAYOUTS), modes: tuple[str, ...] = PER_SAMPLE_GRADIENTS,
-                 dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
-                 groups: tuple[str, ...] | None = None) -> StudyReport:
+def verify_study(
+    study: Study,
+    *,
+    batch_size: int = 6,
+    physical_batch_size: int = 4,
+    layouts: tuple[str, ...] = tuple(LAYOUTS),
+    modes: tuple[str, ...] = PER_SAMPLE_GRADIENTS,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    groups: tuple[str, ...] | None = None,
+) -> StudyReport:
     """Verify every (group, multiplicity) of ``study``'s DP cells; see the module docstring.
 
     Args:
@@ -225,7 +256,7 @@ def verify_study(study: Study, *, batch_size: int = 6, physical_batch_size: int 
         device: where model and batches live.
         groups: restrict to these groups (default: all of the grid).
     """
-    device = resolve_device(str(device))   # DeviceError (exit 2) for a device that is unknown or not here
+    device = resolve_device(str(device))  # DeviceError (exit 2) for a device that is unknown or not here
     cases, refusals, sets = [], {}, {}
     for cell in _verified_cells(study):
         if groups and cell.group not in groups:
@@ -244,9 +275,19 @@ def verify_study(study: Study, *, batch_size: int = 6, physical_batch_size: int 
                     # opacus's hooks warn that the first layer's input needs no gradient; expected
                     warnings.filterwarnings("ignore", message="Full backward hook is firing")
                     warnings.filterwarnings("ignore", message="Secure RNG turned off")
-                    cases.append(verify_case(cell, model, train_set, task=info.task, layout=layout, mode=mode,
-                                             batch_size=batch_size, physical_batch_size=physical_batch_size,
-                                             device=device))
+                    cases.append(
+                        verify_case(
+                            cell,
+                            model,
+                            train_set,
+                            task=info.task,
+                            layout=layout,
+                            mode=mode,
+                            batch_size=batch_size,
+                            physical_batch_size=physical_batch_size,
+                            device=device,
+                        )
+                    )
     if not cases and not refusals:
         raise ReproduceError(f"study {study.name!r} has no DP cell: nothing to verify")
     return StudyReport(study.name, dtype, cases, refusals)
@@ -255,20 +296,28 @@ def verify_study(study: Study, *, batch_size: int = 6, physical_batch_size: int 
 def format_report(report: StudyReport, *, per_layer: bool = False) -> str:
     """The table ``reproduce verify`` prints: one row per case, worst layer and update error."""
     tol = report.tolerance
-    lines = [f"{report.study}: per-sample gradients vs per-sample autograd ({str(report.dtype).removeprefix('torch.')}, "
-             f"tolerance {tol:g} relative)",
-             f"  {'group':6s} {'K':>2s} {'input':14s} {'path':6s} {'n':>3s}  {'worst parameter':28s} {'error':>9s}  "
-             f"{'update':>9s}"]
+    lines = [
+        f"{report.study}: per-sample gradients vs per-sample autograd ({str(report.dtype).removeprefix('torch.')}, "
+        f"tolerance {tol:g} relative)",
+        f"  {'group':6s} {'K':>2s} {'input':14s} {'path':6s} {'n':>3s}  {'worst parameter':28s} {'error':>9s}  "
+        f"{'update':>9s}",
+    ]
     for c in report.cases:
         name, err = c.worst()
         flag = "ok" if c.ok(tol) else "MISMATCH"
-        lines.append(f"  {c.group:6s} {c.multiplicity:2d} {c.layout:14s} {c.mode:6s} {c.samples:3d}  {name:28s} "
-                     f"{err:9.2e}  {c.update_error:9.2e}  {flag}")
+        lines.append(
+            f"  {c.group:6s} {c.multiplicity:2d} {c.layout:14s} {c.mode:6s} {c.samples:3d}  {name:28s} "
+            f"{err:9.2e}  {c.update_error:9.2e}  {flag}"
+        )
         if per_layer or not c.ok(tol):
-            lines += [f"      {name:34s} {e:9.2e}{'' if e <= tol else '  MISMATCH'}" for name, e in c.layer_errors.items()]
+            lines += [
+                f"      {name:34s} {e:9.2e}{'' if e <= tol else '  MISMATCH'}" for name, e in c.layer_errors.items()
+            ]
     for group, problems in report.refusals.items():
         lines.append(f"  {group:6s} REFUSED: " + "; ".join(problems))
     bad = sum(not c.ok(tol) for c in report.cases)
-    lines.append(f"  {len(report.cases)} cases, {bad} mismatched, {len(report.refusals)} group(s) refused"
-                 + ("" if report.ok else "  -> FAILED"))
+    lines.append(
+        f"  {len(report.cases)} cases, {bad} mismatched, {len(report.refusals)} group(s) refused"
+        + ("" if report.ok else "  -> FAILED")
+    )
     return "\n".join(lines)

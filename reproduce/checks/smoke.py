@@ -14,8 +14,15 @@ from pathlib import Path
 from reproduce.data.stand_in import stand_in
 from reproduce.study import GridConfig, Study, dp_only, id_token
 
-SMOKE_TRAINING = {"batch_size": 16, "physical_batch_size": 8, "epochs": None, "steps": 2,
-                  "max_train_samples": 64, "eval_batch_size": 64, "log_every": 1}
+SMOKE_TRAINING = {
+    "batch_size": 16,
+    "physical_batch_size": 8,
+    "epochs": None,
+    "steps": 2,
+    "max_train_samples": 64,
+    "eval_batch_size": 64,
+    "log_every": 1,
+}
 # An audited study's smoke cells audit with few canaries (mislabeled ones copy distinct training
 # images, of which the stand-in has 64) and the default guesses (the study's may exceed them).
 SMOKE_AUDIT = {"canaries": 16, "guesses": None}
@@ -44,30 +51,48 @@ def smoke_cells(study: Study):
     top = (dp_eps if dp_eps is not None else "non-private", max(g.multiplicity))
     first = {p: id_token(v[0]) for p, v in g.axes.items()}
     wanted = [(group, *top, first) for group in g.group]
-    wanted += [(g.group[0], e, k, first) for e in dict.fromkeys([dp_eps or "non-private", *(["non-private"] if "non-private" in g.epsilon else [])])
-               for k in g.multiplicity]
-    wanted += [(g.group[0], *top, {**first, p: id_token(v)}) for p, values in g.axes.items() for v in values[1:]
-               if top[0] != "non-private" or not dp_only(p)]
+    wanted += [
+        (g.group[0], e, k, first)
+        for e in dict.fromkeys([dp_eps or "non-private", *(["non-private"] if "non-private" in g.epsilon else [])])
+        for k in g.multiplicity
+    ]
+    wanted += [
+        (g.group[0], *top, {**first, p: id_token(v)})
+        for p, values in g.axes.items()
+        for v in values[1:]
+        if top[0] != "non-private" or not dp_only(p)
+    ]
     cells = [c for c in study.cells() if c.dataset == dataset and c.seed == seed]
-    picked = [next(c for c in cells if (c.group, c.epsilon, c.multiplicity) == (group, eps, k)
-                   and all(id_token(v) == where[p] for p, v in c.axes))
-              for group, eps, k, where in wanted]
+    picked = [
+        next(
+            c
+            for c in cells
+            if (c.group, c.epsilon, c.multiplicity) == (group, eps, k)
+            and all(id_token(v) == where[p] for p, v in c.axes)
+        )
+        for group, eps, k, where in wanted
+    ]
     return list({c.id: c for c in picked}.values())
 
 
 def run_smoke(study: Study, *, data_root: Path, max_cells: int | None = None) -> int:
     from reproduce.training.cell import run_cell, write_cell
+
     small = smoke_study(study)
     cells = smoke_cells(small)[:max_cells]
     out_root = Path("results") / f"{study.name}-smoke"
-    print(f"smoke run of {study.name}: {len(cells)} of {len(study.cells())} cells, "
-          f"{SMOKE_TRAINING['steps']} steps each, on stand-in data unless the dataset is already on disk")
+    print(
+        f"smoke run of {study.name}: {len(cells)} of {len(study.cells())} cells, "
+        f"{SMOKE_TRAINING['steps']} steps each, on stand-in data unless the dataset is already on disk"
+    )
     for cell in cells:
         t0 = time.perf_counter()
         splits = stand_in(cell.dataset, size=study.data.size, seed=cell.seed)
         result = run_cell(cell, data_root=data_root, progress=False, splits=splits)
         write_cell(result, out_root / cell.id)
-        print(f"  {cell.id:40s} ok  {time.perf_counter() - t0:5.1f} s  params {result.metrics['parameters']:>9,}"
-              f"  {result.statement[:60]}")
+        print(
+            f"  {cell.id:40s} ok  {time.perf_counter() - t0:5.1f} s  params {result.metrics['parameters']:>9,}"
+            f"  {result.statement[:60]}"
+        )
     print(f"smoke results (NOT real numbers): {out_root}/")
     return 0

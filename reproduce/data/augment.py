@@ -4,7 +4,7 @@ Each sample's gradient is the mean over its K views and is clipped after averagi
 (``average_view_grad_samples``), so the accountant still counts samples, not views. The views are
 drawn independently per sample and per view (the authors' code once made K identical copies).
 
-Views for 28x28 medical images ("medmnist" kind, our choice, documented in the README): a random
+Views for 28x28 medical images ("medmnist" kind, our choice, documented in docs/studies.md): a random
 element of the dihedral group D4 (rotation by a multiple of 90 degrees, optional flip; these
 images have no canonical orientation) followed by a random translation of up to 2 pixels with zero
 padding (random crop after padding). For CIFAR-10 ("cifar" kind): random crop with 4-pixel padding

@@ -26,7 +26,6 @@ Every ``OSError`` of the data directory becomes a ``ReproduceError`` naming the 
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import http.client
 import os
@@ -39,6 +38,7 @@ from typing import IO
 from tqdm import tqdm
 
 from reproduce.atomic import fsync_dir, write_atomic
+from reproduce import errors
 from reproduce.errors import ReproduceError
 
 CHUNK = 1 << 20
@@ -46,8 +46,6 @@ USER_AGENT = "reproduce/0.1 (python urllib)"
 DEFAULT_HINT = ("Check the URL or mirror, or obtain the file by other means and pass it as a local file "
                 "together with its sha256.")
 _HEX_LENGTH = {"md5": 32, "sha256": 64}
-_DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
-_NOT_ALLOWED = {errno.EACCES, errno.EPERM, errno.EROFS}
 
 
 def local_file_hint(dataset: str) -> str:
@@ -57,17 +55,9 @@ def local_file_hint(dataset: str) -> str:
 
 
 def file_error(path: Path | str, error: OSError, doing: str) -> ReproduceError:
-    """The ReproduceError for ``error`` while ``doing`` ("read", "write", ...) ``path``: what, where, what to do."""
-    path = Path(path)
-    if error.errno in _DISK_FULL:
-        advice = f"Free space on the disk that holds {path.parent}, or use another data directory, and rerun."
-    elif error.errno in _NOT_ALLOWED:
-        target = path if doing == "read" else path.parent
-        advice = (f"Make {target} {'readable' if doing == 'read' else 'writable'} for you, or use another data "
-                  "directory (`reproduce fetch --root`, `reproduce train --data-root`).")
-    else:
-        advice = "Check that path and its disk, then rerun."
-    return ReproduceError(f"Could not {doing} {path}: {error.strerror or error}. {advice}")
+    """The ReproduceError for ``error`` while ``doing`` ("read", "write", ...) ``path`` of the data directory."""
+    return errors.file_error(path, error, doing, elsewhere="use another data directory "
+                             "(`reproduce fetch --root`, `reproduce train --data-root`)")
 
 
 # ----------------------------------------------------------------------------------------- checksums

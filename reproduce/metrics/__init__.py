@@ -86,7 +86,7 @@ from .classification import (  # noqa: E402
     roc_auc_binary,
     scores_to_probs,
 )
-from .invariance import InvarianceGap, invariance_gap, rotate_batch, rotate_bilinear, rotate90  # noqa: E402
+from .invariance import InvarianceGap, invariance_gap, rotate90, rotate_batch, rotate_bilinear  # noqa: E402
 from .sparsity import l0_eps  # noqa: E402
 
 

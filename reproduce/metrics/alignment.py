@@ -96,7 +96,9 @@ def linear_ce_per_sample_grads(
     z = logits.detach()
     y = labels.detach().reshape(-1).long()
     if h.ndim != 2 or z.ndim != 2 or h.shape[0] != z.shape[0] or y.shape[0] != z.shape[0]:
-        raise ValueError(f"need features [B, d], logits [B, C], labels [B]; got {tuple(h.shape)}, {tuple(z.shape)}, {tuple(y.shape)}")
+        raise ValueError(
+            f"need features [B, d], logits [B, C], labels [B]; got {tuple(h.shape)}, {tuple(z.shape)}, {tuple(y.shape)}"
+        )
     delta = torch.softmax(z, dim=1)
     delta[torch.arange(z.shape[0], device=z.device), y] -= 1.0
     return delta[:, :, None] * h[:, None, :], delta
@@ -143,8 +145,9 @@ def alignment_summary(cosines: Any) -> AlignmentSummary:
     return AlignmentSummary(m, corrected, k, math.sqrt(m2), n, n_undef)
 
 
-def final_layer_cosines(features: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor,
-                        weight: torch.Tensor) -> np.ndarray:
+def final_layer_cosines(
+    features: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor
+) -> np.ndarray:
     """Per-sample cosines between the update direction ``-G_i`` of a final linear layer's weight
     (cross-entropy, closed form, no autograd) and the weight ``W`` ``[C, d]``; ``[B]``, NaN where undefined."""
     grad_w, _ = linear_ce_per_sample_grads(features, logits, labels)

@@ -8,7 +8,6 @@ positive-class probability only (``[N]`` or ``[N, 1]``) is expanded to the two c
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -47,8 +46,6 @@ def brier_score(probs: Any, labels: Any) -> float:
     onehot = np.zeros_like(p)
     onehot[np.arange(p.shape[0]), y] = 1.0
     return float(np.mean(np.sum((p - onehot) ** 2, axis=1)))
-
-
 
 
 @register_metric("reliability")

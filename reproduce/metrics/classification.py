@@ -70,7 +70,9 @@ def _prepare(probs: Any, labels: Any, task: str) -> tuple[np.ndarray, np.ndarray
 
     if task == "multi-label, binary-class":
         if p.ndim != 2 or y.shape != p.shape:
-            raise ValueError(f"multi-label task needs probs and labels of equal shape [N, L], got {p.shape} and {y.shape}")
+            raise ValueError(
+                f"multi-label task needs probs and labels of equal shape [N, L], got {p.shape} and {y.shape}"
+            )
         if not np.all((y == 0) | (y == 1)):
             raise ValueError("multi-label labels must be 0 or 1")
         return p, y
@@ -170,8 +172,11 @@ class AUCResult:
 
     def as_metrics(self, name: str) -> dict[str, Any]:
         """A split's result keys: the value, the skipped classes and why (``per_class`` is left out)."""
-        return {name: self.value, f"{name}_undefined_classes": list(self.undefined_classes),
-                f"{name}_reason": self.reason}
+        return {
+            name: self.value,
+            f"{name}_undefined_classes": list(self.undefined_classes),
+            f"{name}_reason": self.reason,
+        }
 
 
 @register_metric("auc", split_tasks=TASKS)
@@ -199,7 +204,7 @@ def auc(probs: Any, labels: Any, *, task: str) -> AUCResult:
         return AUCResult(value, (value,), ())
 
     if task == "multi-label, binary-class":
-        truths = [y[:, l] for l in range(p.shape[1])]
+        truths = [y[:, k] for k in range(p.shape[1])]
         kind = "label"
     else:
         truths = [(y == k).astype(np.int64) for k in range(p.shape[1])]

@@ -43,7 +43,6 @@ import torch
 from reproduce.records.result import DIAGNOSTIC_KEYS, NORM_QUANTILES, quantile_key  # noqa: F401  (the row's keys)
 
 
-
 def _f64(x: torch.Tensor) -> torch.Tensor:
     return x.detach().reshape(-1).to(dtype=torch.float64, device="cpu")
 
@@ -116,9 +115,13 @@ class ClippingDiagnostics:
         """Flat, JSON-ready keys for a step row: ``grad_norm_q10`` etc. for the quantiles."""
         row = {"share_clipped": self.share_clipped}
         row.update({quantile_key(q): v for q, v in zip(self.levels, self.grad_norm_quantiles)})
-        row.update(clip_bias_cosine=self.clip_bias_cosine, clip_bias_norm_ratio=self.clip_bias_norm_ratio,
-                   noise_to_signal=self.noise_to_signal, update_cosine=self.update_cosine,
-                   max_grad_norm=self.max_grad_norm)
+        row.update(
+            clip_bias_cosine=self.clip_bias_cosine,
+            clip_bias_norm_ratio=self.clip_bias_norm_ratio,
+            noise_to_signal=self.noise_to_signal,
+            update_cosine=self.update_cosine,
+            max_grad_norm=self.max_grad_norm,
+        )
         return row
 
 
@@ -144,8 +147,9 @@ def clipping_diagnostics(record: StepRecord, levels: Sequence[float] = NORM_QUAN
     )
 
 
-def update_cosine(*, before: Sequence[torch.Tensor], after: Sequence[torch.Tensor],
-                  gradient: Sequence[torch.Tensor]) -> float | None:
+def update_cosine(
+    *, before: Sequence[torch.Tensor], after: Sequence[torch.Tensor], gradient: Sequence[torch.Tensor]
+) -> float | None:
     """cos(theta_t - theta_{t+1}, gradient) for parameters ``before`` and ``after`` a step on ``gradient``.
 
     Args:

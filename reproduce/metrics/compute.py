@@ -7,8 +7,8 @@ estimate instead, and the measured seconds stay in each cell's ``run.json``:
     train_flops = 6 x (multiply-adds of one sample's forward pass) x samples seen
 
 with 2 FLOPs per multiply-add and a backward pass costing twice the forward (the usual 3x). The
-multiply-adds are those of every convolution (``nn.Conv2d`` and the expanded ``EquivariantConv2d``
-filter) and linear layer, read off one forward pass; normalisation, activations, escnn's filter
+multiply-adds are those of every convolution (``nn.Conv2d``, and any layer that declares
+``counts_as_convolution``: the expanded ``EquivariantConv2d`` filter) and linear layer, read off one forward pass; normalisation, activations, escnn's filter
 expansion and DP-SGD's per-sample gradients are not counted. Samples seen = steps x the logical
 batch size x the augmentation multiplicity: the expected batch under Poisson sampling, so the
 estimate does not read the training data.
@@ -29,8 +29,11 @@ def _macs_hook(totals: list[int]):
             totals.append(module.in_features * module.out_features * (output.numel() // module.out_features))
         else:  # a 2D convolution: every output element is C_in/groups x kh x kw multiply-adds
             c_in = inputs[0].shape[1]
-            kh, kw = (module.kernel_size, module.kernel_size) if isinstance(module.kernel_size, int) else module.kernel_size
+            kh, kw = (
+                (module.kernel_size, module.kernel_size) if isinstance(module.kernel_size, int) else module.kernel_size
+            )
             totals.append(output.numel() * (c_in // getattr(module, "groups", 1)) * kh * kw)
+
     return hook
 
 
@@ -41,10 +44,12 @@ def forward_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
         model: The model (its mode and weights are left as they were).
         input_shape: One sample's shape (C, H, W).
     """
-    from reproduce.models.escnn_conv import EquivariantConv2d
     totals: list[int] = []
-    handles = [m.register_forward_hook(_macs_hook(totals)) for m in model.modules()
-               if isinstance(m, (nn.Conv2d, nn.Linear, EquivariantConv2d))]
+    handles = [
+        m.register_forward_hook(_macs_hook(totals))
+        for m in model.modules()
+        if isinstance(m, (nn.Conv2d, nn.Linear)) or getattr(m, "counts_as_convolution", False)
+    ]
     was_training = model.training
     device = next(model.parameters()).device
     try:
@@ -58,8 +63,10 @@ def forward_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
     return int(sum(totals))
 
 
-def training_flops(model: nn.Module, *, input_shape: tuple[int, ...], steps: int, batch_size: int,
-                   multiplicity: int = 1) -> float:
+def training_flops(
+    model: nn.Module, *, input_shape: tuple[int, ...], steps: int, batch_size: int, multiplicity: int = 1
+) -> float:
     """``6 x forward_macs x steps x batch_size x multiplicity`` (see the module docstring)."""
-    return float(FLOPS_PER_MAC * FORWARD_AND_BACKWARD * forward_macs(model, input_shape)
-                 * steps * batch_size * multiplicity)
+    return float(
+        FLOPS_PER_MAC * FORWARD_AND_BACKWARD * forward_macs(model, input_shape) * steps * batch_size * multiplicity
+    )

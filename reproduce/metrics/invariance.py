@@ -83,7 +83,9 @@ def _predictions(out: Any) -> np.ndarray:
         return np.argmax(out, axis=1)
     if out.ndim == 1 and np.issubdtype(out.dtype, np.integer):
         return out
-    raise ValueError(f"predict must return scores [N, C] or integer predictions [N], got shape {out.shape}, dtype {out.dtype}")
+    raise ValueError(
+        f"predict must return scores [N, C] or integer predictions [N], got shape {out.shape}, dtype {out.dtype}"
+    )
 
 
 def _accuracy(predict: Callable[[torch.Tensor], Any], x: torch.Tensor, y: np.ndarray, batch_size: int | None) -> float:

@@ -1,7 +1,8 @@
-"""Model registry: ``build_model`` turns a cell's (group, widths, ...) into an ``nn.Module``.
+"""Models: ``build_model`` turns a cell's (architecture, group, widths, ...) into an ``nn.Module``.
 
-"e" is the conventional CNN; every other group (C<N>, D<N>, O2, SO2) is built on escnn by
-``reproduce.models.equivariant``. Both take plain image tensors [B, C, H, W] and return logits.
+Architectures are registered by name (``reproduce.models.registry``). The built-in ``resnet9`` is
+the ResNet-9 family: "e" is the conventional CNN; every other group (C<N>, D<N>, O2, SO2) is built on
+escnn by ``reproduce.models.equivariant``. Both take plain image tensors [B, C, H, W] and return logits.
 """
 
 from __future__ import annotations
@@ -9,30 +10,72 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:   # torch is imported where a model is built: the study schema reads group_norm without it
+from reproduce.models.groups import TRIVIAL_GROUP
+from reproduce.models.registry import ModelSpec, build_architecture, register_architecture
+
+if TYPE_CHECKING:  # torch is imported where a model is built: the study schema reads this package without it
     from torch import nn
 
+DEFAULT_ARCHITECTURE = "resnet9"
 
-def build_model(*, group: str, widths: tuple[int, int, int], in_channels: int, num_classes: int,
-                restrict: str = "none", fix_params: bool = False, basis: str = "authors",
-                weight_standardisation: bool = False, seed: int = 0) -> nn.Module:
-    """Build the ResNet-9 for ``group`` with deterministic initial weights for ``seed``.
+
+@register_architecture(DEFAULT_ARCHITECTURE)
+def resnet9(spec: ModelSpec) -> nn.Module:
+    """The ResNet-9 of ``spec.group``: Klause et al.'s for "e", else the equivariant one."""
+    if spec.group == TRIVIAL_GROUP:
+        from reproduce.models.resnet9 import ResNet9
+
+        # The conventional model has no group to restrict, rescale against or expand in a basis
+        # (and Klause et al.'s ResNet-9 has no weight standardisation).
+        return ResNet9(widths=tuple(spec.widths), in_channels=spec.in_channels, num_classes=spec.num_classes)
+    from reproduce.models.equivariant import build_equivariant_resnet9
+
+    return build_equivariant_resnet9(
+        group=spec.group,
+        widths=tuple(spec.widths),
+        in_channels=spec.in_channels,
+        num_classes=spec.num_classes,
+        restrict=spec.restrict,
+        fix_params=spec.fix_params,
+        basis=spec.basis,
+        weight_standardisation=spec.weight_standardisation,
+    )
+
+
+def build_model(
+    *,
+    group: str,
+    widths: tuple[int, int, int],
+    in_channels: int,
+    num_classes: int,
+    restrict: str = "none",
+    fix_params: bool = False,
+    basis: str = "authors",
+    weight_standardisation: bool = False,
+    seed: int = 0,
+    architecture: str = DEFAULT_ARCHITECTURE,
+) -> nn.Module:
+    """Build ``architecture`` (registered in ``reproduce.models.registry``) for ``group`` with
+    deterministic initial weights for ``seed``.
 
     Seeds torch and numpy's global RNG first: escnn draws D_N/O(2) bases from the latter.
     """
     import numpy as np
     import torch
+
     torch.manual_seed(seed)
     np.random.seed(seed)
-    if group == "e":
-        from reproduce.models.resnet9 import ResNet9
-        # The conventional model has no group to restrict, rescale against or expand in a basis
-        # (and Klause et al.'s ResNet-9 has no weight standardisation).
-        return ResNet9(widths=tuple(widths), in_channels=in_channels, num_classes=num_classes)
-    from reproduce.models.equivariant import build_equivariant_resnet9
-    return build_equivariant_resnet9(group=group, widths=tuple(widths), in_channels=in_channels,
-                                     num_classes=num_classes, restrict=restrict, fix_params=fix_params,
-                                     basis=basis, weight_standardisation=weight_standardisation)
+    spec = ModelSpec(
+        group=group,
+        widths=tuple(widths),
+        in_channels=in_channels,
+        num_classes=num_classes,
+        restrict=restrict,
+        fix_params=fix_params,
+        basis=basis,
+        weight_standardisation=weight_standardisation,
+    )
+    return build_architecture(architecture, spec)
 
 
 def build_cell_model(cell, *, in_channels: int, num_classes: int) -> nn.Module:
@@ -41,9 +84,18 @@ def build_cell_model(cell, *, in_channels: int, num_classes: int) -> nn.Module:
     The trainer and ``reproduce verify`` both build through this, so they build the same model.
     """
     m = cell.study.model
-    return build_model(group=cell.group, widths=cell.widths, in_channels=in_channels, num_classes=num_classes,
-                       restrict=m.restrict_for(cell.group), fix_params=m.fix_params, basis=m.basis,
-                       weight_standardisation=m.weight_standardisation, seed=cell.seed)
+    return build_model(
+        group=cell.group,
+        widths=cell.widths,
+        in_channels=in_channels,
+        num_classes=num_classes,
+        restrict=m.restrict_for(cell.group),
+        fix_params=m.fix_params,
+        basis=m.basis,
+        weight_standardisation=m.weight_standardisation,
+        seed=cell.seed,
+        architecture=m.architecture,
+    )
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -68,6 +120,7 @@ def parameter_counts(study) -> list[ParameterCount]:
     multiplicity and seed do not change the count.
     """
     from reproduce.data.registry import dataset_source
+
     counts: dict[tuple[str, str, str], ParameterCount] = {}
     for cell in study.cells():
         # A model.* grid axis (widths, restriction, ...) gives a group several models.
@@ -76,6 +129,5 @@ def parameter_counts(study) -> list[ParameterCount]:
             continue
         info = dataset_source(cell.dataset).info(study.data.size)
         model = build_cell_model(cell, in_channels=info.n_channels, num_classes=info.num_classes)
-        counts[key] = ParameterCount(cell.dataset, cell.group, cell.widths,
-                                                          count_parameters(model))
+        counts[key] = ParameterCount(cell.dataset, cell.group, cell.widths, count_parameters(model))
     return list(counts.values())

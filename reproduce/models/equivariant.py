@@ -22,11 +22,24 @@ from escnn import nn as enn
 from torch import nn
 
 from reproduce.models.equivariant_norm import FieldGroupNorm
-from reproduce.models.equivariant_ops import (DiscMask, EscnnOp, GroupMaxPool, InducedGate,
-                                              InducedNormPool, NormPool, SymmetricPool2d)
+from reproduce.models.equivariant_ops import (
+    DiscMask,
+    EscnnOp,
+    GroupMaxPool,
+    InducedGate,
+    InducedNormPool,
+    NormPool,
+    SymmetricPool2d,
+)
 from reproduce.models.escnn_conv import EquivariantConv2d
-from reproduce.models.groups import (CONTINUOUS_FREQUENCY, GroupSpec, deterministic_escnn,
-                                     make_gspace, parse_group, scaled_fields)
+from reproduce.models.groups import (
+    CONTINUOUS_FREQUENCY,
+    GroupSpec,
+    deterministic_escnn,
+    make_gspace,
+    parse_group,
+    scaled_fields,
+)
 
 RESTRICTIONS = ("none", "halved")
 #: R2Conv basis settings for C_N / D_N. "authors": hlzl/equivariant (sigma None, frequency
@@ -139,9 +152,16 @@ class EquivariantResNet9(nn.Module):
         weight_standardisation: standardise every convolution's coefficients (authors' code).
     """
 
-    def __init__(self, spec: GroupSpec, fields: tuple[int, int, int], in_channels: int,
-                 num_classes: int, restrict: str = "none", basis: str = "authors",
-                 weight_standardisation: bool = False):
+    def __init__(
+        self,
+        spec: GroupSpec,
+        fields: tuple[int, int, int],
+        in_channels: int,
+        num_classes: int,
+        restrict: str = "none",
+        basis: str = "authors",
+        weight_standardisation: bool = False,
+    ):
         super().__init__()
         block = functools.partial(EquivariantBlock, standardise=weight_standardisation)
         self.group, self.fields, self.restrict = spec.name, tuple(fields), restrict
@@ -153,8 +173,7 @@ class EquivariantResNet9(nn.Module):
 
         self.conv1 = block(self.in_type, l1, family)
         self.conv2 = block(self.conv1.out_type, l2, family, pool=True)
-        self.res1 = nn.Sequential(block(self.conv2.out_type, l2, family),
-                                  block(self.conv2.out_type, l2, family))
+        self.res1 = nn.Sequential(block(self.conv2.out_type, l2, family), block(self.conv2.out_type, l2, family))
         self.scale_norm1 = FieldGroupNorm(self.conv2.out_type)
         self.conv3 = block(self.conv2.out_type, l3, family, pool=True)
 
@@ -166,8 +185,7 @@ class EquivariantResNet9(nn.Module):
             in4 = in4.restrict(subgroup_id)
             family = _family(in4.gspace, sub_spec, basis)
         self.conv4 = block(in4, l3, family, pool=True)
-        self.res2 = nn.Sequential(block(self.conv4.out_type, l3, family),
-                                  block(self.conv4.out_type, l3, family))
+        self.res2 = nn.Sequential(block(self.conv4.out_type, l3, family), block(self.conv4.out_type, l3, family))
         self.scale_norm2 = FieldGroupNorm(self.conv4.out_type)
         self.invariant = family.invariant(self.conv4.out_type)
         # The authors average to a 2x2 grid, which rotations permute: pool to 1x1 instead. Not for
@@ -187,8 +205,9 @@ class EquivariantResNet9(nn.Module):
         return self.classifier(x)
 
 
-def field_counts(spec: GroupSpec, widths: tuple[int, int, int], *, restrict: str = "none",
-                 fix_params: bool = False) -> tuple[int, int, int]:
+def field_counts(
+    spec: GroupSpec, widths: tuple[int, int, int], *, restrict: str = "none", fix_params: bool = False
+) -> tuple[int, int, int]:
     """Field counts per stage: the widths themselves, or the authors' ``fix_params`` scaling.
 
     With fix_params and a halved restriction, the third width is scaled with |G|/2 (authors' code).
@@ -201,9 +220,17 @@ def field_counts(spec: GroupSpec, widths: tuple[int, int, int], *, restrict: str
     return tuple(fields)
 
 
-def build_equivariant_resnet9(*, group: str, widths: tuple[int, int, int], in_channels: int,
-                              num_classes: int, restrict: str = "none", fix_params: bool = False,
-                              basis: str = "authors", weight_standardisation: bool = False) -> nn.Module:
+def build_equivariant_resnet9(
+    *,
+    group: str,
+    widths: tuple[int, int, int],
+    in_channels: int,
+    num_classes: int,
+    restrict: str = "none",
+    fix_params: bool = False,
+    basis: str = "authors",
+    weight_standardisation: bool = False,
+) -> nn.Module:
     """Builds the equivariant ResNet-9 of one symmetry group.
 
     Seeding: escnn's basis construction runs under numpy's global RNG seeded with the constant

@@ -48,8 +48,21 @@ class EquivariantConv2d(nn.Module):
     #: added to the standard deviation, as in the authors' code
     STANDARDISE_EPS = 1e-5
 
-    def __init__(self, in_type: enn.FieldType, out_type: enn.FieldType, kernel_size: int, *,
-                 padding: int = 0, bias: bool = True, standardise: bool = False, **r2conv_kwargs):
+    # reproduce.metrics.compute counts the multiply-adds of the expanded filter as a Conv2d's (a flag, not
+    # an import, so the metrics stay below the models)
+    counts_as_convolution = True
+
+    def __init__(
+        self,
+        in_type: enn.FieldType,
+        out_type: enn.FieldType,
+        kernel_size: int,
+        *,
+        padding: int = 0,
+        bias: bool = True,
+        standardise: bool = False,
+        **r2conv_kwargs,
+    ):
         super().__init__()
         conv = enn.R2Conv(in_type, out_type, kernel_size, padding=padding, bias=bias, **r2conv_kwargs)
         if conv.padding_mode != "zeros":
@@ -97,8 +110,15 @@ class EquivariantConv2d(nn.Module):
         return None if self.bias is None else self.bias_expansion @ self.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(x, self.expand_filter(), self.expand_bias(), stride=self.stride,
-                        padding=self.padding, dilation=self.dilation, groups=self.groups)
+        return F.conv2d(
+            x,
+            self.expand_filter(),
+            self.expand_bias(),
+            stride=self.stride,
+            padding=self.padding,
+            dilation=self.dilation,
+            groups=self.groups,
+        )
 
     def _apply(self, fn, *args, **kwargs):
         # The hidden escnn module's buffers (sampled basis) must follow .to(device) / .double(), but

@@ -17,5 +17,7 @@ def unsplittable_widths(widths) -> list[int]:
     return [w for w in widths if w % group_norm_groups(w)]
 
 
-RULE = (f"the conventional ResNet-9 (group e) normalises w channels in min({GROUP_NORM_GROUPS}, w) GroupNorm "
-        f"groups, so each width must be at most {GROUP_NORM_GROUPS} or a multiple of {GROUP_NORM_GROUPS}")
+RULE = (
+    f"the conventional ResNet-9 (group e) normalises w channels in min({GROUP_NORM_GROUPS}, w) GroupNorm "
+    f"groups, so each width must be at most {GROUP_NORM_GROUPS} or a multiple of {GROUP_NORM_GROUPS}"
+)

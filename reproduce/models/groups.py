@@ -32,6 +32,12 @@ _CACHE_CONFIGURED = False
 _ALLOWED = '"C<N>" or "D<N>" with N >= 1 (e.g. "C4", "D8"), "O2" or "SO2"'
 _PATTERN = re.compile(r"^(C|D)([1-9][0-9]*)$|^(O2|SO2)$")
 
+#: The trivial group: the conventional CNN, which has no escnn group.
+TRIVIAL_GROUP = "e"
+#: Every group a study may name: the trivial one or a parseable group (the study schema's grammar).
+GROUP_PATTERN = re.compile(rf"^{TRIVIAL_GROUP}$|{_PATTERN.pattern}")
+GROUP_HELP = f"{TRIVIAL_GROUP} (conventional CNN), C<N> or D<N> with N >= 1, O2, SO2"
+
 
 @dataclass(frozen=True)
 class GroupSpec:
@@ -60,7 +66,7 @@ class GroupSpec:
             return None
         return self.n if self.kind == "C" else 2 * self.n
 
-    def halved(self) -> tuple[object, "GroupSpec"]:
+    def halved(self) -> tuple[object, GroupSpec]:
         """escnn subgroup id and spec of the half group (C_N -> C_{N/2}, D_N -> D_{N/2}).
 
         Raises:
@@ -92,6 +98,19 @@ def parse_group(group: str) -> GroupSpec:
     if m.group(3):
         return GroupSpec(m.group(3))
     return GroupSpec(m.group(1), int(m.group(2)))
+
+
+def is_group(group: str) -> bool:
+    """Whether a study may name ``group``: ``TRIVIAL_GROUP`` or a string ``parse_group`` accepts."""
+    return isinstance(group, str) and GROUP_PATTERN.match(group) is not None
+
+
+def halvable(group: str) -> bool:
+    """Whether ``restrict="halved"`` applies to ``group`` (``GroupSpec.halved``: C_N or D_N with even N)."""
+    if group == TRIVIAL_GROUP or not is_group(group):
+        return False
+    spec = parse_group(group)
+    return spec.finite and spec.n % 2 == 0
 
 
 def make_gspace(spec: GroupSpec):

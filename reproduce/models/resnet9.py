@@ -12,8 +12,11 @@ from reproduce.models.group_norm import group_norm_groups
 
 
 def _block(c_in: int, c_out: int, *, pool: bool) -> nn.Sequential:
-    layers = [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
-              nn.GroupNorm(group_norm_groups(c_out), c_out), nn.Mish()]
+    layers = [
+        nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
+        nn.GroupNorm(group_norm_groups(c_out), c_out),
+        nn.Mish(),
+    ]
     if pool:
         layers.append(nn.MaxPool2d(2))
     return nn.Sequential(*layers)

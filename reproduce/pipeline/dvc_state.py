@@ -49,19 +49,21 @@ def cell_states(root: Path, dvcfile: Path | str, cell_ids: list[str]) -> dict[st
             by_cell = {s.name.split("@", 1)[1]: s for s in stages if "@" in s.name}
             missing = [c for c in cell_ids if c not in by_cell]
             if missing:
-                raise ReproduceError(f"{dvcfile} has no stage for cell(s) {missing[:5]}: the pipeline does not "
-                                     "match the study (run `reproduce pipeline`)")
+                raise ReproduceError(
+                    f"{dvcfile} has no stage for cell(s) {missing[:5]}: the pipeline does not "
+                    "match the study (run `reproduce pipeline`)"
+                )
             for cell in cell_ids:
                 stage = by_cell[cell]
                 if not stage.changed():
                     out[cell] = "done"
                     continue
                 try:
-                    stage.save_deps()   # in memory: the run-cache key needs the current dependency hashes
+                    stage.save_deps()  # in memory: the run-cache key needs the current dependency hashes
                     repo.stage_cache.restore(stage, dry=True)
                     out[cell] = "cached"
                 except (RunCacheNotFoundError, DvcException, OSError):
-                    pass   # missing dependency and the like: not restorable, so still to run
+                    pass  # missing dependency and the like: not restorable, so still to run
     except DvcException as e:
         raise ReproduceError(f"DVC could not read the pipeline {dvcfile}: {e}") from e
     return out
@@ -70,6 +72,7 @@ def cell_states(root: Path, dvcfile: Path | str, cell_ids: list[str]) -> dict[st
 def cache_dir(root: Path) -> Path:
     """The main repository's DVC cache directory (honouring a ``cache.dir`` it configures)."""
     from dvc.repo import Repo
+
     with Repo(str(root)) as repo:
         return Path(repo.cache.legacy.path).resolve()
 
@@ -77,6 +80,7 @@ def cache_dir(root: Path) -> Path:
 def pycache_ignored(root: Path) -> bool:
     """Whether DVC ignores ``__pycache__`` directories in ``root`` (else bytecode changes code hashes)."""
     from dvc.repo import Repo
+
     with Repo(str(root)) as repo:
         probe = Path(root).resolve() / "reproduce" / "__pycache__"
         return repo.dvcignore.is_ignored_dir(str(probe))

@@ -27,8 +27,17 @@ from reproduce.errors import ReproduceError
 
 SUCCEEDED, FAILED = "succeeded", "failed"
 # How a job may end without a result pickle: still there for MinJobAge after it ended.
-SLURM_PENDING = {"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "RESV_DEL_HOLD",
-                 "RESIZING", "SUSPENDED", "STOPPED"}
+SLURM_PENDING = {
+    "PENDING",
+    "CONFIGURING",
+    "REQUEUED",
+    "REQUEUE_FED",
+    "REQUEUE_HOLD",
+    "RESV_DEL_HOLD",
+    "RESIZING",
+    "SUSPENDED",
+    "STOPPED",
+}
 SLURM_RUNNING = {"RUNNING", "COMPLETING", "STAGE_OUT", "SIGNALING"}
 LOG_TAIL_LINES = 12
 
@@ -51,6 +60,7 @@ def visible_gpus() -> list[str]:
     if listed is not None:
         return [g.strip() for g in listed.split(",") if g.strip() and g.strip() != "-1"]
     import torch
+
     return [str(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
 
 
@@ -73,7 +83,7 @@ class GpuSlots:
         load = {g: 0 for g in self.gpus}
         for g in self.running.values():
             load[g] += 1
-        gpu = min(self.gpus, key=lambda g: load[g])   # ties: the first listed (round robin from empty)
+        gpu = min(self.gpus, key=lambda g: load[g])  # ties: the first listed (round robin from empty)
         self.running[job] = gpu
         return gpu
 
@@ -84,7 +94,7 @@ def run_cell_job(workspace: str, target: str, log: str, threads: int | None = No
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = gpu
     env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
-    env["PYTHONDONTWRITEBYTECODE"] = "1"      # bytecode beside the code would change its DVC hash
+    env["PYTHONDONTWRITEBYTECODE"] = "1"  # bytecode beside the code would change its DVC hash
     for var in ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE"):
         env.pop(var, None)
     cpus = threads or env.get("SLURM_CPUS_PER_TASK") or env.get("SLURM_CPUS_ON_NODE")
@@ -100,8 +110,7 @@ def run_cell_job(workspace: str, target: str, log: str, threads: int | None = No
         where = f" gpu {gpu}" if gpu is not None else ""
         f.write(f"=== {stamp} host {socket.gethostname()}{where} job {job}: cd {workspace} && {shlex.join(cmd[1:])}\n")
         f.flush()
-        proc = subprocess.run(cmd, cwd=workspace, env=env, stdout=f, stderr=subprocess.STDOUT,
-                              stdin=subprocess.DEVNULL)
+        proc = subprocess.run(cmd, cwd=workspace, env=env, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         f.write(f"=== exit {proc.returncode} after {time.time() - start:.1f} s\n")
     if proc.returncode != 0:
         how = f"killed by signal {-proc.returncode}" if proc.returncode < 0 else f"exited with {proc.returncode}"
@@ -114,12 +123,15 @@ def _read_result(result_pickle: Path) -> tuple[str, str] | None:
     if not result_pickle.exists():
         return None
     from submitit.core.utils import pickle_load
+
     try:
         outcome, value = pickle_load(result_pickle)
     except Exception as e:  # noqa: BLE001 - a truncated pickle (node died while writing) is a failure
         return FAILED, f"unreadable job result {result_pickle}: {e}"
     if outcome == "success":
-        return SUCCEEDED, f"{value.get('seconds', 0):.0f} s on {value.get('host', '?')}" if isinstance(value, dict) else ""
+        return SUCCEEDED, f"{value.get('seconds', 0):.0f} s on {value.get('host', '?')}" if isinstance(
+            value, dict
+        ) else ""
     last = [line for line in str(value).strip().splitlines() if line.strip()]
     reason = next((line.split(": ", 1)[1] for line in last if "CellFailed: " in line), last[-1] if last else "error")
     return FAILED, reason
@@ -128,8 +140,9 @@ def _read_result(result_pickle: Path) -> tuple[str, str] | None:
 class Handle:
     """One submitted cell."""
 
-    def __init__(self, cell: str, job_id: str, log: Path, result_pickle: Path | None = None,
-                 job_log: Path | None = None):
+    def __init__(
+        self, cell: str, job_id: str, log: Path, result_pickle: Path | None = None, job_log: Path | None = None
+    ):
         self.cell, self.job_id, self.log = cell, str(job_id), Path(log)
         self.result_pickle, self.job_log = result_pickle, job_log
         self.submitted = time.monotonic()
@@ -142,9 +155,14 @@ class Handle:
         pass
 
     def record(self) -> dict:
-        return {"cell": self.cell, "job_id": self.job_id, "log": str(self.log),
-                "result_pickle": str(self.result_pickle) if self.result_pickle else None,
-                "job_log": str(self.job_log) if self.job_log else None, "gpu": self.gpu}
+        return {
+            "cell": self.cell,
+            "job_id": self.job_id,
+            "log": str(self.log),
+            "result_pickle": str(self.result_pickle) if self.result_pickle else None,
+            "job_log": str(self.job_log) if self.job_log else None,
+            "gpu": self.gpu,
+        }
 
 
 class Backend:
@@ -152,8 +170,8 @@ class Backend:
 
     name = "?"
     limit: int | None = None
-    batch = False   # submit everything at once (a job array) rather than as slots free up
-    detached = False   # jobs outlive this process (a rerun reattaches instead of resubmitting)
+    batch = False  # submit everything at once (a job array) rather than as slots free up
+    detached = False  # jobs outlive this process (a rerun reattaches instead of resubmitting)
 
     def __init__(self, folder: Path):
         self.folder = Path(folder)
@@ -183,7 +201,7 @@ class DebugHandle(Handle):
             # exception() runs the job here, without submitit's post-mortem debugger on failure.
             err = self.job.exception()
             if err is None:
-                res = self.job._submission._result   # noqa: SLF001 - the value exception() computed
+                res = self.job._submission._result  # noqa: SLF001 - the value exception() computed
                 self.outcome = (SUCCEEDED, f"{res['seconds']:.0f} s in-process")
             else:
                 self.outcome = (FAILED, str(err).split(";", 1)[0] + f"; log {self.log}")
@@ -197,11 +215,14 @@ class DebugBackend(Backend):
     def __init__(self, folder):
         super().__init__(folder)
         import submitit
+
         self.executor = submitit.DebugExecutor(folder=str(self.folder / "%j"))
 
     def submit(self, specs):
-        return [DebugHandle(s["cell"], self.executor.submit(run_cell_job, s["workspace"], s["target"], s["log"]),
-                            s["log"]) for s in specs]
+        return [
+            DebugHandle(s["cell"], self.executor.submit(run_cell_job, s["workspace"], s["target"], s["log"]), s["log"])
+            for s in specs
+        ]
 
     def describe(self):
         return "debug (in this process, one cell at a time)"
@@ -217,10 +238,14 @@ class LocalHandle(Handle):
         if self.process is not None:
             return self.process.poll() is None
         import psutil
+
         try:
             p = psutil.Process(int(self.job_id))
-            return p.is_running() and p.status() != psutil.STATUS_ZOMBIE and (
-                self.create_time is None or abs(p.create_time() - self.create_time) < 1)
+            return (
+                p.is_running()
+                and p.status() != psutil.STATUS_ZOMBIE
+                and (self.create_time is None or abs(p.create_time() - self.create_time) < 1)
+            )
         except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError):
             return False
 
@@ -236,6 +261,7 @@ class LocalHandle(Handle):
     def cancel(self):
         if self.process is not None and self.process.poll() is None:
             import signal
+
             self.process.send_signal(signal.SIGINT)
 
     def record(self):
@@ -249,6 +275,7 @@ class LocalBackend(Backend):
     def __init__(self, folder, *, jobs: int | None = None, threads: int | None = None):
         super().__init__(folder)
         import submitit
+
         self.slots = GpuSlots(visible_gpus())
         gpus = len(self.slots.gpus)
         # With GPUs, --jobs is per GPU (small cells share one); without, it is the number of processes.
@@ -262,17 +289,25 @@ class LocalBackend(Backend):
 
     def submit(self, specs):
         import psutil
+
         out = []
         for s in specs:
             self._alive = {k: h for k, h in self._alive.items() if h._alive()}
             gpu = self.slots.take(s["cell"], set(self._alive))
             job = self.executor.submit(run_cell_job, s["workspace"], s["target"], s["log"], self.threads, gpu)
             try:
-                created = psutil.Process(job._process.pid).create_time()   # noqa: SLF001
+                created = psutil.Process(job._process.pid).create_time()  # noqa: SLF001
             except psutil.NoSuchProcess:
                 created = None
-            handle = LocalHandle(s["cell"], job.job_id, s["log"], job.paths.result_pickle, job.paths.stderr,
-                                 process=job._process, create_time=created)   # noqa: SLF001
+            handle = LocalHandle(
+                s["cell"],
+                job.job_id,
+                s["log"],
+                job.paths.result_pickle,
+                job.paths.stderr,
+                process=job._process,
+                create_time=created,
+            )  # noqa: SLF001
             handle.gpu = gpu
             self._alive[s["cell"]] = handle
             out.append(handle)
@@ -281,8 +316,14 @@ class LocalBackend(Backend):
     def reattach(self, record):
         if record.get("executor") != self.name:
             return None
-        h = LocalHandle(record["cell"], record["job_id"], Path(record["log"]), Path(record["result_pickle"]),
-                        Path(record["job_log"]) if record.get("job_log") else None, create_time=record.get("create_time"))
+        h = LocalHandle(
+            record["cell"],
+            record["job_id"],
+            Path(record["log"]),
+            Path(record["result_pickle"]),
+            Path(record["job_log"]) if record.get("job_log") else None,
+            create_time=record.get("create_time"),
+        )
         return h if h._alive() else None
 
     def describe(self):
@@ -315,7 +356,7 @@ def parse_time_minutes(value: str | int | None) -> int | None:
 
 
 class SlurmHandle(Handle):
-    def __init__(self, *args, backend: "SlurmBackend", **kw):
+    def __init__(self, *args, backend: SlurmBackend, **kw):
         super().__init__(*args, **kw)
         self.backend = backend
 
@@ -327,23 +368,29 @@ class SlurmBackend(Backend):
     name = "slurm"
     batch = True
     detached = True
-    GRACE_S = 30   # a job squeue does not list yet (just submitted) counts as pending this long
+    GRACE_S = 30  # a job squeue does not list yet (just submitted) counts as pending this long
 
     def __init__(self, folder, *, jobs: int | None = None, settings: dict | None = None, study: str = "study"):
         super().__init__(folder)
         if not shutil.which("sbatch"):
             raise ReproduceError("--executor slurm needs SLURM's sbatch/squeue on PATH (run on a submit host)")
         import submitit
+
         s = {k: v for k, v in (settings or {}).items() if v not in (None, "", [], {})}
         self.settings = s
         self.limit = jobs
         self.executor = submitit.SlurmExecutor(folder=str(self.folder / "%j"))
-        params = {"job_name": f"reproduce-{study}", "nodes": 1, "ntasks_per_node": 1,
-                  "cpus_per_task": int(s.get("cpus_per_task", 1)), "stderr_to_stdout": True}
+        params = {
+            "job_name": f"reproduce-{study}",
+            "nodes": 1,
+            "ntasks_per_node": 1,
+            "cpus_per_task": int(s.get("cpus_per_task", 1)),
+            "stderr_to_stdout": True,
+        }
         if "time" in s:
             params["time"] = parse_time_minutes(s["time"])
         else:
-            params["time"] = 60 * 24   # submitit's default (5 min) would kill most cells
+            params["time"] = 60 * 24  # submitit's default (5 min) would kill most cells
         for key in ("partition", "mem", "gpus_per_task", "account", "qos", "constraint", "exclude"):
             if key in s:
                 params[key] = s[key]
@@ -358,23 +405,29 @@ class SlurmBackend(Backend):
 
     def _paths(self, job_id: str):
         from submitit.core.utils import JobPaths
+
         return JobPaths(self.folder / "%j", job_id=job_id, task_id=0)
 
     def submit(self, specs):
         with self.executor.batch():
             jobs = [self.executor.submit(run_cell_job, s["workspace"], s["target"], s["log"]) for s in specs]
-        return [SlurmHandle(s["cell"], j.job_id, s["log"], j.paths.result_pickle, j.paths.stdout, backend=self)
-                for s, j in zip(specs, jobs)]
+        return [
+            SlurmHandle(s["cell"], j.job_id, s["log"], j.paths.result_pickle, j.paths.stdout, backend=self)
+            for s, j in zip(specs, jobs)
+        ]
 
     def queue(self, job_ids: list[str]) -> dict[str, str] | None:
         """``{job_id: SLURM state}`` for those squeue still lists; None if squeue failed."""
         if not job_ids:
             return {}
         bases = sorted({j.split("_")[0] for j in job_ids})
-        proc = subprocess.run(["squeue", "--noheader", "--array", "--states=all", f"--jobs={','.join(bases)}",
-                               "--format=%i|%T"], capture_output=True, text=True)
+        proc = subprocess.run(
+            ["squeue", "--noheader", "--array", "--states=all", f"--jobs={','.join(bases)}", "--format=%i|%T"],
+            capture_output=True,
+            text=True,
+        )
         if proc.returncode != 0:
-            if "Invalid job id" in proc.stderr:   # every job already purged from the controller
+            if "Invalid job id" in proc.stderr:  # every job already purged from the controller
                 return {}
             if not self._warned:
                 print(f"warning: squeue failed ({proc.stderr.strip()}); retrying", file=sys.stderr)
@@ -392,7 +445,7 @@ class SlurmBackend(Backend):
         out = {}
         for h in handles:
             if queue is None:
-                out[h.cell] = ("running", "")   # unknown this round; ask again next time
+                out[h.cell] = ("running", "")  # unknown this round; ask again next time
                 continue
             state = queue.get(h.job_id)
             if state in SLURM_PENDING:
@@ -419,8 +472,14 @@ class SlurmBackend(Backend):
         queue = self.queue([record["job_id"]])
         if not queue or queue.get(record["job_id"]) not in SLURM_PENDING | SLURM_RUNNING:
             return None
-        return SlurmHandle(record["cell"], record["job_id"], Path(record["log"]), Path(record["result_pickle"]),
-                           Path(record["job_log"]) if record.get("job_log") else None, backend=self)
+        return SlurmHandle(
+            record["cell"],
+            record["job_id"],
+            Path(record["log"]),
+            Path(record["result_pickle"]),
+            Path(record["job_log"]) if record.get("job_log") else None,
+            backend=self,
+        )
 
     def describe(self):
         extra = ", ".join(f"{k}={v}" for k, v in self.settings.items() if k not in ("setup", "additional_parameters"))

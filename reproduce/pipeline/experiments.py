@@ -62,7 +62,7 @@ def _file_data(data: dict | None, section: str, path: str) -> dict:
 
 
 def _split(key: str) -> tuple[str, str, str, str] | None:
-    """"embedded/C4/val_acc/DP eps=8, no aug" -> (dataset, group, metric, column); None if not so."""
+    """ "embedded/C4/val_acc/DP eps=8, no aug" -> (dataset, group, metric, column); None if not so."""
     parts = key.split("/", 3)
     return (parts[0], parts[1], parts[2], parts[3]) if len(parts) == 4 else None
 
@@ -84,8 +84,9 @@ def _column_order(column: str) -> tuple:
     return eps_key, _derived(column), column
 
 
-def exp_table(shown: list[dict], *, study_file: str, summary_file: str, metric: str = DEFAULT_METRIC,
-              derived: bool = False) -> tuple[list[str], list[list[str]], str]:
+def exp_table(
+    shown: list[dict], *, study_file: str, summary_file: str, metric: str = DEFAULT_METRIC, derived: bool = False
+) -> tuple[list[str], list[list[str]], str]:
     """(header, rows, note) of the readable table: Experiment, Created, the study's params that differ
     between rows, then the summary's numbers of ``metric`` (``"all"``: every metric) in percent, one
     column per group x table column (epsilon and augmentation); the DP gaps and paper deltas too with
@@ -101,8 +102,9 @@ def exp_table(shown: list[dict], *, study_file: str, summary_file: str, metric: 
     keys = [k for k, p in parsed.items() if p and (metric == ALL or p[2] == metric) and (derived or not _derived(p[3]))]
     if not keys and any(numbers):
         found = sorted({p[2] for p in parsed.values() if p})
-        raise ReproduceError(f"{summary_file} has no {metric!r} numbers; it has {', '.join(found)} "
-                             f"(or use --metric {ALL})")
+        raise ReproduceError(
+            f"{summary_file} has no {metric!r} numbers; it has {', '.join(found)} (or use --metric {ALL})"
+        )
     keys.sort(key=lambda k: (*parsed[k][:3], _column_order(parsed[k][3])))
     datasets, metrics_seen = {parsed[k][0] for k in keys}, {parsed[k][2] for k in keys}
     augs = {parsed[k][3].split("/")[0].rsplit(", ", 1)[-1] for k in keys}
@@ -112,19 +114,28 @@ def exp_table(shown: list[dict], *, study_file: str, summary_file: str, metric: 
         dataset, group, m, column = parsed[key]
         if common_aug:
             column = column.replace(f", {common_aug}", "")
-        return " ".join(([dataset] if len(datasets) > 1 else []) + [group] + ([m] if len(metrics_seen) > 1 else [])
-                        + [column])
+        return " ".join(
+            ([dataset] if len(datasets) > 1 else []) + [group] + ([m] if len(metrics_seen) > 1 else []) + [column]
+        )
 
     param_keys = list(dict.fromkeys(k for p in params for k in p))
     changed = [k for k in param_keys if len({json.dumps(p.get(k), sort_keys=True) for p in params}) > 1]
     table = []
     for (label, data), p, n in zip(rows, params, numbers):
         created = (data or {}).get("timestamp") or "-"
-        table.append([label, created.replace("T", " ")[:16], *(_value(p.get(k)) for k in changed),
-                      *(_percent(n.get(k)) for k in keys)])
-    shared = ([f"dataset {next(iter(datasets))}"] if len(datasets) == 1 else []) + \
-             ([f"{next(iter(metrics_seen))} (%)"] if len(metrics_seen) == 1 else ["%"]) + \
-             ([common_aug] if common_aug else [])
+        table.append(
+            [
+                label,
+                created.replace("T", " ")[:16],
+                *(_value(p.get(k)) for k in changed),
+                *(_percent(n.get(k)) for k in keys),
+            ]
+        )
+    shared = (
+        ([f"dataset {next(iter(datasets))}"] if len(datasets) == 1 else [])
+        + ([f"{next(iter(metrics_seen))} (%)"] if len(metrics_seen) == 1 else ["%"])
+        + ([common_aug] if common_aug else [])
+    )
     note = f"{summary_file}: {', '.join(shared)}; params of {study_file} that differ between rows"
     return ["Experiment", "Created", *changed, *map(header, keys)], table, note
 
@@ -143,10 +154,11 @@ def render(header: list[str], rows: list[list[str]], *, markdown: bool = False) 
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows]) + "\n"
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
-    left = {0, 1}   # labels and dates read left to right; numbers and params line up on the right
+    left = {0, 1}  # labels and dates read left to right; numbers and params line up on the right
 
     def line(cells):
         return "  ".join(c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
     return "\n".join([line(header), "  ".join("-" * w for w in widths), *map(line, rows)]) + "\n"
 
 

@@ -22,7 +22,7 @@ class Progress:
         self.state = {c: PENDING for c in cells}
         self.detail: dict[str, str] = {}
         self.stream = stream or sys.stdout
-        self.changes: list[tuple[str, str]] = []   # (cell, state) in order, for tests and summaries
+        self.changes: list[tuple[str, str]] = []  # (cell, state) in order, for tests and summaries
 
     def counts(self) -> dict[str, int]:
         out = {s: 0 for s in STATES}
@@ -32,8 +32,7 @@ class Progress:
 
     def summary(self) -> str:
         c = self.counts()
-        return (f"pending {c[PENDING]}, running {c[RUNNING]}, done {c[DONE]}/{len(self.state)}, "
-                f"failed {c[FAILED]}")
+        return f"pending {c[PENDING]}, running {c[RUNNING]}, done {c[DONE]}/{len(self.state)}, failed {c[FAILED]}"
 
     def print(self, message: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {message}", file=self.stream, flush=True)

@@ -38,17 +38,19 @@ import time
 from pathlib import Path
 from typing import TextIO
 
-
+from reproduce.atomic import write_json_atomic
 from reproduce.errors import ReproduceError
-from reproduce.user_config import SLURM_KEYS, load_user_config  # noqa: F401  (re-exported)
-from reproduce.pipeline.executors import FAILED, SUCCEEDED, Handle, make_backend, parse_time_minutes
-from reproduce.pipeline.progress import DONE, PENDING, RUNNING, Progress
 from reproduce.pipeline.dvc_state import cache_dir, cell_states, pycache_ignored, stage_target
+from reproduce.pipeline.executors import FAILED, SUCCEEDED, Handle, make_backend
+from reproduce.pipeline.progress import DONE, PENDING, RUNNING, Progress
 from reproduce.pipeline.workspace import Workspaces, state_dir
+from reproduce.user_config import SLURM_KEYS, load_user_config  # noqa: F401  (re-exported)
 
 __all__ = ["run_study"]
 
 POLL_S = {"debug": 0.0, "local": 1.0, "slurm": 3.0}
+
+
 class _RunLock:
     """One ``reproduce run`` per study and repository at a time (two would submit the same cells)."""
 
@@ -63,8 +65,9 @@ class _RunLock:
             self.f.seek(0)
             holder = self.f.read().strip()
             self.f.close()
-            raise ReproduceError(f"another `reproduce run` of this study is active ({holder or 'unknown pid'}); "
-                                 f"lock {self.path}") from None
+            raise ReproduceError(
+                f"another `reproduce run` of this study is active ({holder or 'unknown pid'}); lock {self.path}"
+            ) from None
         self.f.seek(0)
         self.f.truncate()
         self.f.write(f"pid {os.getpid()}\n")
@@ -79,6 +82,7 @@ class _RunLock:
 def _ensure_data(study, root: Path, out: TextIO) -> None:
     """Every dataset of the study present in the main workspace (workspaces link to it)."""
     from reproduce.data import prepare_dataset
+
     for name in study.grid.dataset:
         if (root / "data" / name).exists():
             continue
@@ -86,15 +90,17 @@ def _ensure_data(study, root: Path, out: TextIO) -> None:
         prepare_dataset(name, root=root / "data", options=study.data)
 
 
-def _write_record(path: Path, record: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=1))
-    os.replace(tmp, path)
-
-
-def run_study(study, *, study_path: Path | str | None = None, executor: str = "local", jobs: int | None = None,
-              slurm: dict | None = None, root: Path | str = ".", stream: TextIO | None = None,
-              poll_interval: float | None = None) -> int:
+def run_study(
+    study,
+    *,
+    study_path: Path | str | None = None,
+    executor: str = "local",
+    jobs: int | None = None,
+    slurm: dict | None = None,
+    root: Path | str = ".",
+    stream: TextIO | None = None,
+    poll_interval: float | None = None,
+) -> int:
     """Run ``study``'s pending cells with ``executor``; return 0 when every cell is done, else 1.
 
     ``root`` is the repository (the main workspace); ``study_path`` must be the study file its
@@ -109,8 +115,10 @@ def run_study(study, *, study_path: Path | str | None = None, executor: str = "l
         raise ReproduceError(f"{root} is not a DVC repository: run `reproduce run` from the repository root")
     expected = (root / "studies" / f"{study.name}.yaml").resolve()
     if study_path is not None and Path(study_path).resolve() != expected:
-        raise ReproduceError(f"the pipeline of study {study.name!r} reads {expected.relative_to(root)}, not "
-                             f"{study_path}: put the study there (and run `reproduce pipeline`)")
+        raise ReproduceError(
+            f"the pipeline of study {study.name!r} reads {expected.relative_to(root)}, not "
+            f"{study_path}: put the study there (and run `reproduce pipeline`)"
+        )
     dvcfile = pipeline_path(study)
     if not (root / dvcfile).is_file():
         raise ReproduceError(f"{dvcfile} does not exist: run `reproduce pipeline studies/{study.name}.yaml` first")
@@ -123,130 +131,199 @@ def run_study(study, *, study_path: Path | str | None = None, executor: str = "l
         (top / sub / study.name).mkdir(parents=True, exist_ok=True)
 
     with _RunLock(top / f"{study.name}.lock"):
-        return _run(study, root=root, dvcfile=dvcfile, executor=executor, jobs=jobs, settings=settings, out=out,
-                    poll=POLL_S.get(executor, 2.0) if poll_interval is None else poll_interval)
+        return _run(
+            study,
+            root=root,
+            dvcfile=dvcfile,
+            executor=executor,
+            jobs=jobs,
+            settings=settings,
+            out=out,
+            poll=POLL_S.get(executor, 2.0) if poll_interval is None else poll_interval,
+        )
 
 
 def _run(study, *, root, dvcfile, executor, jobs, settings, out, poll) -> int:
-    top = root / ".reproduce"
-    cells = [c.id for c in study.cells()]
-    backend = make_backend(executor, top / "submitit" / study.name, jobs=jobs, slurm=settings, study=study.name)
-    progress = Progress(cells, stream=out)
-    if not pycache_ignored(root):
-        print("warning: .dvcignore does not ignore __pycache__/: Python bytecode next to the code changes the "
-              "hash of the code dependencies, so cells finished in workspaces may not be recognised here. "
-              "Add `__pycache__/` to .dvcignore.", file=out)
-    _ensure_data(study, root, out)
-
-    states = cell_states(root, dvcfile, cells)
-    for cell, s in states.items():
-        if s != "pending":
-            progress.set(cell, DONE, "up to date" if s == "done" else "in the run-cache", quiet=True)
-    todo = [c for c in cells if states[c] == "pending"]
-    progress.print(f"study {study.name}: {len(cells)} cells, {len(cells) - len(todo)} already done, "
-                   f"{len(todo)} to run | executor {backend.describe()}")
+    run = _StudyRun(
+        study,
+        root=root,
+        dvcfile=dvcfile,
+        out=out,
+        backend=make_backend(
+            executor, root / ".reproduce" / "submitit" / study.name, jobs=jobs, slurm=settings, study=study.name
+        ),
+    )
+    todo = run.pending()
     if not todo:
-        progress.print(f"nothing to run: `{_repro_target(dvcfile)}` restores every cell from the "
-                       "cache and renders the table")
         return 0
-
-    records = top / "jobs" / study.name
-    logs = top / "logs" / study.name
-    active: dict[str, Handle] = {}
-    handles: dict[str, Handle] = {}   # every handle of this run, finished ones too
-    # Jobs of an earlier run still going (its submitting process died or was interrupted).
-    if backend.detached:
-        for cell in todo:
-            rec_path = records / f"{cell}.json"
-            if rec_path.exists():
-                try:
-                    rec = json.loads(rec_path.read_text())
-                except json.JSONDecodeError:
-                    continue
-                h = backend.reattach(rec) if rec.get("state") in (PENDING, RUNNING) else None
-                if h is not None:
-                    active[cell] = handles[cell] = h
-                    progress.set(cell, RUNNING, f"job {h.job_id} from an earlier run, log {h.log}")
-
-    queue = [c for c in todo if c not in active]
-    workspaces = Workspaces(root, study.name, cache=cache_dir(root))
-    failures: dict[str, str] = {}
-    start = time.monotonic()
-
-    def spec(cell: str) -> dict:
-        ws = workspaces.prepare(cell, list(study.grid.dataset))
-        return {"cell": cell, "workspace": str(ws), "target": stage_target(dvcfile, cell),
-                "log": str(logs / f"{cell}.log")}
-
-    def submit(batch: list[str]) -> None:
-        specs = [spec(c) for c in batch]
-        for h in backend.submit(specs):
-            active[h.cell] = handles[h.cell] = h
-            state = PENDING if backend.batch else RUNNING
-            _write_record(records / f"{h.cell}.json", {**h.record(), "executor": backend.name, "state": state,
-                                                       "submitted": time.time()})
-            progress.set(h.cell, state, f"job {h.job_id}{_on(h)}, log {_rel(h.log, root)}")
-
+    run.reattach(todo)
+    run.queue = [c for c in todo if c not in run.active]
     try:
-        while queue or active:
-            if queue:
-                if backend.batch:
-                    submit(queue)
-                    queue = []
-                else:
-                    free = (backend.limit or len(queue)) - len(active)
-                    if free > 0:
-                        submit(queue[:free])
-                        queue = queue[free:]
-            for cell, (state, detail) in backend.poll(list(active.values())).items():
-                h = active[cell]
-                if state in (PENDING, RUNNING):
-                    if progress.set(cell, state, detail or f"job {h.job_id}{_on(h)}, log {_rel(h.log, root)}"):
-                        _write_record(records / f"{cell}.json", {**h.record(), "executor": backend.name, "state": state})
-                    continue
-                del active[cell]
-                final = DONE if state == SUCCEEDED else FAILED
-                if final == FAILED:
-                    failures[cell] = detail
-                _write_record(records / f"{cell}.json", {**h.record(), "executor": backend.name, "state": final,
-                                                         "detail": detail})
-                progress.set(cell, final, detail if final == FAILED else f"{detail}{_on(h)}, log {_rel(h.log, root)}")
-            if active and poll:
+        while run.queue or run.active:
+            run.submit_what_fits()
+            run.poll_once()
+            if run.active and poll:
                 time.sleep(poll)
     except KeyboardInterrupt:
-        if backend.detached and backend.name == "slurm":
-            progress.print(f"interrupted: {len(active)} SLURM job(s) keep running "
-                           f"({', '.join(h.job_id for h in active.values())}); rerun `reproduce run` to watch them "
-                           "(finished cells are never resubmitted), or scancel them")
-        else:
-            for h in active.values():
-                h.cancel()
-            progress.print(f"interrupted: cancelled {len(active)} running cell(s); finished cells are in the cache, "
-                           "rerun to run the rest")
+        run.interrupted()
         raise
+    return run.finish()
 
-    # DVC has the last word: a job that "succeeded" without committing its cell is still missing.
-    final = cell_states(root, dvcfile, cells)
-    missing = [c for c in cells if final[c] == "pending"]
-    for cell in missing:
-        if cell not in failures:
-            failures[cell] = "the job ended but DVC's cache has no run of this cell; log " + str(logs / f"{cell}.log")
-            progress.set(cell, FAILED, failures[cell])
-    elapsed = time.monotonic() - start
-    if missing:
-        progress.print(f"{len(cells) - len(missing)}/{len(cells)} cells done, {len(missing)} failed "
-                       f"({elapsed:.0f} s):")
+
+class _StudyRun:
+    """One ``reproduce run`` of a study, phase by phase: what is pending, jobs of an earlier run, submission
+    as the backend has room, polling, and DVC's verdict at the end. Each job's state is recorded in
+    ``.reproduce/jobs/<study>/<cell>.json`` (so a later run watches it again instead of resubmitting)."""
+
+    def __init__(self, study, *, root: Path, dvcfile: Path, out: TextIO, backend):
+        self.study, self.root, self.dvcfile, self.out, self.backend = study, root, dvcfile, out, backend
+        self.cells = [c.id for c in study.cells()]
+        self.progress = Progress(self.cells, stream=out)
+        self.records = root / ".reproduce" / "jobs" / study.name
+        self.logs = root / ".reproduce" / "logs" / study.name
+        self.active: dict[str, Handle] = {}
+        self.handles: dict[str, Handle] = {}  # every handle of this run, finished ones too
+        self.failures: dict[str, str] = {}
+        self.queue: list[str] = []
+        self.start = time.monotonic()
+        self.workspaces = Workspaces(root, study.name, cache=cache_dir(root))
+
+    def pending(self) -> list[str]:
+        """The cells DVC says still have to run (the others are marked done); data prepared first."""
+        if not pycache_ignored(self.root):
+            print(
+                "warning: .dvcignore does not ignore __pycache__/: Python bytecode next to the code changes the "
+                "hash of the code dependencies, so cells finished in workspaces may not be recognised here. "
+                "Add `__pycache__/` to .dvcignore.",
+                file=self.out,
+            )
+        _ensure_data(self.study, self.root, self.out)
+        states = cell_states(self.root, self.dvcfile, self.cells)
+        for cell, s in states.items():
+            if s != "pending":
+                self.progress.set(cell, DONE, "up to date" if s == "done" else "in the run-cache", quiet=True)
+        todo = [c for c in self.cells if states[c] == "pending"]
+        self.progress.print(
+            f"study {self.study.name}: {len(self.cells)} cells, {len(self.cells) - len(todo)} "
+            f"already done, {len(todo)} to run | executor {self.backend.describe()}"
+        )
+        if not todo:
+            self.progress.print(
+                f"nothing to run: `{_repro_target(self.dvcfile)}` restores every cell from the "
+                "cache and renders the table"
+            )
+        return todo
+
+    def reattach(self, todo: list[str]) -> None:
+        """Watch again the jobs of an earlier run that are still going (its submitting process died or was
+        interrupted)."""
+        if not self.backend.detached:
+            return
+        for cell in todo:
+            rec_path = self.records / f"{cell}.json"
+            if not rec_path.exists():
+                continue
+            try:
+                rec = json.loads(rec_path.read_text())
+            except json.JSONDecodeError:
+                continue
+            h = self.backend.reattach(rec) if rec.get("state") in (PENDING, RUNNING) else None
+            if h is not None:
+                self.active[cell] = self.handles[cell] = h
+                self.progress.set(cell, RUNNING, f"job {h.job_id} from an earlier run, log {h.log}")
+
+    def _record(self, cell: str, handle: Handle, **fields) -> None:
+        write_json_atomic(self.records / f"{cell}.json", {**handle.record(), "executor": self.backend.name, **fields})
+
+    def _where(self, h: Handle) -> str:
+        return f"job {h.job_id}{_on(h)}, log {_rel(h.log, self.root)}"
+
+    def submit_what_fits(self) -> None:
+        """Submit the whole queue to a batch backend, else as many cells as the job limit leaves room for."""
+        if not self.queue:
+            return
+        free = len(self.queue) if self.backend.batch else (self.backend.limit or len(self.queue)) - len(self.active)
+        if free <= 0:
+            return
+        batch, self.queue = self.queue[:free], self.queue[free:]
+        specs = [
+            {
+                "cell": c,
+                "workspace": str(self.workspaces.prepare(c, list(self.study.grid.dataset))),
+                "target": stage_target(self.dvcfile, c),
+                "log": str(self.logs / f"{c}.log"),
+            }
+            for c in batch
+        ]
+        for h in self.backend.submit(specs):
+            self.active[h.cell] = self.handles[h.cell] = h
+            state = PENDING if self.backend.batch else RUNNING
+            self._record(h.cell, h, state=state, submitted=time.time())
+            self.progress.set(h.cell, state, self._where(h))
+
+    def poll_once(self) -> None:
+        """One look at every active job: record state changes, retire finished jobs."""
+        for cell, (state, detail) in self.backend.poll(list(self.active.values())).items():
+            h = self.active[cell]
+            if state in (PENDING, RUNNING):
+                if self.progress.set(cell, state, detail or self._where(h)):
+                    self._record(cell, h, state=state)
+                continue
+            del self.active[cell]
+            final = DONE if state == SUCCEEDED else FAILED
+            if final == FAILED:
+                self.failures[cell] = detail
+            self._record(cell, h, state=final, detail=detail)
+            self.progress.set(
+                cell, final, detail if final == FAILED else f"{detail}{_on(h)}, log {_rel(h.log, self.root)}"
+            )
+
+    def interrupted(self) -> None:
+        """Ctrl-C: SLURM jobs keep running (a rerun watches them); local ones are cancelled."""
+        if self.backend.detached and self.backend.name == "slurm":
+            self.progress.print(
+                f"interrupted: {len(self.active)} SLURM job(s) keep running "
+                f"({', '.join(h.job_id for h in self.active.values())}); rerun `reproduce run` to "
+                "watch them (finished cells are never resubmitted), or scancel them"
+            )
+            return
+        for h in self.active.values():
+            h.cancel()
+        self.progress.print(
+            f"interrupted: cancelled {len(self.active)} running cell(s); finished cells are in the "
+            "cache, rerun to run the rest"
+        )
+
+    def finish(self) -> int:
+        """DVC has the last word: a job that "succeeded" without committing its cell is still missing."""
+        final = cell_states(self.root, self.dvcfile, self.cells)
+        missing = [c for c in self.cells if final[c] == "pending"]
         for cell in missing:
-            log = logs / f"{cell}.log"
-            job_log = (handles[cell].job_log if cell in handles else None)
+            if cell not in self.failures:
+                self.failures[cell] = "the job ended but DVC's cache has no run of this cell; log " + str(
+                    self.logs / f"{cell}.log"
+                )
+                self.progress.set(cell, FAILED, self.failures[cell])
+        elapsed = time.monotonic() - self.start
+        n = len(self.cells)
+        if not missing:
+            self.progress.print(
+                f"all {n} cells done ({elapsed:.0f} s): `{_repro_target(self.dvcfile)}` now "
+                "restores them from the cache and renders the table"
+            )
+            return 0
+        self.progress.print(f"{n - len(missing)}/{n} cells done, {len(missing)} failed ({elapsed:.0f} s):")
+        for cell in missing:
+            log = self.logs / f"{cell}.log"
+            job_log = self.handles[cell].job_log if cell in self.handles else None
             if not log.exists() and job_log and Path(job_log).exists():
-                log = Path(job_log)     # the job ended before the cell's own log began: SLURM's/submitit's
-            print(f"  FAILED {cell}: {failures[cell].splitlines()[0]}\n    log: {_rel(log, root)}", file=out)
-        print("rerun the same command to submit only the missing cells", file=out, flush=True)
+                log = Path(job_log)  # the job ended before the cell's own log began: SLURM's/submitit's
+            print(
+                f"  FAILED {cell}: {self.failures[cell].splitlines()[0]}\n    log: {_rel(log, self.root)}",
+                file=self.out,
+            )
+        print("rerun the same command to submit only the missing cells", file=self.out, flush=True)
         return 1
-    progress.print(f"all {len(cells)} cells done ({elapsed:.0f} s): `{_repro_target(dvcfile)}` now restores "
-                   "them from the cache and renders the table")
-    return 0
 
 
 def _on(handle: Handle) -> str:

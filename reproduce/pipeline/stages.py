@@ -77,8 +77,15 @@ def render_pipeline(study: Study, code: dict[str, list[str]] | None = None) -> s
         # so `dvc exp show` shows the study's summary, not every number of every cell.
         # model.pt: the weights the metrics describe (reproduce.training.kept.load_cell_model).
         "outs": [f"{results}/cells/${{key}}/{f}" for f in CELL_OUTPUTS],
-        "plots": [{f"{results}/cells/${{key}}/steps.json": {"x": "step", "y": "l0_update",
-                                                             "title": "l0 gradient sparsity (|g| < 1e-5)"}}],
+        "plots": [
+            {
+                f"{results}/cells/${{key}}/steps.json": {
+                    "x": "step",
+                    "y": "l0_update",
+                    "title": "l0 gradient sparsity (|g| < 1e-5)",
+                }
+            }
+        ],
     }
     # ${key} is the cell id either way: DVC joins matrix values with "-" as Cell.id does (an audited
     # cell's id ends in "audit", which a matrix cannot append: such studies are written out too).
@@ -102,20 +109,25 @@ def render_pipeline(study: Study, code: dict[str, list[str]] | None = None) -> s
         "params": [{path: ["grid"]}, ENVIRONMENT],
         # Tables and summary committed with git; the HTML page and figures in the DVC cache.
         "outs": [{f"{results}/{f}": {"cache": False}} for f in ("table.md", "table.csv", "table.tex")]
-                + [f"reports/{name}"],
+        + [f"reports/{name}"],
         "metrics": [{f"{results}/summary.json": {"cache": False}}],
     }
-    grid = (f"# Grid axes come from {path} (vars + matrix): editing a seed or an epsilon there adds or\n"
-            "# removes exactly those cells; ${key} is the cell id (`reproduce cells`). Shared sections\n"
-            if not _written_out(study) else
-            f"# The cells of {path}'s grid, written out ({'it has dotted axes' if study.grid.axes else 'audited cells'}): "
-            "`reproduce pipeline` after editing\n"
-            "# the grid adds or removes exactly those cells; each key is the cell id (`reproduce cells`). Shared sections\n")
-    header = (f"{GENERATED} from {path} - edit the study, not this file.\n" + grid +
-              f"# ({', '.join(_tracked_sections(study))}) are tracked params: editing one reruns every cell.\n"
-              f"# data/<dataset>: data.dvc (embedded) or its fetch stage in {DATA_PIPELINE}, shared by every study.\n"
-              "# Versioning: each cell's result.json, metrics.json, steps.json, model.pt and reports/ live in the DVC cache\n"
-              "# (dvc push/pull); the tables, summary.json (the one DVC metric) and dvc.lock are committed with git.\n")
+    grid = (
+        f"# Grid axes come from {path} (vars + matrix): editing a seed or an epsilon there adds or\n"
+        "# removes exactly those cells; ${key} is the cell id (`reproduce cells`). Shared sections\n"
+        if not _written_out(study)
+        else f"# The cells of {path}'s grid, written out ({'it has dotted axes' if study.grid.axes else 'audited cells'}): "
+        "`reproduce pipeline` after editing\n"
+        "# the grid adds or removes exactly those cells; each key is the cell id (`reproduce cells`). Shared sections\n"
+    )
+    header = (
+        f"{GENERATED} from {path} - edit the study, not this file.\n"
+        + grid
+        + f"# ({', '.join(_tracked_sections(study))}) are tracked params: editing one reruns every cell.\n"
+        f"# data/<dataset>: data.dvc (embedded) or its fetch stage in {DATA_PIPELINE}, shared by every study.\n"
+        "# Versioning: each cell's result.json, metrics.json, steps.json, model.pt and reports/ live in the DVC cache\n"
+        "# (dvc push/pull); the tables, summary.json (the one DVC metric) and dvc.lock are committed with git.\n"
+    )
     return _dump(header, {"vars": [path if top else f"../../{path}"], "stages": stages})
 
 
@@ -158,7 +170,8 @@ def dataset_users(studies: list[Study]) -> dict[str, list[Study]]:
                 raise ReproduceError(
                     f"{study_file(other)} and {study_file(study)} want different files for {name} in data/{name} "
                     f"({first} vs {version}): the studies share that directory, so give them the same "
-                    f"data.local_files.{name} / data.mirror_sha256.{name} (or none)")
+                    f"data.local_files.{name} / data.mirror_sha256.{name} (or none)"
+                )
             versions.setdefault(key, (version, study))
     return dict(sorted(users.items()))
 
@@ -186,12 +199,14 @@ def render_data_pipeline(studies: list[Study], code: dict[str, list[str]] | None
             "wdir": "..",
             "cmd": f"python -m reproduce fetch {name} --study {' '.join(files)}",
             "deps": [*files, *(code or stage_codes())["fetch"]],
-            "outs": [{f"data/{name}": {"persist": True}}],   # never deleted before a rerun
+            "outs": [{f"data/{name}": {"persist": True}}],  # never deleted before a rerun
         }
-    header = (f"{GENERATED} from every study in {STUDIES_DIR}/ - edit the studies, not this file.\n"
-              "# The data stages of the whole repository: DVC allows one stage per output, so data/<dataset>\n"
-              "# is declared here once and every study's train stages depend on it; `dvc repro` of a study\n"
-              "# runs the fetch stages of its own datasets only. The embedded set is data.dvc.\n")
+    header = (
+        f"{GENERATED} from every study in {STUDIES_DIR}/ - edit the studies, not this file.\n"
+        "# The data stages of the whole repository: DVC allows one stage per output, so data/<dataset>\n"
+        "# is declared here once and every study's train stages depend on it; `dvc repro` of a study\n"
+        "# runs the fetch stages of its own datasets only. The embedded set is data.dvc.\n"
+    )
     return _dump(header, {"stages": stages})
 
 
@@ -219,8 +234,7 @@ def _generated_files(root: Path) -> list[Path]:
 def _plan(root: Path, studies: list[Study]) -> tuple[dict[Path, str], list[Path]]:
     """(files to write: path -> text, generated files to remove)."""
     expected = expected_pipelines(studies, root)
-    write = {p: text for p, text in expected.items()
-             if not (root / p).is_file() or (root / p).read_text() != text}
+    write = {p: text for p, text in expected.items() if not (root / p).is_file() or (root / p).read_text() != text}
     remove = [p for p in _generated_files(root) if p not in expected]
     return write, remove
 
@@ -251,8 +265,9 @@ def write_pipelines(root: Path = Path("."), studies: list[Study] | None = None) 
         (root / p).with_name("dvc.lock").unlink(missing_ok=True)
         if p.parent != Path("pipelines") and not any((root / p.parent).iterdir()):
             (root / p.parent).rmdir()
-        changes.append(f"removed {p} (its study is gone)" if p != DATA_PIPELINE else
-                       f"removed {p} (no study downloads a dataset)")
+        changes.append(
+            f"removed {p} (its study is gone)" if p != DATA_PIPELINE else f"removed {p} (no study downloads a dataset)"
+        )
     return changes
 
 
@@ -271,8 +286,9 @@ def require_in_studies(path: Path | str, study: Study, root: Path = Path(".")) -
     """A study's pipeline reads ``studies/<name>.yaml``: refuse a study file kept anywhere else."""
     expected = (root / STUDIES_DIR / f"{study.name}.yaml").resolve()
     if Path(path).resolve() != expected:
-        raise ReproduceError(f"the pipeline of study {study.name!r} reads {study_file(study)}, not {path}: "
-                             f"copy the study there")
+        raise ReproduceError(
+            f"the pipeline of study {study.name!r} reads {study_file(study)}, not {path}: copy the study there"
+        )
 
 
 # --- Cells without a result: which, and how to get them -------------------------------------------------
@@ -289,12 +305,15 @@ def untrained_cells(study, results_dir: Path) -> list[str]:
 
 def untrained_message(study, cell_ids: list[str], results_dir: Path) -> str:
     """One line: how many cells have no result, the first few ids, and how to train or pull them."""
-    shown = ", ".join(cell_ids[:SHOWN_CELLS]) + (f" and {len(cell_ids) - SHOWN_CELLS} more"
-                                                  if len(cell_ids) > SHOWN_CELLS else "")
+    shown = ", ".join(cell_ids[:SHOWN_CELLS]) + (
+        f" and {len(cell_ids) - SHOWN_CELLS} more" if len(cell_ids) > SHOWN_CELLS else ""
+    )
     path = study_file(study)
-    return (f"{len(cell_ids)} of {len(study.cells())} cells of study {study.name} have no result under "
-            f"{Path(results_dir) / 'cells'} ({shown}): train them with `reproduce run {path}` (one cell: "
-            f"`reproduce train {path} --cell <id>`), or `dvc pull` their results")
+    return (
+        f"{len(cell_ids)} of {len(study.cells())} cells of study {study.name} have no result under "
+        f"{Path(results_dir) / 'cells'} ({shown}): train them with `reproduce run {path}` (one cell: "
+        f"`reproduce train {path} --cell <id>`), or `dvc pull` their results"
+    )
 
 
 # --- Code dependencies: derived from the imports, never listed by hand ---------------------------------
@@ -304,7 +323,7 @@ def untrained_message(study, cell_ids: list[str], results_dir: Path) -> str:
 # the stage, when it reaches them): an over-approximation, never an under-approximation.
 PACKAGE = "reproduce"
 CLI_MODULE = f"{PACKAGE}.cli"
-STAGE_COMMANDS = ("fetch", "train", "attribute", "report")   # the `reproduce` commands DVC stages run
+STAGE_COMMANDS = ("fetch", "train", "attribute", "report")  # the `reproduce` commands DVC stages run
 
 
 def stage_codes(root: Path = Path(".")) -> dict[str, list[str]]:
@@ -324,8 +343,11 @@ def stage_code(command: str, root: Path = Path(".")) -> list[str]:
     """
     modules = import_closure(f"{PACKAGE}.__main__", root=root, scope={CLI_MODULE: {"main", f"cmd_{command}"}})
     paths = {_module_path(m, root).relative_to(root) for m in modules}
-    every = {p.relative_to(root) for p in (root / PACKAGE).rglob("*")
-             if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"}   # bytecode is .dvcignore'd
+    every = {
+        p.relative_to(root)
+        for p in (root / PACKAGE).rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"
+    }  # bytecode is .dvcignore'd
     packages = {p.parent for p in paths}
     data = {f for f in every if f.suffix != ".py" and _package_of(f, root) in packages}
     return _collapse(paths | data, every, Path(PACKAGE))
@@ -365,15 +387,25 @@ def import_closure(entry: str, *, root: Path = Path("."), scope: dict[str, set[s
         seen.add(name)
         path = _module_path(name, root)
         stat = path.stat()
-        todo += [m for m in _module_imports(name, path, stat.st_mtime_ns, stat.st_size,
-                                            frozenset(scope.get(name, ())) if name in scope else None, root)
-                 if m not in seen]
+        todo += [
+            m
+            for m in _module_imports(
+                name,
+                path,
+                stat.st_mtime_ns,
+                stat.st_size,
+                frozenset(scope.get(name, ())) if name in scope else None,
+                root,
+            )
+            if m not in seen
+        ]
     return seen
 
 
-@functools.lru_cache(maxsize=None)
-def _module_imports(name: str, path: Path, mtime_ns: int, size: int, functions: frozenset | None,
-                    root: Path) -> tuple[str, ...]:
+@functools.cache
+def _module_imports(
+    name: str, path: Path, mtime_ns: int, size: int, functions: frozenset | None, root: Path
+) -> tuple[str, ...]:
     """The package's modules that module ``name`` (at ``path``) imports; cached per file version, since
     every study's pipeline asks for the same few closures."""
     tree = ast.parse(path.read_bytes(), filename=str(path))
@@ -394,8 +426,12 @@ def _reached_nodes(tree: ast.Module, functions: set[str] | None) -> list[ast.AST
     while todo:
         for node in ast.walk(todo.pop()):
             nodes.append(node)
-            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in defs \
-                    and node.func.id not in done:
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Name)
+                and node.func.id in defs
+                and node.func.id not in done
+            ):
                 done.add(node.func.id)
                 todo.append(defs[node.func.id])
     return nodes
@@ -407,7 +443,7 @@ def _imported(node: ast.AST, module: str, is_package: bool, root: Path) -> list[
         names = [a.name for a in node.names]
     elif isinstance(node, ast.ImportFrom):
         base = node.module or ""
-        if node.level:   # relative: from . import x / from .y import z
+        if node.level:  # relative: from . import x / from .y import z
             anchor = module.split(".")[: len(module.split(".")) - node.level + (1 if is_package else 0)]
             base = ".".join([*anchor, *([base] if base else [])])
         # `from pkg import name` loads pkg, and pkg.name when that is a module

@@ -54,8 +54,7 @@ def _has_head(root: Path) -> bool:
         return False
     proc = _git(root, "rev-parse", "--verify", "-q", "HEAD", check=False)
     top = _git(root, "rev-parse", "--show-toplevel", check=False)
-    return (proc.returncode == 0 and top.returncode == 0
-            and Path(top.stdout.strip()).resolve() == Path(root).resolve())
+    return proc.returncode == 0 and top.returncode == 0 and Path(top.stdout.strip()).resolve() == Path(root).resolve()
 
 
 def _same(src: Path, dst: Path) -> bool:
@@ -141,9 +140,14 @@ class Workspaces:
                 rel_dir = Path(dirpath).relative_to(self.root)
                 dirs[:] = [d for d in dirs if (rel_dir / d).as_posix() not in SKIP_DIRS and d != "__pycache__"]
                 files += [(rel_dir / n).as_posix() for n in names]
-        self._files = [f for f in files if Path(f).name not in OWN_FILES and (self.root / f).is_file()
-                       and not f.startswith(STATE_DIR + "/")
-                       and not (f.startswith("data/") and f.count("/") >= 2)]   # datasets: linked, not copied
+        self._files = [
+            f
+            for f in files
+            if Path(f).name not in OWN_FILES
+            and (self.root / f).is_file()
+            and not f.startswith(STATE_DIR + "/")
+            and not (f.startswith("data/") and f.count("/") >= 2)
+        ]  # datasets: linked, not copied
 
     # -- one workspace ---------------------------------------------------------------------------
     def prepare(self, cell_id: str, datasets: list[str]) -> Path:
@@ -189,9 +193,11 @@ class Workspaces:
 
     def _configure_dvc(self, ws: Path) -> None:
         (ws / ".dvc").mkdir(exist_ok=True)
-        text = ("# written by `reproduce run`: share the main repository's cache (and run-cache)\n"
-                "[core]\n    no_scm = true\n"
-                f"[cache]\n    dir = {self.cache.as_posix()}\n")
+        text = (
+            "# written by `reproduce run`: share the main repository's cache (and run-cache)\n"
+            "[core]\n    no_scm = true\n"
+            f"[cache]\n    dir = {self.cache.as_posix()}\n"
+        )
         local = ws / ".dvc" / "config.local"
         if not local.exists() or local.read_text() != text:
             local.write_text(text)

@@ -43,10 +43,12 @@ def effective_noise_multiplier(*, gradient_noise_multiplier: float, count_noise_
         The noise multiplier of the equivalent single Gaussian mechanism.
     """
     if not (gradient_noise_multiplier > 0 and count_noise_std > 0):
-        raise ReproduceError("adaptive clipping needs noise on both sums, got "
-                             f"sigma_grad={gradient_noise_multiplier}, sigma_b={count_noise_std}")
+        raise ReproduceError(
+            "adaptive clipping needs noise on both sums, got "
+            f"sigma_grad={gradient_noise_multiplier}, sigma_b={count_noise_std}"
+        )
     count_multiplier = count_noise_std / COUNT_SENSITIVITY
-    return (gradient_noise_multiplier ** -2 + count_multiplier ** -2) ** -0.5
+    return (gradient_noise_multiplier**-2 + count_multiplier**-2) ** -0.5
 
 
 def gradient_noise_multiplier(*, effective_noise_multiplier: float, count_noise_std: float) -> float:
@@ -67,21 +69,23 @@ def gradient_noise_multiplier(*, effective_noise_multiplier: float, count_noise_
         raise ReproduceError(
             f"adaptive clipping: count_noise_std={count_noise_std} is too small for noise multiplier "
             f"{effective_noise_multiplier:.4g}: need 2 * count_noise_std > noise multiplier (Andrew et al., Theorem 1); "
-            "raise count_noise_std (the paper suggests expected batch size / 20)")
-    return (effective_noise_multiplier ** -2 - count_multiplier ** -2) ** -0.5
+            "raise count_noise_std (the paper suggests expected batch size / 20)"
+        )
+    return (effective_noise_multiplier**-2 - count_multiplier**-2) ** -0.5
 
 
 @dataclasses.dataclass(frozen=True)
 class AdaptiveNoise:
     """The two noise levels of adaptive clipping: accounted (``effective``) and applied to the gradient."""
 
-    effective: float   # sigma_eff: what the accountant and the privacy statement see
-    gradient: float    # sigma_grad: the gradient noise is gradient * C
-    count_std: float   # sigma_b: the count noise std
+    effective: float  # sigma_eff: what the accountant and the privacy statement see
+    gradient: float  # sigma_grad: the gradient noise is gradient * C
+    count_std: float  # sigma_b: the count noise std
 
 
-def calibrate_adaptive_noise(*, target_epsilon: float, delta: float, sample_rate: float, steps: int,
-                             accountant: str, count_noise_std: float) -> AdaptiveNoise:
+def calibrate_adaptive_noise(
+    *, target_epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str, count_noise_std: float
+) -> AdaptiveNoise:
     """Noise levels for ``steps`` Poisson steps at ``sample_rate`` with epsilon <= ``target_epsilon``.
 
     Args:
@@ -95,15 +99,25 @@ def calibrate_adaptive_noise(*, target_epsilon: float, delta: float, sample_rate
     Returns:
         sigma_eff (``calibrate_noise`` for the target) and the sigma_grad that realises it.
     """
-    sigma_eff = calibrate_noise(target_epsilon=target_epsilon, delta=delta, sample_rate=sample_rate,
-                                steps=steps, accountant=accountant)
-    return AdaptiveNoise(effective=sigma_eff, count_std=count_noise_std,
-                         gradient=gradient_noise_multiplier(effective_noise_multiplier=sigma_eff,
-                                                            count_noise_std=count_noise_std))
+    sigma_eff = calibrate_noise(
+        target_epsilon=target_epsilon, delta=delta, sample_rate=sample_rate, steps=steps, accountant=accountant
+    )
+    return AdaptiveNoise(
+        effective=sigma_eff,
+        count_std=count_noise_std,
+        gradient=gradient_noise_multiplier(effective_noise_multiplier=sigma_eff, count_noise_std=count_noise_std),
+    )
 
 
-def adaptive_epsilon(*, gradient_noise_multiplier: float, count_noise_std: float, delta: float,
-                     sample_rate: float, steps: int, accountant: str) -> float:
+def adaptive_epsilon(
+    *,
+    gradient_noise_multiplier: float,
+    count_noise_std: float,
+    delta: float,
+    sample_rate: float,
+    steps: int,
+    accountant: str,
+) -> float:
     """Epsilon of ``steps`` adaptive-clipping steps: the accountant at sigma_eff (Theorem 1).
 
     Args:
@@ -117,7 +131,9 @@ def adaptive_epsilon(*, gradient_noise_multiplier: float, count_noise_std: float
     Returns:
         Epsilon.
     """
-    sigma_eff = effective_noise_multiplier(gradient_noise_multiplier=gradient_noise_multiplier,
-                                           count_noise_std=count_noise_std)
-    return epsilon_for(noise_multiplier=sigma_eff, delta=delta, sample_rate=sample_rate, steps=steps,
-                       accountant=accountant)
+    sigma_eff = effective_noise_multiplier(
+        gradient_noise_multiplier=gradient_noise_multiplier, count_noise_std=count_noise_std
+    )
+    return epsilon_for(
+        noise_multiplier=sigma_eff, delta=delta, sample_rate=sample_rate, steps=steps, accountant=accountant
+    )

@@ -39,7 +39,7 @@ of each micro-batch's per-sample gradients and copies of the noise and of the pa
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import torch
 from opacus.optimizers import DPOptimizer
@@ -85,21 +85,39 @@ class ClippingDPOptimizer(DPOptimizer):
         rescale_to_unit_norm: Divide the noised mean by C before the inner optimizer sees it.
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer, *, clipping: ClippingRule, noise_multiplier: float,
-                 max_grad_norm: float, expected_batch_size: int, loss_reduction: str = "mean", generator=None,
-                 secure_mode: bool = False, noise_source: Optional[NoiseSource] = None,
-                 record_diagnostics: bool = False, rescale_to_unit_norm: bool = False):
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        *,
+        clipping: ClippingRule,
+        noise_multiplier: float,
+        max_grad_norm: float,
+        expected_batch_size: int,
+        loss_reduction: str = "mean",
+        generator=None,
+        secure_mode: bool = False,
+        noise_source: NoiseSource | None = None,
+        record_diagnostics: bool = False,
+        rescale_to_unit_norm: bool = False,
+    ):
         if secure_mode and (generator is not None or noise_source is not None):
             raise ReproduceError("secure mode draws its noise from the OS and takes no generator or noise source")
-        super().__init__(optimizer, noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
-                         expected_batch_size=expected_batch_size, loss_reduction=loss_reduction,
-                         generator=generator, secure_mode=False)
+        super().__init__(
+            optimizer,
+            noise_multiplier=noise_multiplier,
+            max_grad_norm=max_grad_norm,
+            expected_batch_size=expected_batch_size,
+            loss_reduction=loss_reduction,
+            generator=generator,
+            secure_mode=False,
+        )
         self.clipping = clipping
         self.secure_mode = secure_mode
         self.rescale_to_unit_norm = rescale_to_unit_norm
-        self.gradient_noise_multiplier  # refuses a count noise too small for the budget, now
+        self.gradient_noise_multiplier  # noqa: B018 - the property refuses a count noise too small for the budget, now
         if noise_source is None and secure_mode:
             from reproduce.privacy.secure_rng import os_gaussian_noise
+
             noise_source = os_gaussian_noise
         self._noise_source = noise_source
         self.record_diagnostics = record_diagnostics
@@ -128,7 +146,7 @@ class ClippingDPOptimizer(DPOptimizer):
     def clip_and_accumulate(self) -> None:
         grad_samples = self.grad_samples
         if len(grad_samples[0]) == 0:
-            norms = torch.zeros((0,), device=grad_samples[0].device)   # an empty Poisson batch
+            norms = torch.zeros((0,), device=grad_samples[0].device)  # an empty Poisson batch
         else:
             per_param = [g.reshape(len(g), -1).norm(2, dim=-1) for g in grad_samples]
             per_param = [n.to(per_param[0].device) for n in per_param]
@@ -176,23 +194,27 @@ class ClippingDPOptimizer(DPOptimizer):
             for p in self.params:
                 p.grad /= self.max_grad_norm
 
-    def pre_step(self, closure: Optional[Callable[[], float]] = None) -> bool:
+    def pre_step(self, closure: Callable[[], float] | None = None) -> bool:
         stepped = super().pre_step(closure)
-        if stepped and self.params:   # (no parameters: opacus steps as a plain optimizer)
+        if stepped and self.params:  # (no parameters: opacus steps as a plain optimizer)
             # The noise just added, per coordinate of the average the inner optimizer sees.
             divisor = self.expected_batch_size * self.accumulated_iterations
             if hasattr(self.original_optimizer, "set_noise_variance"):
                 # (rescaled by 1 / C, the noise's std in the mean is sigma / B)
-                self.original_optimizer.set_noise_variance(dp_noise_variance(
-                    noise_multiplier=self.gradient_noise_multiplier,
-                    max_grad_norm=1.0 if self.rescale_to_unit_norm else self.max_grad_norm,
-                    expected_batch_size=divisor))
+                self.original_optimizer.set_noise_variance(
+                    dp_noise_variance(
+                        noise_multiplier=self.gradient_noise_multiplier,
+                        max_grad_norm=1.0 if self.rescale_to_unit_norm else self.max_grad_norm,
+                        expected_batch_size=divisor,
+                    )
+                )
             self.applied_max_grad_norm = self.max_grad_norm
             self.max_grad_norm = self.clipping.next_max_grad_norm(
-                self.max_grad_norm, count_noise=self._count_noise, expected_batch_size=self.expected_batch_size)
+                self.max_grad_norm, count_noise=self._count_noise, expected_batch_size=self.expected_batch_size
+            )
         return stepped
 
-    def step(self, closure: Optional[Callable[[], float]] = None) -> Optional[float]:
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
         if closure is not None:
             with torch.enable_grad():
                 closure()
@@ -201,13 +223,16 @@ class ClippingDPOptimizer(DPOptimizer):
         acc, self._acc = self._acc, None
         before = [p.detach().clone() for p in self.params] if acc is not None else None
         out = self.original_optimizer.step()
-        self.last_step_record = None    # never a stale record of an earlier step
+        self.last_step_record = None  # never a stale record of an earlier step
         if acc is not None:
             self.last_step_record = StepRecord(
-                norms=torch.cat(acc.norms), unclipped_sum=flatten(acc.unclipped),
-                clipped_sum=flatten([p.summed_grad for p in self.params]), noise=flatten(acc.noise),
+                norms=torch.cat(acc.norms),
+                unclipped_sum=flatten(acc.unclipped),
+                clipped_sum=flatten([p.summed_grad for p in self.params]),
+                noise=flatten(acc.noise),
                 descent=flatten([b - p.detach() for b, p in zip(before, self.params)]),
-                max_grad_norm=self.applied_max_grad_norm)
+                max_grad_norm=self.applied_max_grad_norm,
+            )
         return out
 
     def clipping_state_dict(self) -> dict[str, Any]:
@@ -217,7 +242,8 @@ class ClippingDPOptimizer(DPOptimizer):
     def load_clipping_state_dict(self, state: dict[str, Any]) -> None:
         """Restore ``clipping_state_dict``'s output (refuses another rule's)."""
         if state["rule"] != self.clipping.name:
-            raise ReproduceError(f"checkpoint was written with clipping rule {state['rule']!r}, "
-                                 f"this run uses {self.clipping.name!r}")
+            raise ReproduceError(
+                f"checkpoint was written with clipping rule {state['rule']!r}, this run uses {self.clipping.name!r}"
+            )
         self.max_grad_norm = float(state["max_grad_norm"])
         self.clipping.load_state_dict(state["state"])

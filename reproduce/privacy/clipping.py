@@ -31,17 +31,20 @@ released). ``state_dict``/``load_state_dict`` hold what a checkpoint must keep b
 batches (nothing, at a logical batch's end, for any rule here).
 
 Registry: ``CLIPPING_RULES`` maps a name to its class; ``make_clipping_rule(name, **params)``. The
-rules' parameters are required keywords: their defaults belong to the study schema.
+rules' parameters are required keywords: their defaults belong to the study schema, which reads the names
+and each rule's keywords from this registry (``reproduce.study.choices``). Importing this module does not
+import torch (the rules only call tensor methods), so the schema can.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, ClassVar, TypeVar
-
-import torch
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, TypeVar
 
 from reproduce.errors import ReproduceError
+
+if TYPE_CHECKING:  # annotations only: the study schema imports this registry without torch
+    import torch
 
 # opacus's DPOptimizer: C / (||g|| + 1e-6), so a zero gradient gets a finite factor.
 FLAT_STABILITY = 1e-6
@@ -105,8 +108,9 @@ def automatic_clip_factors(norms: torch.Tensor, max_grad_norm: float, *, gamma: 
     return max_grad_norm / (norms + gamma)
 
 
-def noised_unclipped_fraction(*, unclipped: float, batch_size: int, count_noise: float,
-                              expected_batch_size: float) -> float:
+def noised_unclipped_fraction(
+    *, unclipped: float, batch_size: int, count_noise: float, expected_batch_size: float
+) -> float:
     """Andrew et al.'s b~: the noised share of unclipped samples, centred count over the expected batch size.
 
     ``clamp(((unclipped - batch_size / 2) + count_noise) / B + 1/2, 0, 1)``.
@@ -124,8 +128,9 @@ def noised_unclipped_fraction(*, unclipped: float, batch_size: int, count_noise:
     return min(1.0, max(0.0, centred / expected_batch_size + 0.5))
 
 
-def geometric_clip_update(max_grad_norm: float, *, unclipped_fraction: float, target_quantile: float,
-                          learning_rate: float) -> float:
+def geometric_clip_update(
+    max_grad_norm: float, *, unclipped_fraction: float, target_quantile: float, learning_rate: float
+) -> float:
     """``C * exp(-eta_C * (b~ - gamma))``: grows C while fewer than the target share are unclipped.
 
     Args:
@@ -206,8 +211,10 @@ class AdaptiveQuantileClipping(ClippingRule):
         if not 0 <= target_quantile <= 1:
             raise ReproduceError(f"adaptive clipping: target_quantile must lie in [0, 1], got {target_quantile}")
         if not count_noise_std > 0:
-            raise ReproduceError("adaptive clipping: count_noise_std must be > 0; a count released without "
-                                 f"noise has no privacy guarantee (got {count_noise_std})")
+            raise ReproduceError(
+                "adaptive clipping: count_noise_std must be > 0; a count released without "
+                f"noise has no privacy guarantee (got {count_noise_std})"
+            )
         self.target_quantile = float(target_quantile)
         self.learning_rate = float(learning_rate)
         self.count_noise_std = float(count_noise_std)
@@ -223,11 +230,19 @@ class AdaptiveQuantileClipping(ClippingRule):
         self.batch_size += int(norms.numel())
 
     def next_max_grad_norm(self, max_grad_norm: float, *, count_noise: float, expected_batch_size: float) -> float:
-        fraction = noised_unclipped_fraction(unclipped=self.unclipped, batch_size=self.batch_size,
-                                             count_noise=count_noise, expected_batch_size=expected_batch_size)
+        fraction = noised_unclipped_fraction(
+            unclipped=self.unclipped,
+            batch_size=self.batch_size,
+            count_noise=count_noise,
+            expected_batch_size=expected_batch_size,
+        )
         self.unclipped = self.batch_size = 0
-        return geometric_clip_update(max_grad_norm, unclipped_fraction=fraction,
-                                     target_quantile=self.target_quantile, learning_rate=self.learning_rate)
+        return geometric_clip_update(
+            max_grad_norm,
+            unclipped_fraction=fraction,
+            target_quantile=self.target_quantile,
+            learning_rate=self.learning_rate,
+        )
 
     def state_dict(self) -> dict[str, Any]:
         return {"unclipped": self.unclipped, "batch_size": self.batch_size}

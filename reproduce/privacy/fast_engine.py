@@ -27,7 +27,7 @@ mode with the same rule 1.37-1.64 and 1.28-1.41.
 
 from __future__ import annotations
 
-from typing import Dict, List, NamedTuple, Tuple
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -82,10 +82,10 @@ class OutputGradientEngine:
         # zeroes them afresh each time (reproduce.privacy.heap; process-wide, numbers unchanged).
         keep_freed_memory()
         self.loss_reduction = loss_reduction
-        self.layers: List[Tuple[str, nn.Module]] = [
-            (name, m) for name, m in model.named_modules()
-            if any(p.requires_grad for p in m.parameters(recurse=False))]
-        self._captured: List[Capture] = []
+        self.layers: list[tuple[str, nn.Module]] = [
+            (name, m) for name, m in model.named_modules() if any(p.requires_grad for p in m.parameters(recurse=False))
+        ]
+        self._captured: list[Capture] = []
         self._rows: int | None = None  # the real samples of the batch ``forward`` padded (None: not padded)
         self._handles = [m.register_forward_hook(self._capture(name)) for name, m in self.layers]
 
@@ -94,11 +94,14 @@ class OutputGradientEngine:
             if not (module.training and torch.is_grad_enabled()):
                 return
             if not isinstance(output, torch.Tensor):
-                raise ReproduceError(f"layer '{name}' returns {type(output).__name__}, not a tensor; "
-                                     "the output-gradient engine supports single-tensor layers only")
+                raise ReproduceError(
+                    f"layer '{name}' returns {type(output).__name__}, not a tensor; "
+                    "the output-gradient engine supports single-tensor layers only"
+                )
             if output.requires_grad:
                 x = inputs[0]
                 self._captured.append(Capture(name, module, x.detach(), output, x._version, output._version))
+
         return hook
 
     def forward(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -132,33 +135,39 @@ class OutputGradientEngine:
         ``optimizer.step()`` (gradient accumulation) turns ``p.grad_sample`` into a list.
         """
         captured, self._captured = self._captured, []
-        keep, self._rows = self._rows, None   # the real rows of a batch ``forward`` padded, else None
+        keep, self._rows = self._rows, None  # the real rows of a batch ``forward`` padded, else None
         if not captured:
-            raise ReproduceError("no trainable layer ran in training mode with gradients enabled "
-                                 "since the last backward; call model.train() and run the forward first")
+            raise ReproduceError(
+                "no trainable layer ran in training mode with gradients enabled "
+                "since the last backward; call model.train() and run the forward first"
+            )
         for name, _, x, out, x_version, out_version in captured:
             # The rules read the captured tensors after the whole forward: an in-place change since the
             # layer ran would give silently wrong (e.g. all-zero) per-sample gradients. detach() shares
             # the version counter, so both are checked (autograd would not: no weight gradient is taken).
             for what, t, version in (("input", x, x_version), ("output", out, out_version)):
                 if t._version != version:
-                    raise ReproduceError(f"the {what} of layer '{name}' was modified in place after the layer "
-                                         "ran (e.g. ReLU(inplace=True) or x.add_()); use the out-of-place operation")
+                    raise ReproduceError(
+                        f"the {what} of layer '{name}' was modified in place after the layer "
+                        "ran (e.g. ReLU(inplace=True) or x.add_()); use the out-of-place operation"
+                    )
         # A mean over n samples: the per-sample losses' gradients are n times the loss's. Scaling the
         # loss once (one scalar) replaces opacus's rescaling of every layer's output gradient, a full
         # read and write of every activation-sized gradient (measured ~15% of the conventional model's
         # DP step); layers that saw another batch size keep the per-layer rescaling.
         sizes = {c.input.shape[0] for c in captured}
         if keep is not None and sizes != {padded_rows(keep)}:
-            raise ReproduceError(f"the engine padded a batch of {keep} samples to {padded_rows(keep)} rows, but "
-                                 f"layers saw batches of {sorted(sizes)} rows; a model that changes the batch "
-                                 "dimension cannot be padded: call the model directly, not engine.forward")
+            raise ReproduceError(
+                f"the engine padded a batch of {keep} samples to {padded_rows(keep)} rows, but "
+                f"layers saw batches of {sorted(sizes)} rows; a model that changes the batch "
+                "dimension cannot be padded: call the model directly, not engine.forward"
+            )
         scale_loss = self.loss_reduction == "mean" and len(sizes) == 1 and 0 not in sizes
         if scale_loss:
             loss = loss * (keep or sizes.pop())
         grads = torch.autograd.grad(loss, [c.output for c in captured], allow_unused=True)
-        per_sample: Dict[nn.Parameter, torch.Tensor] = {}
-        for (name, module, x, *_), g in zip(captured, grads):
+        per_sample: dict[nn.Parameter, torch.Tensor] = {}
+        for (_name, module, x, *_), g in zip(captured, grads):
             if g is None:
                 continue  # not on the loss's graph (e.g. an earlier forward without backward), as in opacus
             if x.shape[0] == 0:
@@ -172,7 +181,7 @@ class OutputGradientEngine:
                 result = rule_for(type(module))(module, [x], g.detach())
             for p, gs in result.items():
                 if keep is not None:
-                    gs = gs[:keep]   # the padded rows' (zero) gradients
+                    gs = gs[:keep]  # the padded rows' (zero) gradients
                 # a layer that ran twice (shared weights) contributes the sum of its uses, as in opacus
                 per_sample[p] = per_sample[p] + gs if p in per_sample else gs
         for p, gs in per_sample.items():

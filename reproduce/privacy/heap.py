@@ -26,9 +26,9 @@ import platform
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
 #: blocks up to this size come from the heap, not from a fresh mmap (glibc accepts up to HEAP_MAX/2)
-MMAP_THRESHOLD_BYTES = 256 * 2 ** 20
+MMAP_THRESHOLD_BYTES = 256 * 2**20
 #: free memory at the top of the heap is returned to the OS only beyond this
-TRIM_THRESHOLD_BYTES = 2 ** 30
+TRIM_THRESHOLD_BYTES = 2**30
 
 _applied: bool | None = None
 
@@ -41,8 +41,9 @@ def keep_freed_memory() -> bool:
         if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
             try:
                 libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-                _applied = bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)) and \
-                    bool(libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES))
+                _applied = bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)) and bool(
+                    libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES)
+                )
             except (OSError, AttributeError):
                 _applied = False
     return _applied

@@ -16,34 +16,59 @@ from reproduce.errors import ReproduceError
 
 # Covered by the guarantee, or independent of the training data.
 COVERED = (
-    "cell", "config.*",                                   # the study's configuration
-    "metrics.parameters", "metrics.steps", "metrics.epsilon",  # architecture, calibrated steps, accountant
-    "metrics.train_flops",                                # architecture x steps x expected batch size
-    "metrics.val_*", "metrics.test_*", "metrics.rot*",    # weights evaluated on the val/test splits
-    "metrics_detail.reliability_test*",                   # weights evaluated on the test split
-    "epochs[].epoch", "steps[].step", "steps[].epoch",
-    "steps[].l0_update",                                  # sparsity of the noised update: post-processing
-    "steps[].max_grad_norm",                              # C: fixed, or adaptive from noised counts
-    "provenance.study", "provenance.study_sha256", "provenance.cell", "provenance.seed",
-    "provenance.data.name", "provenance.data.source", "provenance.versions.*",
-    "provenance.device*",                                 # reproduce.device.device_facts (or "cpu")
-    "run.commit", "run.dirty", "run.platform",            # run.json: code and host
-    "weights.*",                                          # model.pt: the final (noised) weights, their checksum
+    "cell",
+    "config.*",  # the study's configuration
+    "metrics.parameters",
+    "metrics.steps",
+    "metrics.epsilon",  # architecture, calibrated steps, accountant
+    "metrics.train_flops",  # architecture x steps x expected batch size
+    "metrics.val_*",
+    "metrics.test_*",
+    "metrics.rot*",  # weights evaluated on the val/test splits
+    "metrics_detail.reliability_test*",  # weights evaluated on the test split
+    "epochs[].epoch",
+    "steps[].step",
+    "steps[].epoch",
+    "steps[].l0_update",  # sparsity of the noised update: post-processing
+    "steps[].max_grad_norm",  # C: fixed, or adaptive from noised counts
+    "provenance.study",
+    "provenance.study_sha256",
+    "provenance.cell",
+    "provenance.seed",
+    "provenance.data.name",
+    "provenance.data.source",
+    "provenance.versions.*",
+    "provenance.device*",  # reproduce.device.device_facts (or "cpu")
+    "run.commit",
+    "run.dirty",
+    "run.platform",  # run.json: code and host
+    "weights.*",  # model.pt: the final (noised) weights, their checksum
 )
 
 # Released without noise: each reads the training data (or the sampled batch sizes) directly.
 UNNOISED = (
-    "metrics.train_loss_last",            # training loss of the last batch; null for an empty batch
-    "metrics.train_gwa_last_epoch",       # gradient-weight alignment of per-sample gradients
-    "run.train_seconds", "run.samples_per_second",  # run.json: depend on the sampled batch sizes
-    "epochs[].loss", "epochs[].gwa", "epochs[].gwa_mean", "epochs[].gwa_excess_kurtosis",
-    "steps[].loss", "steps[].l0_clipped", "steps[].gwa", "steps[].gwa_mean",  # l0_clipped: before noise
+    "metrics.train_loss_last",  # training loss of the last batch; null for an empty batch
+    "metrics.train_gwa_last_epoch",  # gradient-weight alignment of per-sample gradients
+    "run.train_seconds",
+    "run.samples_per_second",  # run.json: depend on the sampled batch sizes
+    "epochs[].loss",
+    "epochs[].gwa",
+    "epochs[].gwa_mean",
+    "epochs[].gwa_excess_kurtosis",
+    "steps[].loss",
+    "steps[].l0_clipped",
+    "steps[].gwa",
+    "steps[].gwa_mean",  # l0_clipped: before noise
     # reproduce.metrics.clipping: per-sample gradient norms, the unclipped and clipped sums before
     # noise, the noise itself, and the update against the unclipped mean gradient.
-    "steps[].share_clipped", "steps[].grad_norm_q*", "steps[].clip_bias_cosine", "steps[].clip_bias_norm_ratio",
-    "steps[].noise_to_signal", "steps[].update_cosine",
-    "provenance.data.sha256",             # checksum of the dataset file, training set included
-    "run.finished_utc",                   # run.json: end time, which moves with the training time
+    "steps[].share_clipped",
+    "steps[].grad_norm_q*",
+    "steps[].clip_bias_cosine",
+    "steps[].clip_bias_norm_ratio",
+    "steps[].noise_to_signal",
+    "steps[].update_cosine",
+    "provenance.data.sha256",  # checksum of the dataset file, training set included
+    "run.finished_utc",  # run.json: end time, which moves with the training time
     # An audited cell's audit (reproduce.audit): its counts read the canaries' inclusion mask, and
     # input canaries' scores are losses on canary records (mislabeled copies of training images).
     "audit.*",
@@ -95,7 +120,9 @@ def unnoised_releases(record: dict) -> list[str]:
     paths = released_paths(record)
     unknown = [p for p in paths if not any(_matches(p, pat) for pat in COVERED + UNNOISED)]
     if unknown:
-        raise ReproduceError(f"result field(s) {unknown} are not classified in reproduce/privacy/released.py: "
-                             "add each to COVERED or UNNOISED so the privacy statement says whether it reads "
-                             "the training data without noise")
+        raise ReproduceError(
+            f"result field(s) {unknown} are not classified in reproduce/privacy/released.py: "
+            "add each to COVERED or UNNOISED so the privacy statement says whether it reads "
+            "the training data without noise"
+        )
     return [pat for pat in UNNOISED if any(_matches(p, pat) for p in paths)]

@@ -36,7 +36,7 @@ def os_uniform(n: int) -> np.ndarray:
     """
     raw = np.frombuffer(os.urandom(8 * n), dtype=np.uint64)
     # The top 53 bits make every double k / 2**53 exactly and equally likely.
-    return (raw >> np.uint64(11)).astype(np.float64) * 2.0 ** -53
+    return (raw >> np.uint64(11)).astype(np.float64) * 2.0**-53
 
 
 def os_standard_normal(n: int) -> np.ndarray:
@@ -50,7 +50,7 @@ def os_standard_normal(n: int) -> np.ndarray:
     """
     m = (n + 1) // 2
     u = os_uniform(2 * m)
-    radius = np.sqrt(-2.0 * np.log1p(-u[:m]))   # 1 - u lies in (0, 1]: the log is finite
+    radius = np.sqrt(-2.0 * np.log1p(-u[:m]))  # 1 - u lies in (0, 1]: the log is finite
     angle = 2.0 * math.pi * u[m:]
     return np.concatenate([radius * np.cos(angle), radius * np.sin(angle)])[:n]
 

@@ -24,8 +24,9 @@ CODE_PATHS = ("reproduce", "studies", "pyproject.toml", "dvc.yaml")
 
 def _git(*args: str) -> str | None:
     try:
-        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10,
-                             cwd=Path(__file__).resolve().parents[2])
+        out = subprocess.run(
+            ["git", *args], capture_output=True, text=True, timeout=10, cwd=Path(__file__).resolve().parents[2]
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip() if out.returncode == 0 else None
@@ -66,13 +67,13 @@ class Provenance:
     seed: int
     data: DataProvenance
     versions: dict[str, str | None]
-    device: dict[str, Any] | str    # reproduce.device.device_facts (a plain "cpu" in older results)
+    device: dict[str, Any] | str  # reproduce.device.device_facts (a plain "cpu" in older results)
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_json(cls, record: dict[str, Any]) -> "Provenance":
+    def from_json(cls, record: dict[str, Any]) -> Provenance:
         return cls(**{**record, "data": DataProvenance(**record["data"])})
 
 
@@ -84,7 +85,7 @@ class RunRecord:
     samples_per_second: float
     finished_utc: str
     commit: str | None
-    dirty: bool | None      # uncommitted edits under CODE_PATHS; None when git could not tell
+    dirty: bool | None  # uncommitted edits under CODE_PATHS; None when git could not tell
     platform: str
 
     def to_json(self) -> dict[str, Any]:
@@ -94,6 +95,9 @@ class RunRecord:
 def run_record(*, seconds: float, seen: int) -> RunRecord:
     """This run's timings (``seen`` samples in ``seconds`` of training) and host facts."""
     return RunRecord(
-        train_seconds=round(seconds, 3), samples_per_second=round(seen / seconds, 1) if seconds else 0.0,
-        finished_utc=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        **git_state(), platform=platform.platform())
+        train_seconds=round(seconds, 3),
+        samples_per_second=round(seen / seconds, 1) if seconds else 0.0,
+        finished_utc=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        **git_state(),
+        platform=platform.platform(),
+    )

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from reproduce.atomic import read_json
-from reproduce.records.audit import AuditRecord
 from reproduce.errors import ReproduceError
+from reproduce.records.audit import AuditRecord
 from reproduce.records.privacy import PrivacyStatement
 from reproduce.records.provenance import Provenance, RunRecord
 
@@ -30,8 +30,15 @@ def quantile_key(level: float) -> str:
 
 
 # The keys of ``reproduce.metrics.clipping.ClippingDiagnostics.as_row`` at the default levels, in its order.
-DIAGNOSTIC_KEYS = ("share_clipped", *(quantile_key(q) for q in NORM_QUANTILES), "clip_bias_cosine",
-                   "clip_bias_norm_ratio", "noise_to_signal", "update_cosine", "max_grad_norm")
+DIAGNOSTIC_KEYS = (
+    "share_clipped",
+    *(quantile_key(q) for q in NORM_QUANTILES),
+    "clip_bias_cosine",
+    "clip_bias_norm_ratio",
+    "noise_to_signal",
+    "update_cosine",
+    "max_grad_norm",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -205,20 +212,31 @@ class CellResult:
 
     def numbers(self) -> dict[str, int | float]:
         """The flat metrics that are numbers (``metrics.json``, for ``dvc metrics``)."""
-        return {k: v for k, v in self.flat_metrics().items()
-                if isinstance(v, (int, float)) and not (isinstance(v, float) and math.isnan(v))}
+        return {
+            k: v
+            for k, v in self.flat_metrics().items()
+            if isinstance(v, (int, float)) and not (isinstance(v, float) and math.isnan(v))
+        }
 
     def to_json(self) -> dict[str, Any]:
         """The ``result.json`` record: deterministic for a seeded cell on one platform (no ``run``)."""
-        detail = {} if self.reliability_test is None else {
-            "reliability_test": [dataclasses.asdict(b) for b in self.reliability_test]}
-        return {"cell": self.cell, "config": self.config, "metrics": self.metrics,
-                "epochs": [e.to_json() for e in self.epochs], "steps": [s.to_json() for s in self.steps],
-                "metrics_detail": detail,
-                "privacy": {**dataclasses.asdict(self.privacy), "statement": self.statement},
-                "provenance": self.provenance.to_json(),
-                **({} if self.weights is None else {"weights": dataclasses.asdict(self.weights)}),
-                **({} if self.audit is None else {"audit": self.audit.to_json()})}
+        detail = (
+            {}
+            if self.reliability_test is None
+            else {"reliability_test": [dataclasses.asdict(b) for b in self.reliability_test]}
+        )
+        return {
+            "cell": self.cell,
+            "config": self.config,
+            "metrics": self.metrics,
+            "epochs": [e.to_json() for e in self.epochs],
+            "steps": [s.to_json() for s in self.steps],
+            "metrics_detail": detail,
+            "privacy": {**dataclasses.asdict(self.privacy), "statement": self.statement},
+            "provenance": self.provenance.to_json(),
+            **({} if self.weights is None else {"weights": dataclasses.asdict(self.weights)}),
+            **({} if self.audit is None else {"audit": self.audit.to_json()}),
+        }
 
     def released(self) -> dict[str, Any]:
         """Everything written without the privacy statement (the run record as ``run``): what the
@@ -240,14 +258,18 @@ class CellResult:
             bins = detail.get("reliability_test")
             weights, audit = record.get("weights"), record.get("audit")
             return cls(
-                cell=record["cell"], config=record["config"], metrics=dict(record["metrics"]),
-                privacy=PrivacyStatement(**privacy), statement=statement,
+                cell=record["cell"],
+                config=record["config"],
+                metrics=dict(record["metrics"]),
+                privacy=PrivacyStatement(**privacy),
+                statement=statement,
                 provenance=Provenance.from_json(record["provenance"]),
                 epochs=tuple(EpochRecord.from_json(e) for e in record.get("epochs", ())),
                 steps=tuple(StepRecord.from_json(s) for s in record.get("steps", ())),
                 reliability_test=None if bins is None else tuple(ReliabilityBin(**b) for b in bins),
                 weights=None if weights is None else KeptWeights(**weights),
-                audit=None if audit is None else AuditRecord.from_json(audit))
+                audit=None if audit is None else AuditRecord.from_json(audit),
+            )
         except KeyError as e:
             raise ReproduceError(f"{where}: not a cell result: no field {e.args[0]!r}") from None
         except TypeError as e:
@@ -256,11 +278,16 @@ class CellResult:
 
 def read_result(path: Path) -> CellResult:
     """The cell result in ``path`` (a ``result.json``); ReproduceError if corrupt or malformed."""
-    record = read_json(path, what="result", remedy="restore it with `dvc checkout` (or `dvc pull`), or delete it "
-                                                    "and retrain the cell (`dvc repro`)")
+    record = read_json(
+        path,
+        what="result",
+        remedy="restore it with `dvc checkout` (or `dvc pull`), or delete it and retrain the cell (`dvc repro`)",
+    )
     if not isinstance(record, dict):
-        raise ReproduceError(f"{path}: not a cell result (a JSON {type(record).__name__}, not an object); "
-                             "delete it and retrain the cell (`dvc repro`)")
+        raise ReproduceError(
+            f"{path}: not a cell result (a JSON {type(record).__name__}, not an object); "
+            "delete it and retrain the cell (`dvc repro`)"
+        )
     return CellResult.from_json(record, where=str(path))
 
 

@@ -31,21 +31,26 @@ from reproduce.study import NON_PRIVATE, Study
 
 SHOWN = 4
 # column name -> key in scores.json (absent keys are left out: object shares exist on the embedded data only)
-SCORES = {"colocation": "rank_correlation/gradcam", "top_k": "top_k_overlap/gradcam",
-          "object_share (Grad-CAM)": "object_share/gradcam", "object_share (guided)": "object_share/guided",
-          "object_area": "object_area", "fir": "fir/mean"}
+SCORES = {
+    "colocation": "rank_correlation/gradcam",
+    "top_k": "top_k_overlap/gradcam",
+    "object_share (Grad-CAM)": "object_share/gradcam",
+    "object_share (guided)": "object_share/guided",
+    "object_area": "object_area",
+    "fir": "fir/mean",
+}
 
 
 @dataclasses.dataclass(frozen=True)
 class ScoreRow:
     dataset: str
     group: str
-    setting: str            # "non-DP" or "DP eps=<e>", with the augmentation multiplicity
+    setting: str  # "non-DP" or "DP eps=<e>", with the augmentation multiplicity
     epsilon: float | int | str
     multiplicity: int
-    n: int                  # seeds with scores
+    n: int  # seeds with scores
     values: dict[str, float | None]
-    axes: tuple = ()        # the dotted grid axes' values (Cell.axes)
+    axes: tuple = ()  # the dotted grid axes' values (Cell.axes)
 
 
 def score_rows(study: Study, scores: dict[str, dict]) -> list[ScoreRow]:
@@ -67,7 +72,9 @@ def summary_entries(rows: list[ScoreRow]) -> dict[str, float]:
     for r in rows:
         for name, v in r.values.items():
             if v is not None:
-                out[f"{r.dataset}/{r.group}/{axes_path(r.axes)}attribution/{name}/{setting_label(r.epsilon, r.multiplicity)}"] = round(v, 6)
+                out[
+                    f"{r.dataset}/{r.group}/{axes_path(r.axes)}attribution/{name}/{setting_label(r.epsilon, r.multiplicity)}"
+                ] = round(v, 6)
     return out
 
 
@@ -80,16 +87,23 @@ def to_markdown(rows: list[ScoreRow]) -> str:
     if not rows:
         return ""
     names = [n for n in SCORES if any(n in r.values for r in rows)]
-    lines = ["## Where the models look (attribution of the final layer)", "",
-             "Means over 4 seeded test images per class, then over seeds (n): colocation = rank correlation of "
-             "the final layer's response with Grad-CAM, top_k = their top-10% overlap, object_share = share of "
-             "the map inside the object (embedded data; object_area is a uniform map's share), fir = mean filter "
-             "norm. See reports/<study>/ for Figure 2.", "",
-             "| dataset | group | setting | n | " + " | ".join(names) + " |",
-             "|---|---|---|---|" + "---|" * len(names)]
+    lines = [
+        "## Where the models look (attribution of the final layer)",
+        "",
+        "Means over 4 seeded test images per class, then over seeds (n): colocation = rank correlation of "
+        "the final layer's response with Grad-CAM, top_k = their top-10% overlap, object_share = share of "
+        "the map inside the object (embedded data; object_area is a uniform map's share), fir = mean filter "
+        "norm. See reports/<study>/ for Figure 2.",
+        "",
+        "| dataset | group | setting | n | " + " | ".join(names) + " |",
+        "|---|---|---|---|" + "---|" * len(names),
+    ]
     for r in rows:
-        lines.append(f"| {r.dataset} | {r.group} | {r.setting} | {r.n} | "
-                     + " | ".join(_fmt(r.values.get(n)) for n in names) + " |")
+        lines.append(
+            f"| {r.dataset} | {r.group} | {r.setting} | {r.n} | "
+            + " | ".join(_fmt(r.values.get(n)) for n in names)
+            + " |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -100,9 +114,13 @@ def panel_columns(study: Study, results: dict, dataset: str, multiplicity: int) 
     settings = ([NON_PRIVATE] if NON_PRIVATE in study.grid.epsilon else []) + ([largest] if dp else [])
 
     def mean_acc(group, eps):
-        vals = [results[c.id].metric("test_acc") for c in study.cells()
-                if (c.dataset, c.group, c.epsilon, c.multiplicity) == (dataset, group, eps, multiplicity)
-                and c.id in results and results[c.id].metric("test_acc") is not None]
+        vals = [
+            results[c.id].metric("test_acc")
+            for c in study.cells()
+            if (c.dataset, c.group, c.epsilon, c.multiplicity) == (dataset, group, eps, multiplicity)
+            and c.id in results
+            and results[c.id].metric("test_acc") is not None
+        ]
         return statistics.fmean(vals) if vals else float("-inf")
 
     equivariant = [g for g in study.grid.group if g != "e"]
@@ -115,12 +133,19 @@ def panel_columns(study: Study, results: dict, dataset: str, multiplicity: int) 
 def draw_figure2(study: Study, results: dict, results_dir: Path, dataset: str, path: Path):
     """Figure 2's panel for ``dataset`` (PNG); None when no shown model has attribution maps."""
     from reproduce.report.figures import FigureFile, _pyplot, _save, group_name
+
     k = study.grid.multiplicity[0]
     seed = study.grid.seed[0]
     columns = []
     for group, eps in panel_columns(study, results, dataset, k):
-        cell = next((c for c in study.cells() if (c.dataset, c.group, c.epsilon, c.multiplicity, c.seed)
-                     == (dataset, group, eps, k, seed)), None)
+        cell = next(
+            (
+                c
+                for c in study.cells()
+                if (c.dataset, c.group, c.epsilon, c.multiplicity, c.seed) == (dataset, group, eps, k, seed)
+            ),
+            None,
+        )
         maps = read_maps(results_dir, cell.id) if cell is not None else None
         if maps is not None:
             columns.append((group, eps, maps))
@@ -136,13 +161,16 @@ def draw_figure2(study: Study, results: dict, results_dir: Path, dataset: str, p
     for row, i in enumerate(first):
         axes[row][0].imshow(images[i])
         axes[row][0].set_ylabel(f"class {int(targets[i])}", fontsize=7)
-        for j, (group, eps, maps) in enumerate(columns):
+        for j, (_group, _eps, maps) in enumerate(columns):
             cam = maps["gradcam"][i]
             guided = np.abs(maps["guided"][i]).max(axis=0)
             axes[row][1 + 2 * j].imshow(cam, cmap="jet", vmin=0, vmax=max(float(cam.max()), 1e-12))
             axes[row][2 + 2 * j].imshow(guided, cmap="gray", vmin=0, vmax=max(float(guided.max()), 1e-12))
-    titles = ["input"] + [f"{name}\n{group_name(g)}, {'non-DP' if e == NON_PRIVATE else f'DP ε={e}'}"
-                          for g, e, _ in columns for name in ("Grad-CAM", "guided BP")]
+    titles = ["input"] + [
+        f"{name}\n{group_name(g)}, {'non-DP' if e == NON_PRIVATE else f'DP ε={e}'}"
+        for g, e, _ in columns
+        for name in ("Grad-CAM", "guided BP")
+    ]
     for j, t in enumerate(titles):
         axes[0][j].set_title(t, fontsize=6)
     for ax in axes.flat:
@@ -150,9 +178,17 @@ def draw_figure2(study: Study, results: dict, results_dir: Path, dataset: str, p
     fig.tight_layout()
     _save(fig, path)
     shown = ", ".join(f"{g} {'non-DP' if e == NON_PRIVATE else f'DP eps={e}'}" for g, e, _ in columns)
-    return FigureFile(path=path, kind="figure2", dataset=dataset, epsilon=columns[-1][1], multiplicity=k,
-                      title=f"Figure 2 — {dataset}: where the models look",
-                      caption=(f"Rows: one seeded test image per class (seed {seed} models). Columns: the input, then "
-                               f"Grad-CAM of the final feature layer (jet) and guided backprop (max |.| over colour "
-                               f"channels) for {shown}; the equivariant group is the one with the best mean DP test "
-                               "accuracy. Each map is scaled to its own maximum."))
+    return FigureFile(
+        path=path,
+        kind="figure2",
+        dataset=dataset,
+        epsilon=columns[-1][1],
+        multiplicity=k,
+        title=f"Figure 2 — {dataset}: where the models look",
+        caption=(
+            f"Rows: one seeded test image per class (seed {seed} models). Columns: the input, then "
+            f"Grad-CAM of the final feature layer (jet) and guided backprop (max |.| over colour "
+            f"channels) for {shown}; the equivariant group is the one with the best mean DP test "
+            "accuracy. Each map is scaled to its own maximum."
+        ),
+    )

@@ -19,10 +19,10 @@ import io
 from pathlib import Path
 
 from reproduce.checks.audit import AuditVerdict, audit_verdicts
-from reproduce.report.grouping import axes_path, seed_groups, setting_label
-from reproduce.report.table import axis_value_label, column_label, summarise, tex_escape
-from reproduce.study import NON_PRIVATE, Study
 from reproduce.records.result import CellResult
+from reproduce.report.grouping import axes_path, seed_groups, setting_label
+from reproduce.report.table import Summary, axis_value_label, column_label, summarise, tex_escape
+from reproduce.study import NON_PRIVATE, Study
 
 VIOLATION = "VIOLATION"
 
@@ -33,9 +33,9 @@ class AuditRow:
 
     dataset: str
     group: str
-    epsilon: float | int | str          # the grid's target epsilon (or "non-private")
+    epsilon: float | int | str  # the grid's target epsilon (or "non-private")
     multiplicity: int
-    axes: tuple                         # the dotted grid axes' values (Cell.axes)
+    axes: tuple  # the dotted grid axes' values (Cell.axes)
     verdicts: tuple[AuditVerdict, ...]
     widths: tuple[int, ...]
     parameters: int | None
@@ -45,12 +45,12 @@ class AuditRow:
         return len(self.verdicts)
 
     @property
-    def accountant(self) -> dict:
+    def accountant(self) -> Summary:
         """``table.summarise`` of the accountant's epsilon over seeds (mean None: non-private)."""
         return summarise([v.epsilon for v in self.verdicts])
 
     @property
-    def bound(self) -> dict:
+    def bound(self) -> Summary:
         """``table.summarise`` of the audit's lower bound over seeds."""
         return summarise([v.record.epsilon_lower for v in self.verdicts])
 
@@ -80,19 +80,31 @@ def audit_rows(study: Study, results: dict[str, CellResult]) -> list[AuditRow]:
         verdicts = audit_verdicts([c.id for c in cells], results)
         if not verdicts:
             continue
-        params = next((results[c.id].metric("parameters") for c in cells
-                       if results[c.id].metric("parameters") is not None), None)
-        rows.append(AuditRow(dataset, group, eps, k, axes, tuple(verdicts), tuple(cells[0].widths),
-                             None if params is None else int(params)))
+        params = next(
+            (results[c.id].metric("parameters") for c in cells if results[c.id].metric("parameters") is not None), None
+        )
+        rows.append(
+            AuditRow(
+                dataset,
+                group,
+                eps,
+                k,
+                axes,
+                tuple(verdicts),
+                tuple(cells[0].widths),
+                None if params is None else int(params),
+            )
+        )
     return rows
 
 
 # ---------------------------------------------------------------- text renderings
 
-def fmt_epsilon(s: dict) -> str:
-    if s["mean"] is None:
+
+def fmt_epsilon(s: Summary) -> str:
+    if s.mean is None:
         return "n/a"
-    return f"{s['mean']:.3f}" + (f" ± {s['std']:.3f}" if s["n"] > 1 else "")
+    return f"{s.mean:.3f}" + (f" ± {s.std:.3f}" if s.n > 1 else "")
 
 
 def verdict_text(row: AuditRow) -> str:
@@ -106,21 +118,26 @@ def violation_lines(rows: list[AuditRow]) -> list[str]:
     bad = [v for r in rows for v in r.verdicts if v.violated]
     if not bad:
         return []
-    return [f"**{VIOLATION}**: in {len(bad)} audited cell(s) the measured epsilon lower bound exceeds the "
-            "accountant's epsilon, so the implementation breaks its privacy guarantee (a sample not clipped, "
-            "noise not added, or a sample rate other than the accounted one); their epsilons must not be "
-            "published: " + "; ".join(f"{v.cell} (bound {v.record.epsilon_lower:.3f} > epsilon {v.epsilon:.3f})"
-                                      for v in bad) + "."]
+    return [
+        f"**{VIOLATION}**: in {len(bad)} audited cell(s) the measured epsilon lower bound exceeds the "
+        "accountant's epsilon, so the implementation breaks its privacy guarantee (a sample not clipped, "
+        "noise not added, or a sample rate other than the accounted one); their epsilons must not be "
+        "published: "
+        + "; ".join(f"{v.cell} (bound {v.record.epsilon_lower:.3f} > epsilon {v.epsilon:.3f})" for v in bad)
+        + "."
+    ]
 
 
 def caption(study: Study) -> str:
     a = study.audit
-    return (f"One-run privacy audit (Steinke, Nasr & Jagielski, NeurIPS 2023): {a.canaries} canaries per cell, each "
-            "in the training set with probability 1/2; the measured epsilon lower bound at "
-            f"{a.confidence:g} confidence (delta {study.privacy.delta:g}) beside the accountant's epsilon, the upper "
-            "bound the run claims; mean ± sample std over seeds. A lower bound above the accountant's epsilon is a "
-            f"{VIOLATION}: the run did not do what its privacy proof assumes. A small bound is no evidence of a "
-            "loose accountant: 'most m can show' is the bound had every guess been right.")
+    return (
+        f"One-run privacy audit (Steinke, Nasr & Jagielski, NeurIPS 2023): {a.canaries} canaries per cell, each "
+        "in the training set with probability 1/2; the measured epsilon lower bound at "
+        f"{a.confidence:g} confidence (delta {study.privacy.delta:g}) beside the accountant's epsilon, the upper "
+        "bound the run claims; mean ± sample std over seeds. A lower bound above the accountant's epsilon is a "
+        f"{VIOLATION}: the run did not do what its privacy proof assumes. A small bound is no evidence of a "
+        "loose accountant: 'most m can show' is the bound had every guess been right."
+    )
 
 
 def to_markdown(study: Study, rows: list[AuditRow]) -> str:
@@ -131,14 +148,19 @@ def to_markdown(study: Study, rows: list[AuditRow]) -> str:
     loud = violation_lines(rows)
     if loud:
         lines += [*loud, ""]
-    lines += ["| dataset | group | setting | canaries | n | accountant ε | audit ε lower bound | most m can show "
-              "| right guesses | verdict |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "| dataset | group | setting | canaries | n | accountant ε | audit ε lower bound | most m can show "
+        "| right guesses | verdict |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         guesses = ", ".join(f"{v.record.correct}/{v.record.guesses}" for v in r.verdicts)
         verdict = verdict_text(r)
-        lines.append(f"| {r.dataset} | {r.group} | {setting_label(r.epsilon, r.multiplicity, r.axes)} | {r.canaries} "
-                     f"| {r.n} | {fmt_epsilon(r.accountant)} | {fmt_epsilon(r.bound)} | {r.bound_max:.3f} | {guesses} "
-                     f"| {f'**{verdict}**' if r.violations else verdict} |")
+        lines.append(
+            f"| {r.dataset} | {r.group} | {setting_label(r.epsilon, r.multiplicity, r.axes)} | {r.canaries} "
+            f"| {r.n} | {fmt_epsilon(r.accountant)} | {fmt_epsilon(r.bound)} | {r.bound_max:.3f} | {guesses} "
+            f"| {f'**{verdict}**' if r.violations else verdict} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -151,13 +173,33 @@ def csv_rows(rows: list[AuditRow], axes: list[str]) -> str:
         widths = "-".join(map(str, r.widths))
         shown = [axis_value_label(dict(r.axes)[a]) if a in dict(r.axes) else "" for a in axes]
         label = column_label(r.epsilon, r.multiplicity)
-        for metric, s in (("epsilon", r.accountant), ("audit_epsilon_lower", r.bound),
-                          ("audit_violations", {"mean": len(r.violations), "std": None, "n": r.n})):
-            if s["mean"] is None:
+        for metric, s in (
+            ("epsilon", r.accountant),
+            ("audit_epsilon_lower", r.bound),
+            ("audit_violations", Summary(mean=float(len(r.violations)), std=None, n=r.n)),
+        ):
+            if s.mean is None:
                 continue
-            w.writerow([r.dataset, r.group, r.parameters, label, metric, f"{s['mean']:.6f}",
-                        "" if s["std"] is None else f"{s['std']:.6f}", s["n"], "audit", r.epsilon, r.multiplicity,
-                        widths, "", "", "", *shown])
+            w.writerow(
+                [
+                    r.dataset,
+                    r.group,
+                    r.parameters,
+                    label,
+                    metric,
+                    f"{s.mean:.6f}",
+                    "" if s.std is None else f"{s.std:.6f}",
+                    s.n,
+                    "audit",
+                    r.epsilon,
+                    r.multiplicity,
+                    widths,
+                    "",
+                    "",
+                    "",
+                    *shown,
+                ]
+            )
     return buf.getvalue()
 
 
@@ -166,9 +208,9 @@ def summary_entries(rows: list[AuditRow]) -> dict[str, float]:
     out = {}
     for r in rows:
         base, setting = f"{r.dataset}/{r.group}/{axes_path(r.axes)}", setting_label(r.epsilon, r.multiplicity)
-        out[f"{base}audit_epsilon_lower/{setting}"] = round(r.bound["mean"], 6)
-        if r.accountant["mean"] is not None:
-            out[f"{base}epsilon/{setting}"] = round(r.accountant["mean"], 6)
+        out[f"{base}audit_epsilon_lower/{setting}"] = round(r.bound.mean, 6)
+        if r.accountant.mean is not None:
+            out[f"{base}epsilon/{setting}"] = round(r.accountant.mean, 6)
         out[f"{base}audit_violations/{setting}"] = len(r.violations)
     return out
 
@@ -178,15 +220,30 @@ def to_latex(study: Study, rows: list[AuditRow]) -> str:
     if not rows:
         return ""
     cap = tex_escape(caption(study)).replace("±", r"$\pm$")
-    out = ["", r"\begin{table}[t]", r"\centering", r"\small", rf"\caption{{{cap}}}",
-           rf"\label{{tab:{study.name}-audit}}", r"\begin{tabular}{lllrrrrl}", r"\toprule",
-           r"Dataset & Group & Setting & $n$ & accountant $\varepsilon$ & audit $\varepsilon$ lower bound & max & verdict \\",
-           r"\midrule"]
+    out = [
+        "",
+        r"\begin{table}[t]",
+        r"\centering",
+        r"\small",
+        rf"\caption{{{cap}}}",
+        rf"\label{{tab:{study.name}-audit}}",
+        r"\begin{tabular}{lllrrrrl}",
+        r"\toprule",
+        r"Dataset & Group & Setting & $n$ & accountant $\varepsilon$ & audit $\varepsilon$ lower bound & max & verdict \\",
+        r"\midrule",
+    ]
     for r in rows:
         verdict = rf"\textbf{{{VIOLATION}}}" if r.violations else tex_escape(verdict_text(r))
-        cells = [tex_escape(r.dataset), tex_escape(r.group), tex_escape(setting_label(r.epsilon, r.multiplicity, r.axes)),
-                 str(r.n), f"${fmt_epsilon(r.accountant)}$".replace("±", r"\pm").replace("$n/a$", "n/a"),
-                 f"${fmt_epsilon(r.bound)}$".replace("±", r"\pm"), f"${r.bound_max:.3f}$", verdict]
+        cells = [
+            tex_escape(r.dataset),
+            tex_escape(r.group),
+            tex_escape(setting_label(r.epsilon, r.multiplicity, r.axes)),
+            str(r.n),
+            f"${fmt_epsilon(r.accountant)}$".replace("±", r"\pm").replace("$n/a$", "n/a"),
+            f"${fmt_epsilon(r.bound)}$".replace("±", r"\pm"),
+            f"${r.bound_max:.3f}$",
+            verdict,
+        ]
         out.append(" & ".join(cells) + r" \\")
     out += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
     return "\n".join(out) + "\n"
@@ -205,6 +262,7 @@ def draw_audit(study: Study, rows: list[AuditRow], dataset: str, path: Path):
     accountant's claim (a point above it is a violation); dashed: the most m canaries can show.
     """
     from reproduce.report.figures import FigureFile, _pyplot, _save, group_colour, group_name
+
     rows = [r for r in rows if r.dataset == dataset]
     if not rows:
         return None
@@ -213,25 +271,43 @@ def draw_audit(study: Study, rows: list[AuditRow], dataset: str, path: Path):
     groups = list(study.grid.group)
     claimed = [v.epsilon for r in rows for v in r.verdicts if v.epsilon is not None]
     top_eps = max(claimed, default=1.0)
-    edge = 1.1 * top_eps                               # the DP part of the x axis ends here
-    control_x = 1.3 * top_eps                          # where the non-private controls stand
+    edge = 1.1 * top_eps  # the DP part of the x axis ends here
+    control_x = 1.3 * top_eps  # where the non-private controls stand
     kinds = list(dict.fromkeys(v.record.kind for r in rows for v in r.verdicts))
     # The controls' x means nothing, so they are spread by group and kind to stay visible; DP points
     # stay at their accountant epsilon exactly (their place against the diagonal is the point).
-    dodge = {(g, k): (i - (len(groups) * len(kinds) - 1) / 2) * 0.03 * top_eps
-             for i, (g, k) in enumerate((g, k) for g in groups for k in kinds)}
+    dodge = {
+        (g, k): (i - (len(groups) * len(kinds) - 1) / 2) * 0.03 * top_eps
+        for i, (g, k) in enumerate((g, k) for g in groups for k in kinds)
+    }
     for r in rows:
         colour = group_colour(r.group, groups)
         for v in r.verdicts:
             x = control_x + dodge[(r.group, v.record.kind)] if v.epsilon is None else v.epsilon
             y = v.record.epsilon_lower
-            ax.plot([x], [y], marker=MARKERS.get(v.record.kind, "^"), linestyle="none", markersize=7,
-                    markerfacecolor=colour if v.epsilon is not None else "white", markeredgecolor=colour)
+            ax.plot(
+                [x],
+                [y],
+                marker=MARKERS.get(v.record.kind, "^"),
+                linestyle="none",
+                markersize=7,
+                markerfacecolor=colour if v.epsilon is not None else "white",
+                markeredgecolor=colour,
+            )
             if v.violated:
-                ax.annotate(VIOLATION, (x, y), textcoords="offset points", xytext=(6, -10), fontsize=8,
-                            color="#b00020", fontweight="bold")
+                ax.annotate(
+                    VIOLATION,
+                    (x, y),
+                    textcoords="offset points",
+                    xytext=(6, -10),
+                    fontsize=8,
+                    color="#b00020",
+                    fontweight="bold",
+                )
     if claimed:
-        ax.plot([0, edge], [0, edge], color="#888888", linestyle="-", linewidth=1, label="the accountant's claim (y = x)")
+        ax.plot(
+            [0, edge], [0, edge], color="#888888", linestyle="-", linewidth=1, label="the accountant's claim (y = x)"
+        )
         ax.axvline(edge, color="#cccccc", linewidth=0.8)
     for m in sorted({r.bound_max for r in rows}):
         ax.axhline(m, color="#555555", linestyle="--", linewidth=1, label=f"most m canaries can show ({m:.2f})")
@@ -239,15 +315,33 @@ def draw_audit(study: Study, rows: list[AuditRow], dataset: str, path: Path):
     if any(v.epsilon is None for r in rows for v in r.verdicts):
         ax.set_xticks(ticks + [control_x], [f"{t:g}" for t in ticks] + ["non-private"])
     ax.set_xlim(0, 1.45 * top_eps)
-    highest = max([edge if claimed else 0.0, *(r.bound_max for r in rows),
-                   *(v.record.epsilon_lower for r in rows for v in r.verdicts)])
+    highest = max(
+        [
+            edge if claimed else 0.0,
+            *(r.bound_max for r in rows),
+            *(v.record.epsilon_lower for r in rows for v in r.verdicts),
+        ]
+    )
     ax.set_ylim(0, 1.08 * highest)
     from matplotlib.lines import Line2D
+
     handles, _ = ax.get_legend_handles_labels()
-    handles += [Line2D([], [], color=group_colour(g, groups), marker="o", linestyle="none", label=group_name(g))
-                for g in dict.fromkeys(r.group for r in rows)]
-    handles += [Line2D([], [], color="#555555", marker=MARKERS.get(k, "^"), markerfacecolor="white", linestyle="none",
-                       label=f"{k} canaries") for k in kinds]
+    handles += [
+        Line2D([], [], color=group_colour(g, groups), marker="o", linestyle="none", label=group_name(g))
+        for g in dict.fromkeys(r.group for r in rows)
+    ]
+    handles += [
+        Line2D(
+            [],
+            [],
+            color="#555555",
+            marker=MARKERS.get(k, "^"),
+            markerfacecolor="white",
+            linestyle="none",
+            label=f"{k} canaries",
+        )
+        for k in kinds
+    ]
     # Outside the axes: the upper left, above the diagonal, is where violations would be.
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0, fontsize=7)
     ax.set_xlabel(f"accountant's epsilon (delta {study.privacy.delta:g})")
@@ -255,13 +349,21 @@ def draw_audit(study: Study, rows: list[AuditRow], dataset: str, path: Path):
     ax.set_title(f"{dataset}: privacy audit, measured vs claimed epsilon")
     fig.subplots_adjust(left=0.09, right=0.72, bottom=0.12, top=0.92)
     _save(fig, path)
-    return FigureFile(path=path, kind="audit", dataset=dataset, epsilon=0, multiplicity=study.grid.multiplicity[0],
-                      title=f"Privacy audit — {dataset}",
-                      caption=("One point per audited cell: x = the accountant's epsilon (the upper bound the run "
-                               "claims; non-private controls, which claim none, at the right), y = the epsilon lower "
-                               f"bound measured from {study.audit.canaries} canaries (Steinke, Nasr & Jagielski 2023). "
-                               "Colour: group (filled: DP, hollow: non-private); marker: canary kind. The grey "
-                               "diagonal is the accountant's claim: a point above it is a VIOLATION, a run that did "
-                               "not do what its privacy proof assumes. Dashed: the most m canaries can show (every "
-                               "guess right), so a bound far below the diagonal says the audit is weak, not that "
-                               "the accountant is loose."))
+    return FigureFile(
+        path=path,
+        kind="audit",
+        dataset=dataset,
+        epsilon=0,
+        multiplicity=study.grid.multiplicity[0],
+        title=f"Privacy audit — {dataset}",
+        caption=(
+            "One point per audited cell: x = the accountant's epsilon (the upper bound the run "
+            "claims; non-private controls, which claim none, at the right), y = the epsilon lower "
+            f"bound measured from {study.audit.canaries} canaries (Steinke, Nasr & Jagielski 2023). "
+            "Colour: group (filled: DP, hollow: non-private); marker: canary kind. The grey "
+            "diagonal is the accountant's claim: a point above it is a VIOLATION, a run that did "
+            "not do what its privacy proof assumes. Dashed: the most m canaries can show (every "
+            "guess right), so a bound far below the diagonal says the audit is weak, not that "
+            "the accountant is loose."
+        ),
+    )

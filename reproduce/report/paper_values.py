@@ -22,18 +22,20 @@ PUBLISHED_DIR = Path(__file__).resolve().parent / "published"
 
 @dataclasses.dataclass(frozen=True)
 class PublishedTable:
-    key: str                      # file stem, e.g. "bridging_the_gap"
+    key: str  # file stem, e.g. "bridging_the_gap"
     citation: str
     url: str | None
-    metric: str                   # our metric the paper's numbers correspond to (e.g. "val_acc")
-    scale: float                  # paper value = scale * our value (100: percent)
+    metric: str  # our metric the paper's numbers correspond to (e.g. "val_acc")
+    scale: float  # paper value = scale * our value (100: percent)
     epsilon: float
     delta: float
     widths: tuple[int, ...] | None
-    values: dict                  # (dataset, group, private, augmented) -> paper value (paper units)
+    values: dict  # (dataset, group, private, augmented) -> paper value (paper units)
     claims: tuple[str, ...] = ()
 
-    def lookup(self, dataset: str, group: str, epsilon, multiplicity: int, *, delta: float | None = None) -> float | None:
+    def lookup(
+        self, dataset: str, group: str, epsilon, multiplicity: int, *, delta: float | None = None
+    ) -> float | None:
         """The paper's number for a cell, or None where the paper has none comparable."""
         private = epsilon != NON_PRIVATE
         if private:
@@ -49,15 +51,21 @@ class PublishedTable:
         if self.widths is not None:
             differ = sorted({g for g in study.grid.group if tuple(study.model.widths_for(g)) != self.widths})
             if differ:
-                out.append(f"model widths of {', '.join(differ)} differ from the paper's "
-                           f"{'-'.join(map(str, self.widths))} layout")
+                out.append(
+                    f"model widths of {', '.join(differ)} differ from the paper's "
+                    f"{'-'.join(map(str, self.widths))} layout"
+                )
         dp_eps = [e for e in study.grid.epsilon if e != NON_PRIVATE]
         other = [e for e in dp_eps if not math.isclose(float(e), self.epsilon, rel_tol=0, abs_tol=1e-9)]
         if other:
-            out.append(f"DP columns at epsilon {', '.join(f'{float(e):g}' for e in other)} have no published "
-                       f"counterpart (paper: epsilon {self.epsilon:g})")
+            out.append(
+                f"DP columns at epsilon {', '.join(f'{float(e):g}' for e in other)} have no published "
+                f"counterpart (paper: epsilon {self.epsilon:g})"
+            )
         if dp_eps and not math.isclose(study.privacy.delta, self.delta, rel_tol=1e-9):
-            out.append(f"delta {study.privacy.delta:g} differs from the paper's {self.delta:g}: DP columns not compared")
+            out.append(
+                f"delta {study.privacy.delta:g} differs from the paper's {self.delta:g}: DP columns not compared"
+            )
         return out
 
 
@@ -70,19 +78,27 @@ def _parse(path: Path) -> PublishedTable:
             for priv_key, private in (("non_dp", False), ("dp", True)):
                 row = blocks[aug_key][priv_key]
                 if len(row) != len(groups):
-                    raise ValueError(f"{path}: {dataset}.{aug_key}.{priv_key} has {len(row)} values for {len(groups)} groups")
+                    raise ValueError(
+                        f"{path}: {dataset}.{aug_key}.{priv_key} has {len(row)} values for {len(groups)} groups"
+                    )
                 for group, value in zip(groups, row):
                     values[(dataset, group, private, augmented)] = float(value)
     compare = doc.get("compare", {})
     return PublishedTable(
-        key=path.stem, citation=" ".join(str(doc["citation"]).split()), url=doc.get("url"),
-        metric=compare.get("metric", "val_acc"), scale=float(compare.get("scale", 100)),
-        epsilon=float(doc["privacy"]["epsilon"]), delta=float(doc["privacy"]["delta"]),
-        widths=tuple(doc["widths"]) if doc.get("widths") else None, values=values,
-        claims=tuple(doc.get("claims", ())))
+        key=path.stem,
+        citation=" ".join(str(doc["citation"]).split()),
+        url=doc.get("url"),
+        metric=compare.get("metric", "val_acc"),
+        scale=float(compare.get("scale", 100)),
+        epsilon=float(doc["privacy"]["epsilon"]),
+        delta=float(doc["privacy"]["delta"]),
+        widths=tuple(doc["widths"]) if doc.get("widths") else None,
+        values=values,
+        claims=tuple(doc.get("claims", ())),
+    )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_published(key: str = "bridging_the_gap") -> PublishedTable:
     return _parse(PUBLISHED_DIR / f"{key}.yaml")
 
@@ -95,8 +111,10 @@ def published_for(study: Study) -> PublishedTable | None:
     """The published table with the most cells comparable to the study's (None if no cell matches)."""
     best, best_n = None, 0
     for table in published_tables():
-        n = sum(table.lookup(c.dataset, c.group, c.epsilon, c.multiplicity, delta=study.privacy.delta) is not None
-                for c in study.cells())
+        n = sum(
+            table.lookup(c.dataset, c.group, c.epsilon, c.multiplicity, delta=study.privacy.delta) is not None
+            for c in study.cells()
+        )
         if n > best_n:
             best, best_n = table, n
     return best

@@ -25,11 +25,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from reproduce.audit import (GradientCanaries, InputCanaries, inclusion_mask, input_canaries, loss_scores,
-                             max_epsilon_lower_bound, one_run_audit, parameter_vector, with_included_canaries)
+from reproduce.audit import (
+    GradientCanaries,
+    InputCanaries,
+    inclusion_mask,
+    input_canaries,
+    loss_scores,
+    max_epsilon_lower_bound,
+    one_run_audit,
+    parameter_vector,
+    with_included_canaries,
+)
 from reproduce.audit.bounds import OneRunAudit
-from reproduce.records.audit import AuditRecord
 from reproduce.errors import ReproduceError
+from reproduce.records.audit import AuditRecord
 from reproduce.study import AuditConfig, Cell
 from reproduce.training.task import multi_label, to_targets, to_tensor
 
@@ -85,8 +94,9 @@ class CellAudit:
     delta: float
 
     @classmethod
-    def prepare(cls, cell: Cell, images: np.ndarray, labels: np.ndarray, *, task: str, num_classes: int,
-                num_params: int) -> CellAudit:
+    def prepare(
+        cls, cell: Cell, images: np.ndarray, labels: np.ndarray, *, task: str, num_classes: int, num_params: int
+    ) -> CellAudit:
         """The canaries of ``cell`` (seeded by its seed) for the real training records ``images``,
         ``labels`` and a model of ``num_params`` trainable parameters."""
         config = cell.study.audit
@@ -95,18 +105,19 @@ class CellAudit:
             included = inclusion_mask(m, seed=cell.seed)
             if config.kind == "input":
                 if multi_label(task):
-                    raise ValueError(f"input canaries need a single-label task; {cell.dataset} is {task}: "
-                                     "use audit.kind: gradient")
-                made = input_canaries(config.input_canary, images, labels, m=m, num_classes=num_classes,
-                                      seed=cell.seed)
+                    raise ValueError(
+                        f"input canaries need a single-label task; {cell.dataset} is {task}: use audit.kind: gradient"
+                    )
+                made = input_canaries(config.input_canary, images, labels, m=m, num_classes=num_classes, seed=cell.seed)
                 return cls(config, included, made, None, cell.study.privacy.delta)
             made = GradientCanaries(m=m, num_params=num_params, seed=cell.seed, kind=config.gradient_canary)
         except ValueError as e:
             raise ReproduceError(f"cell {cell.id}: cannot audit: {e} (the study's audit section)") from None
         return cls(config, included, None, made, cell.study.privacy.delta)
 
-    def training_arrays(self, images: np.ndarray, labels: np.ndarray
-                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    def training_arrays(
+        self, images: np.ndarray, labels: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """(images, labels, canary ids or None): the audited run's training records.
 
         Input canaries: the real records then the included canaries. Gradient canaries: the real
@@ -118,8 +129,11 @@ class CellAudit:
             return images, labels, None
         k = int(self.included.sum())
         ids = np.concatenate([np.full(len(images), -1, dtype=np.int64), np.flatnonzero(self.included)])
-        return (np.concatenate([images, np.zeros((k, *images.shape[1:]), dtype=images.dtype)]),
-                np.concatenate([labels, np.zeros((k, *labels.shape[1:]), dtype=labels.dtype)]), ids)
+        return (
+            np.concatenate([images, np.zeros((k, *images.shape[1:]), dtype=images.dtype)]),
+            np.concatenate([labels, np.zeros((k, *labels.shape[1:]), dtype=labels.dtype)]),
+            ids,
+        )
 
     def gradients(self, params: list[torch.nn.Parameter]) -> CanaryGradients | None:
         """The trainer's gradient-canary feed (None for input canaries)."""
@@ -135,8 +149,13 @@ class CellAudit:
 
     def record(self, scores: np.ndarray) -> AuditRecord:
         """The audit of the run: the best bound over the study's guess candidates."""
-        audit = one_run_audit(scores, self.included, guess_counts=self.config.guess_counts(), delta=self.delta,
-                              confidence=self.config.confidence)
+        audit = one_run_audit(
+            scores,
+            self.included,
+            guess_counts=self.config.guess_counts(),
+            delta=self.delta,
+            confidence=self.config.confidence,
+        )
         kind = self.config.kind
         canary = self.config.input_canary if kind == "input" else self.config.gradient_canary
         return audit_record(audit, kind=kind, canary=canary)
@@ -144,11 +163,21 @@ class CellAudit:
 
 def audit_record(audit: OneRunAudit, *, kind: str, canary: str) -> AuditRecord:
     """The record a cell writes of ``audit`` (``reproduce.audit.bounds.one_run_audit``'s result)."""
-    return AuditRecord(kind=kind, canary=canary, canaries=audit.m, included=audit.included, guesses=audit.r,
-                       correct=audit.c, k_pos=audit.k_pos, k_neg=audit.k_neg, candidates=audit.candidates,
-                       confidence=audit.confidence, delta=audit.delta, epsilon_lower=audit.epsilon_lower_bound,
-                       epsilon_lower_max=max_epsilon_lower_bound(m=audit.m, delta=audit.delta,
-                                                                 confidence=audit.confidence))
+    return AuditRecord(
+        kind=kind,
+        canary=canary,
+        canaries=audit.m,
+        included=audit.included,
+        guesses=audit.r,
+        correct=audit.c,
+        k_pos=audit.k_pos,
+        k_neg=audit.k_neg,
+        candidates=audit.candidates,
+        confidence=audit.confidence,
+        delta=audit.delta,
+        epsilon_lower=audit.epsilon_lower_bound,
+        epsilon_lower_max=max_epsilon_lower_bound(m=audit.m, delta=audit.delta, confidence=audit.confidence),
+    )
 
 
 @torch.no_grad()
@@ -157,7 +186,9 @@ def _losses(model: torch.nn.Module, canaries: InputCanaries, *, task: str, batch
     model.eval()
     device = next(model.parameters()).device
     x, y = to_tensor(canaries.images), to_targets(canaries.labels, task)
-    out = [F.cross_entropy(model(x[i:i + batch_size].to(device)), y[i:i + batch_size].to(device), reduction="none")
-           for i in range(0, len(x), batch_size)]
+    out = [
+        F.cross_entropy(model(x[i : i + batch_size].to(device)), y[i : i + batch_size].to(device), reduction="none")
+        for i in range(0, len(x), batch_size)
+    ]
     model.train()
     return torch.cat(out).cpu().numpy().astype(np.float64)

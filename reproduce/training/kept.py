@@ -15,9 +15,9 @@ from torch import nn
 from reproduce.data import dataset_source
 from reproduce.errors import ReproduceError
 from reproduce.models import build_cell_model
-from reproduce.training.weights import load_weights
-from reproduce.study import Cell
 from reproduce.records.result import CellResult, read_result
+from reproduce.study import Cell
+from reproduce.training.weights import load_weights
 
 
 def cell_dir(cell: Cell, results_root: Path | str = "results") -> Path:
@@ -25,8 +25,9 @@ def cell_dir(cell: Cell, results_root: Path | str = "results") -> Path:
     return Path(results_root) / cell.study.name / "cells" / cell.id
 
 
-def load_cell_model(cell: Cell, *, results_dir: Path | str | None = None,
-                    result: CellResult | None = None) -> nn.Module:
+def load_cell_model(
+    cell: Cell, *, results_dir: Path | str | None = None, result: CellResult | None = None
+) -> nn.Module:
     """The trained model of ``cell`` in eval mode, on the CPU, its weights' checksum verified.
 
     Args:
@@ -45,8 +46,10 @@ def load_cell_model(cell: Cell, *, results_dir: Path | str | None = None,
             raise ReproduceError(f"{path}: cell {cell.id} has no result; run `dvc repro` (or `dvc pull`) first")
         result = read_result(path)
     if result.weights is None:
-        raise ReproduceError(f"{directory}/result.json: written before trained weights were kept; "
-                             f"rerun the cell (`dvc repro -f` its train stage)")
+        raise ReproduceError(
+            f"{directory}/result.json: written before trained weights were kept; "
+            f"rerun the cell (`dvc repro -f` its train stage)"
+        )
     info = dataset_source(cell.dataset).info(cell.study.data.size)
     model = build_cell_model(cell, in_channels=info.n_channels, num_classes=info.num_classes)
     load_weights(model, directory / result.weights.file, sha256=result.weights.sha256, restore=how_to_restore(cell))
@@ -56,5 +59,8 @@ def load_cell_model(cell: Cell, *, results_dir: Path | str | None = None,
 def how_to_restore(cell: Cell) -> str:
     """The commands that bring back a cell's outputs: from DVC's cache or remote, else by retraining it."""
     from reproduce.study.files import pipeline_path, study_file
-    return (f"`dvc pull` it, or retrain the cell: `reproduce train {study_file(cell.study)} --cell {cell.id}` "
-            f"(in the pipeline: `dvc repro {pipeline_path(cell.study).as_posix()}:train@{cell.id}`)")
+
+    return (
+        f"`dvc pull` it, or retrain the cell: `reproduce train {study_file(cell.study)} --cell {cell.id}` "
+        f"(in the pipeline: `dvc repro {pipeline_path(cell.study).as_posix()}:train@{cell.id}`)"
+    )

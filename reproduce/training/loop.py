@@ -15,8 +15,8 @@ from typing import Callable
 import torch
 
 from reproduce.errors import ReproduceError
-from reproduce.training.progress import Progress
 from reproduce.records.result import EpochRecord, StepRecord
+from reproduce.training.progress import Progress
 from reproduce.training.state import TrainingState
 from reproduce.training.tracker import StepTracker, finite
 from reproduce.training.trainer import Trainer
@@ -33,9 +33,18 @@ class TrainingRun:
     step_records: tuple[StepRecord, ...]
 
 
-def train(trainer: Trainer, *, model: torch.nn.Module, tracker: StepTracker, ema, key: str, label: str,
-          resume: TrainingState | None = None, save: Callable[[TrainingState], None] | None = None,
-          progress: bool = True) -> TrainingRun:
+def train(
+    trainer: Trainer,
+    *,
+    model: torch.nn.Module,
+    tracker: StepTracker,
+    ema,
+    key: str,
+    label: str,
+    resume: TrainingState | None = None,
+    save: Callable[[TrainingState], None] | None = None,
+    progress: bool = True,
+) -> TrainingRun:
     """Run ``trainer`` for its steps, from ``resume`` (restored here) or from the start.
 
     Args:
@@ -65,8 +74,10 @@ def train(trainer: Trainer, *, model: torch.nn.Module, tracker: StepTracker, ema
                 loss, targets = trainer.forward_backward(x, y)
                 # An empty Poisson batch has a NaN mean loss but is a valid noise-only DP step.
                 if len(x) and not torch.isfinite(loss):
-                    raise ReproduceError(f"cell {label}: training diverged (loss {loss.item()}) at step {step + 1}, "
-                                         f"epoch {epoch}; lower the learning rate in the study's training.optimizer")
+                    raise ReproduceError(
+                        f"cell {label}: training diverged (loss {loss.item()}) at step {step + 1}, "
+                        f"epoch {epoch}; lower the learning rate in the study's training.optimizer"
+                    )
                 tracker.record_batch(targets)
                 seen += len(x)
                 if not trainer.step():
@@ -74,14 +85,31 @@ def train(trainer: Trainer, *, model: torch.nn.Module, tracker: StepTracker, ema
                 step += 1
                 if ema is not None:
                     ema.update()
-                tracker.after_step(step, epoch, loss, clipped=trainer.clipped_update,
-                                   diagnostics=trainer.step_diagnostics)
-                trainer.record_next_step(tracker.due(step + 1))   # before the next step's first micro-batch
+                tracker.after_step(
+                    step, epoch, loss, clipped=trainer.clipped_update, diagnostics=trainer.step_diagnostics
+                )
+                trainer.record_next_step(tracker.due(step + 1))  # before the next step's first micro-batch
                 bar.update(step=step, epoch=epoch, loss=loss, seen=seen)
             epochs.append(EpochRecord(epoch=epoch, loss=finite(loss), alignment=tracker.end_epoch()))
             if save is not None:
-                save(TrainingState.capture(key=key, epoch_done=epoch + 1, step=step, seen=seen,
-                                           elapsed=elapsed + time.perf_counter() - t0, epochs=epochs,
-                                           steps=tracker.rows, model=model, ema=ema, trainer=trainer))
-    return TrainingRun(steps=step, seen=seen, seconds=elapsed + time.perf_counter() - t0, epochs=tuple(epochs),
-                       step_records=tuple(tracker.rows))
+                save(
+                    TrainingState.capture(
+                        key=key,
+                        epoch_done=epoch + 1,
+                        step=step,
+                        seen=seen,
+                        elapsed=elapsed + time.perf_counter() - t0,
+                        epochs=epochs,
+                        steps=tracker.rows,
+                        model=model,
+                        ema=ema,
+                        trainer=trainer,
+                    )
+                )
+    return TrainingRun(
+        steps=step,
+        seen=seen,
+        seconds=elapsed + time.perf_counter() - t0,
+        epochs=tuple(epochs),
+        step_records=tuple(tracker.rows),
+    )

@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader
 
 from reproduce.metrics.clipping import update_cosine
 from reproduce.records.privacy import PrivacyStatement
+from reproduce.records.result import CellResult
 from reproduce.training.trainer import Trainer, make_optimizer
 
 
@@ -18,9 +19,16 @@ class PlainTrainer(Trainer):
 
     def __init__(self, cell, model: torch.nn.Module, loader: DataLoader, *, optimizer, task: str, canaries=None):
         tr = cell.study.training
-        super().__init__(cell, model=model, params=[p for p in model.parameters() if p.requires_grad],
-                         optimizer=optimizer, task=task, steps=tr.steps or tr.epochs * len(loader),
-                         steps_per_epoch=len(loader), canaries=canaries)
+        super().__init__(
+            cell,
+            model=model,
+            params=[p for p in model.parameters() if p.requires_grad],
+            optimizer=optimizer,
+            task=task,
+            steps=tr.steps or tr.epochs * len(loader),
+            steps_per_epoch=len(loader),
+            canaries=canaries,
+        )
         self.loader = loader
         self._record, self._diagnostics = False, None
 
@@ -39,7 +47,7 @@ class PlainTrainer(Trainer):
         yield from self._on_device(self.loader)
 
     def _gradients(self, x, y):
-        if len(x) == 0:   # a batch of canaries only (an audited cell): nothing to run the model on
+        if len(x) == 0:  # a batch of canaries only (an audited cell): nothing to run the model on
             for p in self.params:
                 p.grad = torch.zeros_like(p)
             return torch.tensor(float("nan"), device=self.device), y
@@ -59,9 +67,17 @@ class PlainTrainer(Trainer):
         self.optimizer.step()
         # Nothing is clipped or noised: of the step diagnostics only the update's cosine with the
         # batch gradient is defined (the reference for the private cells').
-        self._diagnostics = None if before is None else {
-            "update_cosine": update_cosine(before=before, after=[p.detach() for p in self.params],
-                                           gradient=[torch.zeros_like(p) if p.grad is None else p.grad for p in self.params])}
+        self._diagnostics = (
+            None
+            if before is None
+            else {
+                "update_cosine": update_cosine(
+                    before=before,
+                    after=[p.detach() for p in self.params],
+                    gradient=[torch.zeros_like(p) if p.grad is None else p.grad for p in self.params],
+                )
+            }
+        )
         return True
 
     def record_next_step(self, record: bool) -> None:
@@ -71,13 +87,16 @@ class PlainTrainer(Trainer):
         return self._diagnostics
 
     def state(self) -> dict[str, Any]:
-        return {"optimizer": self.optimizer.state_dict(), "sampler_gen": self.loader.generator.get_state(),
-                "views_gen": self.views_generator.get_state()}
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "sampler_gen": self.loader.generator.get_state(),
+            "views_gen": self.views_generator.get_state(),
+        }
 
     def load_state(self, state: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
         self.loader.generator.set_state(state["sampler_gen"])
         self.views_generator.set_state(state["views_gen"])
 
-    def privacy_statement(self, record: dict[str, Any]) -> PrivacyStatement:
+    def privacy_statement(self, draft: CellResult) -> PrivacyStatement:
         return PrivacyStatement(private=False)

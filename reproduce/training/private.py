@@ -2,9 +2,10 @@
 gradients averaged over the K views, one noised step per logical batch, and its privacy statement.
 
 The model, optimizer and loader come from ``reproduce.privacy.dp_sgd.make_private`` (accounted for
-exactly the steps that run). Micro-batches are opacus's (``wrap_data_loader``, what its
-``BatchMemoryManager`` yields); the trainer hears each micro-batch's skip signal on its way to the
-DP optimizer, so it knows where a logical batch ends without reading the optimizer's private state.
+exactly the steps that run), with the resolved ``Mechanism`` that the privacy statement states.
+Micro-batches are opacus's (``wrap_data_loader``, what its ``BatchMemoryManager`` yields); the
+trainer hears each micro-batch's skip signal on its way to the DP optimizer, so it knows where a
+logical batch ends without reading the optimizer's private state.
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ from opacus.utils.batch_memory_manager import wrap_data_loader
 from reproduce.data.augment import average_view_grad_samples
 from reproduce.errors import ReproduceError
 from reproduce.metrics.clipping import clipping_diagnostics
-from reproduce.records.privacy import PrivacyStatement
 from reproduce.privacy.clipping import make_clipping_rule
 from reproduce.privacy.dp_sgd import PrivateTraining, make_private
 from reproduce.privacy.released import unnoised_releases
+from reproduce.records.privacy import Mechanism, PrivacyStatement, private_statement
+from reproduce.records.result import CellResult
 from reproduce.training.trainer import Trainer, make_optimizer
 
 
@@ -42,16 +44,26 @@ class PrivateTrainer(Trainer):
     """DP training through opacus's parts: per-sample clipping by the study's rule to ``max_grad_norm``,
     Gaussian noise per logical step, then the study's optimizer (SGD, Adam, DP-AdamBC) on the result."""
 
-    def __init__(self, cell, dp: PrivateTraining, *, params, task: str, training_set_size: int, canaries=None):
-        super().__init__(cell, model=dp.model, params=params, optimizer=dp.optimizer, task=task,
-                         steps=dp.steps, steps_per_epoch=len(dp.loader), canaries=canaries)
-        self.dp, self.cell, self.training_set_size = dp, cell, training_set_size
+    def __init__(self, cell, dp: PrivateTraining, *, params, task: str, canaries=None):
+        super().__init__(
+            cell,
+            model=dp.model,
+            params=params,
+            optimizer=dp.optimizer,
+            task=task,
+            steps=dp.steps,
+            steps_per_epoch=len(dp.loader),
+            canaries=canaries,
+        )
+        self.dp, self.cell = dp, cell
+        self.mechanism: Mechanism = dp.mechanism  # what the privacy statement states
         self.physical_batch_size = cell.study.training.physical_batch_size
         self._ends = _LogicalBatchEnds(dp.optimizer)
 
     @classmethod
-    def for_cell(cls, cell, model: torch.nn.Module, train_set, *, task: str,
-                 per_sample_gradients: str = "engine", canaries=None) -> PrivateTrainer:
+    def for_cell(
+        cls, cell, model: torch.nn.Module, train_set, *, task: str, per_sample_gradients: str = "engine", canaries=None
+    ) -> PrivateTrainer:
         """The cell's DP training of ``model`` on ``train_set``, as its study configures it.
 
         ``per_sample_gradients``: "engine" (training) or "hooks" (opacus's own; ``reproduce verify``).
@@ -61,19 +73,32 @@ class PrivateTrainer(Trainer):
         optimizer = make_optimizer(model.parameters(), tr.dp_optimizer or tr.optimizer)
         # B in the adaptive rule's count is the expected batch size, never the realised one.
         rule = make_clipping_rule(p.clipping.rule, **p.clipping.rule_parameters(expected_batch_size=tr.batch_size))
-        dp = make_private(model, optimizer, train_set, batch_size=tr.batch_size, epochs=tr.epochs, steps=tr.steps,
-                          target_epsilon=float(cell.epsilon), delta=p.delta, max_grad_norm=p.max_grad_norm,
-                          accountant=p.accountant, seed=cell.seed, secure_mode=p.secure_mode,
-                          per_sample_gradients=per_sample_gradients, clipping=rule,
-                          rescale_to_unit_norm=p.clipping.rescale_to_unit_norm)
+        dp = make_private(
+            model,
+            optimizer,
+            train_set,
+            batch_size=tr.batch_size,
+            epochs=tr.epochs,
+            steps=tr.steps,
+            target_epsilon=float(cell.epsilon),
+            delta=p.delta,
+            max_grad_norm=p.max_grad_norm,
+            accountant=p.accountant,
+            seed=cell.seed,
+            secure_mode=p.secure_mode,
+            per_sample_gradients=per_sample_gradients,
+            clipping=rule,
+            rescale_to_unit_norm=p.clipping.rescale_to_unit_norm,
+        )
         params = [q for q in model.parameters() if q.requires_grad]
-        return cls(cell, dp, params=params, task=task, training_set_size=len(train_set), canaries=canaries)
+        return cls(cell, dp, params=params, task=task, canaries=canaries)
 
     def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         # Poisson batches of random size, split into micro-batches of at most physical_batch_size;
         # the optimizer takes its (noised) step at the end of each logical batch only.
-        yield from self._on_device(wrap_data_loader(data_loader=self.dp.loader, max_batch_size=self.physical_batch_size,
-                                                    optimizer=self._ends))
+        yield from self._on_device(
+            wrap_data_loader(data_loader=self.dp.loader, max_batch_size=self.physical_batch_size, optimizer=self._ends)
+        )
 
     def _gradients(self, x, y):
         if len(x) == 0:
@@ -91,10 +116,10 @@ class PrivateTrainer(Trainer):
             p.grad_sample = torch.cat([p.grad_sample, block])
 
     def _forward(self, views):
-        return self.dp.forward(views)   # padded to a seen shape in engine mode; its backward drops the padding
+        return self.dp.forward(views)  # padded to a seen shape in engine mode; its backward drops the padding
 
     def _backward(self, loss):
-        self.dp.backward(loss)                                   # per-sample gradients only
+        self.dp.backward(loss)  # per-sample gradients only
         average_view_grad_samples(self.params, self.multiplicity)  # clip the view-average, per sample
 
     def step(self) -> bool:
@@ -119,13 +144,15 @@ class PrivateTrainer(Trainer):
         sampler, noise = self.dp.loader.batch_sampler.generator, self.optimizer.generator
         # The inner optimizer's state holds DP-AdamBC's moments and noise variance; the clipping
         # state holds adaptive clipping's C (saved at a logical batch's end: no count pending).
-        return {"optimizer": self.optimizer.original_optimizer.state_dict(),
-                "clipping": self.optimizer.clipping_state_dict(),
-                "accountant_history": list(self.dp.accountant.history),
-                "sampler_gen": None if sampler is None else sampler.get_state(),
-                "noise_gen": None if noise is None else noise.get_state(),
-                "noise_device": None if noise is None else noise.device.type,
-                "views_gen": self.views_generator.get_state()}
+        return {
+            "optimizer": self.optimizer.original_optimizer.state_dict(),
+            "clipping": self.optimizer.clipping_state_dict(),
+            "accountant_history": list(self.dp.accountant.history),
+            "sampler_gen": None if sampler is None else sampler.get_state(),
+            "noise_gen": None if noise is None else noise.get_state(),
+            "noise_device": None if noise is None else noise.device.type,
+            "views_gen": self.views_generator.get_state(),
+        }
 
     def load_state(self, state: dict[str, Any]) -> None:
         self.optimizer.original_optimizer.load_state_dict(state["optimizer"])
@@ -138,43 +165,27 @@ class PrivateTrainer(Trainer):
             # A CUDA generator's state is not a CPU one's: a checkpoint resumes on its device type.
             saved = state.get("noise_device", "cpu")
             if saved != noise.device.type:
-                raise ReproduceError(f"cell {self.cell.id}: the checkpoint's noise was drawn on {saved}, this run is "
-                                     f"on {noise.device.type}; resume with --device {saved}, or delete the checkpoint")
+                raise ReproduceError(
+                    f"cell {self.cell.id}: the checkpoint's noise was drawn on {saved}, this run is "
+                    f"on {noise.device.type}; resume with --device {saved}, or delete the checkpoint"
+                )
             noise.set_state(state["noise_gen"])
         self.views_generator.set_state(state["views_gen"])
 
     def epsilon_spent(self) -> float:
-        return float(self.dp.accountant.get_epsilon(self.cell.study.privacy.delta))
+        return float(self.dp.accountant.get_epsilon(self.mechanism.delta))
 
-    def privacy_statement(self, record: dict[str, Any]) -> PrivacyStatement:
-        p, dp = self.cell.study.privacy, self.dp
-        statement = PrivacyStatement(
-            private=True, accountant=p.accountant, target_epsilon=float(self.cell.epsilon),
-            epsilon_spent=self.epsilon_spent(), delta=p.delta, noise_multiplier=dp.noise_multiplier,
-            sample_rate=dp.sample_rate, steps=sum(s for _, _, s in dp.accountant.history),
-            max_grad_norm=p.max_grad_norm, sampling="Poisson", secure_mode=p.secure_mode,
-            training_set_size=self.training_set_size, seed=self.cell.seed,
-            hyperparameter_selection=p.hyperparameter_selection, unnoised_releases=tuple(unnoised_releases(record)),
-            **_audit_fields(record.get("audit")),
-            **_clipping_fields(p.clipping, self.optimizer))
-        if statement.steps != dp.steps:
-            raise ReproduceError(f"cell {self.cell.id}: ran {statement.steps} private steps but calibrated "
-                                 f"for {dp.steps}")
-        return statement
-
-
-def _audit_fields(audit: dict[str, Any] | None) -> dict[str, Any]:
-    """The statement's audit fields for an audited run's record (none otherwise: earlier statements' form)."""
-    return {} if audit is None else {"audit_canaries": audit["canaries"], "audit_included": audit["included"]}
-
-
-def _clipping_fields(clipping, optimizer) -> dict[str, Any]:
-    """The statement's clipping fields for the study's rule (none for flat unrescaled: earlier statements' form)."""
-    out = {"rescaled_to_unit_norm": True} if clipping.rescale_to_unit_norm else {}
-    if clipping.rule == "automatic":
-        return {**out, "clipping": "automatic", "clipping_gamma": clipping.gamma}
-    if clipping.rule == "adaptive":
-        return {**out, "clipping": "adaptive", "target_quantile": clipping.target_quantile,
-                "clip_learning_rate": clipping.clip_learning_rate, "count_noise_std": optimizer.clipping.count_noise_std,
-                "gradient_noise_multiplier": optimizer.gradient_noise_multiplier}
-    return out
+    def privacy_statement(self, draft: CellResult) -> PrivacyStatement:
+        ran = sum(s for _, _, s in self.dp.accountant.history)
+        if ran != self.mechanism.steps:
+            raise ReproduceError(
+                f"cell {self.cell.id}: ran {ran} private steps but calibrated for {self.mechanism.steps}"
+            )
+        return private_statement(
+            self.mechanism,
+            epsilon_spent=self.epsilon_spent(),
+            seed=self.cell.seed,
+            hyperparameter_selection=self.cell.study.privacy.hyperparameter_selection,
+            unnoised_releases=tuple(unnoised_releases(draft.released())),
+            audit=draft.audit,
+        )

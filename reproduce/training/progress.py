@@ -28,16 +28,25 @@ class Progress:
         clock: Seconds, for the rate and the interval (a test's fake clock).
     """
 
-    def __init__(self, *, total: int, label: str, initial: int = 0, seen: int = 0, stream: TextIO | None = None,
-                 enabled: bool = True, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        *,
+        total: int,
+        label: str,
+        initial: int = 0,
+        seen: int = 0,
+        stream: TextIO | None = None,
+        enabled: bool = True,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.total, self.label, self.clock = total, label, clock
         self.stream = stream if stream is not None else sys.stderr
         self.enabled = enabled
         self.bar = None
         if enabled and _is_terminal(self.stream):
             from tqdm.auto import tqdm
-            self.bar = tqdm(total=total, initial=initial, desc=label, unit="step", file=self.stream,
-                            dynamic_ncols=True)
+
+            self.bar = tqdm(total=total, initial=initial, desc=label, unit="step", file=self.stream, dynamic_ncols=True)
         self.every = max(1, math.ceil(SHARE * total))
         self.next_step = (initial // self.every + 1) * self.every
         self.start = self.last = clock()
@@ -53,8 +62,12 @@ class Progress:
             self.bar.update(step - self.bar.n)
             self.bar.set_postfix(epoch=epoch, loss=f"{_value(loss):.3f}", samples_s=f"{rate:.0f}")
         elif step >= self.next_step or now - self.last >= SECONDS or step == self.total:
-            print(f"{self.label}: step {step}/{self.total} ({100 * step // self.total}%), epoch {epoch}, "
-                  f"loss {_value(loss):.3f}, {rate:.0f} samples/s", file=self.stream, flush=True)
+            print(
+                f"{self.label}: step {step}/{self.total} ({100 * step // self.total}%), epoch {epoch}, "
+                f"loss {_value(loss):.3f}, {rate:.0f} samples/s",
+                file=self.stream,
+                flush=True,
+            )
             self.next_step = (step // self.every + 1) * self.every
             self.last = now
 
@@ -62,7 +75,7 @@ class Progress:
         if self.bar is not None:
             self.bar.close()
 
-    def __enter__(self) -> "Progress":
+    def __enter__(self) -> Progress:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -17,7 +17,6 @@ import torch
 
 from reproduce.records.result import EpochRecord, StepRecord
 
-
 # The layout of TrainingState.to_dict; part of the key, so a checkpoint of another layout (one
 # written before TrainingState) is set aside with a warning, not misread.
 CHECKPOINT_FORMAT = 2
@@ -62,17 +61,38 @@ class TrainingState:
     numpy_rng: tuple
 
     @classmethod
-    def capture(cls, *, key: str, epoch_done: int, step: int, seen: int, elapsed: float, epochs, steps,
-                model: torch.nn.Module, ema, trainer) -> TrainingState:
+    def capture(
+        cls,
+        *,
+        key: str,
+        epoch_done: int,
+        step: int,
+        seen: int,
+        elapsed: float,
+        epochs,
+        steps,
+        model: torch.nn.Module,
+        ema,
+        trainer,
+    ) -> TrainingState:
         """A copy of the run's state now, with the global generators' states.
 
         Copied, not referenced: state dicts hold the live weights and buffers, which training
         goes on to change in place.
         """
         live = {"model": model.state_dict(), "ema": None if ema is None else ema.shadow, "trainer": trainer.state()}
-        return cls(key=key, epoch_done=epoch_done, step=step, seen=seen, elapsed=elapsed, epochs=list(epochs),
-                   steps=list(steps), **copy.deepcopy(live), torch_rng=torch.get_rng_state(),
-                   numpy_rng=np.random.get_state())
+        return cls(
+            key=key,
+            epoch_done=epoch_done,
+            step=step,
+            seen=seen,
+            elapsed=elapsed,
+            epochs=list(epochs),
+            steps=list(steps),
+            **copy.deepcopy(live),
+            torch_rng=torch.get_rng_state(),
+            numpy_rng=np.random.get_state(),
+        )
 
     def restore(self, *, model: torch.nn.Module, ema, trainer) -> None:
         """Put the model, the average, the trainer and the global generators back to this state."""
@@ -85,10 +105,18 @@ class TrainingState:
 
     def to_dict(self) -> dict[str, Any]:
         """The checkpoint payload (records as plain dicts, so a checkpoint needs no suite class to load)."""
-        return {**{f.name: getattr(self, f.name) for f in dataclasses.fields(self)},
-                "epochs": [e.to_json() for e in self.epochs], "steps": [s.to_json() for s in self.steps]}
+        return {
+            **{f.name: getattr(self, f.name) for f in dataclasses.fields(self)},
+            "epochs": [e.to_json() for e in self.epochs],
+            "steps": [s.to_json() for s in self.steps],
+        }
 
     @classmethod
     def from_dict(cls, payload: dict[str, Any]) -> TrainingState:
-        return cls(**{**payload, "epochs": [EpochRecord.from_json(e) for e in payload["epochs"]],
-                      "steps": [StepRecord.from_json(s) for s in payload["steps"]]})
+        return cls(
+            **{
+                **payload,
+                "epochs": [EpochRecord.from_json(e) for e in payload["epochs"]],
+                "steps": [StepRecord.from_json(s) for s in payload["steps"]],
+            }
+        )

@@ -45,7 +45,7 @@ def predict_proba(model: torch.nn.Module, x: torch.Tensor, *, task: str, batch_s
     device = next(model.parameters()).device
     out = []
     for i in range(0, len(x), batch_size):
-        logits = model(x[i:i + batch_size].to(device))
+        logits = model(x[i : i + batch_size].to(device))
         out.append(torch.sigmoid(logits) if multi_label(task) else logits.softmax(-1))
     model.train()
     return torch.cat(out).cpu().numpy().astype(np.float64)

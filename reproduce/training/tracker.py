@@ -55,7 +55,7 @@ class StepTracker:
             return
         # Its first len(targets) rows: the private trainer pads a micro-batch with zero samples after
         # the real ones (reproduce.privacy.fast_engine.ROW_MULTIPLE).
-        h, z = (t[:len(targets)] for t in self._io)
+        h, z = (t[: len(targets)] for t in self._io)
         self._io = None
         cosines = final_layer_cosines(h, z, targets.reshape(-1), self.fc.weight)
         self._step_cosines.append(cosines)
@@ -65,9 +65,14 @@ class StepTracker:
         """Whether optimizer step ``step`` (1-based) is logged: the first and every ``every``-th."""
         return step == 1 or step % self.every == 0
 
-    def after_step(self, step: int, epoch: int, loss: torch.Tensor,
-                   clipped: Callable[[], list[torch.Tensor] | None],
-                   diagnostics: Callable[[], dict[str, float | None] | None] = lambda: None) -> None:
+    def after_step(
+        self,
+        step: int,
+        epoch: int,
+        loss: torch.Tensor,
+        clipped: Callable[[], list[torch.Tensor] | None],
+        diagnostics: Callable[[], dict[str, float | None] | None] = lambda: None,
+    ) -> None:
         """Close optimizer step ``step``; log it if due. ``clipped`` gives the step's clipped mean
         gradient before noise (``Trainer.clipped_update``: None without clipping), ``diagnostics``
         the step's diagnostics row (``Trainer.step_diagnostics``); both read only if logged."""
@@ -75,11 +80,17 @@ class StepTracker:
         if not self.due(step):
             return
         clipped_mean = clipped()
-        self.rows.append(StepRecord(
-            step=step, epoch=epoch, loss=finite(loss),
-            l0_update=l0_eps([p.grad for p in self.params if p.grad is not None]),
-            l0_clipped=None if clipped_mean is None else l0_eps(clipped_mean),
-            alignment=_alignment(cosines, per_epoch=False), diagnostics=diagnostics()))
+        self.rows.append(
+            StepRecord(
+                step=step,
+                epoch=epoch,
+                loss=finite(loss),
+                l0_update=l0_eps([p.grad for p in self.params if p.grad is not None]),
+                l0_clipped=None if clipped_mean is None else l0_eps(clipped_mean),
+                alignment=_alignment(cosines, per_epoch=False),
+                diagnostics=diagnostics(),
+            )
+        )
 
     def end_epoch(self) -> Alignment | None:
         """Gradient-weight alignment over every training sample (view) of the epoch; None if not tracked."""
@@ -91,5 +102,8 @@ def _alignment(cosines: list[np.ndarray], *, per_epoch: bool) -> Alignment | Non
     if not cosines:
         return None
     summary = alignment_summary(np.concatenate(cosines))
-    return Alignment(gwa=summary.kurtosis_corrected_mean, gwa_mean=summary.mean,
-                     gwa_excess_kurtosis=summary.excess_kurtosis if per_epoch else None)
+    return Alignment(
+        gwa=summary.kurtosis_corrected_mean,
+        gwa_mean=summary.mean,
+        gwa_excess_kurtosis=summary.excess_kurtosis if per_epoch else None,
+    )

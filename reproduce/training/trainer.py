@@ -18,6 +18,7 @@ from torch import nn
 from reproduce.data.augment import augmentation_kind, training_views
 from reproduce.privacy import optimizers
 from reproduce.records.privacy import PrivacyStatement
+from reproduce.records.result import CellResult
 from reproduce.training.task import loss_fn
 
 
@@ -38,8 +39,18 @@ class Trainer(abc.ABC):
         epochs: Epochs the loop runs (the last one may stop after ``steps``).
     """
 
-    def __init__(self, cell, *, model: nn.Module, params: list[nn.Parameter], optimizer: torch.optim.Optimizer,
-                 task: str, steps: int, steps_per_epoch: int, canaries=None):
+    def __init__(
+        self,
+        cell,
+        *,
+        model: nn.Module,
+        params: list[nn.Parameter],
+        optimizer: torch.optim.Optimizer,
+        task: str,
+        steps: int,
+        steps_per_epoch: int,
+        canaries=None,
+    ):
         self.model, self.params, self.optimizer, self.task = model, params, optimizer, task
         # An audited cell's gradient canaries (reproduce.training.audit.CanaryGradients), else None.
         self.canaries = canaries
@@ -83,8 +94,7 @@ class Trainer(abc.ABC):
         return loss, targets
 
     def _gradients(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        views, targets = training_views(x, y, self.multiplicity, kind=self.augmentation,
-                                        generator=self.views_generator)
+        views, targets = training_views(x, y, self.multiplicity, kind=self.augmentation, generator=self.views_generator)
         loss = loss_fn(self._forward(views), targets, self.task)
         self._backward(loss)
         return loss, targets
@@ -131,5 +141,9 @@ class Trainer(abc.ABC):
         return None
 
     @abc.abstractmethod
-    def privacy_statement(self, record: dict[str, Any]) -> PrivacyStatement:
-        """The statement of the finished run; ``record`` is its result without the statement."""
+    def privacy_statement(self, draft: CellResult) -> PrivacyStatement:
+        """The statement of the finished run; ``draft`` is its result, with a placeholder statement.
+
+        A private trainer states the mechanism it ran (``reproduce.records.privacy.Mechanism``) and
+        takes from ``draft`` only what the run released: its fields without noise, its audit.
+        """

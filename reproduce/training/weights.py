@@ -68,17 +68,22 @@ def load_weights(model: nn.Module, path: Path | str, *, sha256: str, restore: st
         state = saved["state_dict"]
     except Exception as e:  # a truncated or foreign file: say which, not how torch failed
         why = str(e).split(". ")[0][:120]
-        raise ReproduceError(f"{path}: not a readable kept-weights file, truncated or corrupted ({type(e).__name__}: "
-                             f"{why}); {restore}") from None
+        raise ReproduceError(
+            f"{path}: not a readable kept-weights file, truncated or corrupted ({type(e).__name__}: {why}); {restore}"
+        ) from None
     actual = weights_checksum(state)
     if actual != sha256:
-        raise ReproduceError(f"{path}: weights checksum {actual[:12]} is not the {sha256[:12]} its result.json "
-                             "records; the file was changed or belongs to another run: `dvc checkout` it")
+        raise ReproduceError(
+            f"{path}: weights checksum {actual[:12]} is not the {sha256[:12]} its result.json "
+            "records; the file was changed or belongs to another run: `dvc checkout` it"
+        )
     expected = model.state_dict()
     missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     wrong = sorted(k for k in set(expected) & set(state) if tuple(expected[k].shape) != tuple(state[k].shape))
     if missing or extra or wrong:
-        raise ReproduceError(f"{path}: weights do not fit the cell's model (missing {missing[:3]}, unexpected "
-                             f"{extra[:3]}, other shapes {wrong[:3]}): the study's model settings changed since training")
+        raise ReproduceError(
+            f"{path}: weights do not fit the cell's model (missing {missing[:3]}, unexpected "
+            f"{extra[:3]}, other shapes {wrong[:3]}): the study's model settings changed since training"
+        )
     model.load_state_dict(state)
     return model

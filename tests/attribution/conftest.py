@@ -12,10 +12,11 @@ warnings.filterwarnings("ignore", message=".*py3nj.*")
 NUM_CLASSES = 8
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def suite_model(group: str):
     """The suite's ResNet-9 of ``group`` at widths (2, 2, 2), seeded, in eval mode."""
     from reproduce.models import build_model
+
     return build_model(group=group, widths=(2, 2, 2), in_channels=3, num_classes=NUM_CLASSES, seed=0).eval()
 
 

@@ -35,12 +35,13 @@ def _hand_conv(x: np.ndarray, w: np.ndarray) -> np.ndarray:
     for k in range(len(w)):
         for i in range(h):
             for j in range(wd):
-                out[k, i, j] = (padded[i:i + 3, j:j + 3] * w[k]).sum()
+                out[k, i, j] = (padded[i : i + 3, j : j + 3] * w[k]).sum()
     return out
 
 
-CONV = np.array([[[[1.0, 0.0, -1.0], [2.0, 0.0, -2.0], [1.0, 0.0, -1.0]]],
-                 [[[0.5, 0.5, 0.5], [0.5, 1.0, 0.5], [0.5, 0.5, 0.5]]]])
+CONV = np.array(
+    [[[[1.0, 0.0, -1.0], [2.0, 0.0, -2.0], [1.0, 0.0, -1.0]]], [[[0.5, 0.5, 0.5], [0.5, 1.0, 0.5], [0.5, 0.5, 0.5]]]]
+)
 HEAD = np.array([[1.0, -0.5], [-2.0, 0.25]])
 X = np.array([[0.0, 1.0, 2.0, 0.5], [1.0, -1.0, 0.0, 3.0], [0.5, 2.0, -2.0, 1.0], [1.0, 0.0, 1.0, -0.5]])
 
@@ -48,11 +49,11 @@ X = np.array([[0.0, 1.0, 2.0, 0.5], [1.0, -1.0, 0.0, 3.0], [0.5, 2.0, -2.0, 1.0]
 @pytest.mark.parametrize("target", [0, 1])
 def test_grad_cam_equals_hand_computation(target):
     model = _Tiny(CONV, HEAD)
-    a = _hand_conv(X, CONV[:, 0])                                  # the layer's map A [2, 4, 4]
+    a = _hand_conv(X, CONV[:, 0])  # the layer's map A [2, 4, 4]
     # d logit_t / d A_k(p) = W[t, k] * 1[A_k(p) > 0] / 16; alpha_k is its spatial mean
     alpha = HEAD[target] * (a > 0).mean(axis=(1, 2)) / a[0].size
     expected = np.maximum((alpha[:, None, None] * a).sum(axis=0), 0.0)
-    assert expected.max() > 0 and (expected == 0).any()           # both sides of the ReLU occur
+    assert expected.max() > 0 and (expected == 0).any()  # both sides of the ReLU occur
     cam = grad_cam(model, torch.tensor(X)[None, None], torch.tensor([target]), layer=model.conv)
     np.testing.assert_allclose(cam[0].numpy(), expected, rtol=1e-12, atol=1e-12)
 

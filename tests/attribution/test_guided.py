@@ -17,9 +17,18 @@ from tests.attribution.conftest import images
 
 def _relu_cnn() -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                         nn.Conv2d(6, 6, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2),
-                         nn.Flatten(), nn.Linear(24, 8), nn.ReLU(), nn.Linear(8, 5)).eval()
+    return nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(6, 6, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(24, 8),
+        nn.ReLU(),
+        nn.Linear(8, 5),
+    ).eval()
 
 
 def _plain_gradient(model, x, targets):
@@ -75,32 +84,31 @@ class _Forward(nn.Module):
 def test_induced_gate_rule_clamps_gates_only():
     gate = InducedGate(fields=1, cosets=2, subfield_size=2)
     x = torch.tensor([0.3, -1.0, 1.0, -2.0, 0.5, 0.7], dtype=torch.float64)[None, :, None, None]
-    c = torch.tensor([1.0, 1.0, -1.0, 0.5], dtype=torch.float64)   # weights of the 4 gated outputs
+    c = torch.tensor([1.0, 1.0, -1.0, 0.5], dtype=torch.float64)  # weights of the 4 gated outputs
     model = _Forward(gate, lambda t: (gate(t)[:, :, 0, 0] * c).sum(dim=1, keepdim=True))
     got = guided_backprop(model, x, torch.tensor([0]))[0, :, 0, 0]
     g, v = x[0, :2, 0, 0], x[0, 2:, 0, 0].reshape(2, 2)
     sig, cv = torch.sigmoid(g), c.reshape(2, 2)
-    gated_grad = (cv * sig[:, None]).reshape(-1)                        # unclamped (vector sub-fields)
+    gated_grad = (cv * sig[:, None]).reshape(-1)  # unclamped (vector sub-fields)
     gate_grad = torch.clamp((cv * v).sum(dim=1) * sig * (1 - sig), min=0)  # clamped (scalars)
-    assert (cv * v).sum(dim=1).min() < 0 and gated_grad.min() < 0      # both rules are exercised
+    assert (cv * v).sum(dim=1).min() < 0 and gated_grad.min() < 0  # both rules are exercised
     torch.testing.assert_close(got, torch.cat([gate_grad, gated_grad]), rtol=1e-12, atol=1e-12)
 
 
 def test_fourier_elu_rule_clamps_on_the_sampled_rotations():
-    act = enn.FourierELU(gspaces.rot2dOnR2(-1), 1, irreps=[(0,), (1,), (2,)], type="regular", N=8,
-                         inplace=False)
+    act = enn.FourierELU(gspaces.rot2dOnR2(-1), 1, irreps=[(0,), (1,), (2,)], type="regular", N=8, inplace=False)
     op = EscnnOp(act).double()
     x_hat = torch.randn(1, act.in_type.size, 1, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
     c = torch.randn(act.out_type.size, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
     model = _Forward(op, lambda t: (op(t)[:, :, 0, 0] * c).sum(dim=1, keepdim=True))
     got = guided_backprop(model, x_hat, torch.tensor([0]))[0, :, 0, 0]
-    a, a_inv = act.A.double(), act.Ainv.double()                 # samples = A @ coefficients
+    a, a_inv = act.A.double(), act.Ainv.double()  # samples = A @ coefficients
     samples = a @ x_hat[0, :, 0, 0]
-    upstream = a_inv.T @ c                                        # gradient at the ELU's output
+    upstream = a_inv.T @ c  # gradient at the ELU's output
     dsamples = torch.clamp(upstream * torch.where(samples > 0, 1.0, torch.exp(samples)), min=0)
     assert (upstream < 0).any() and (upstream > 0).any()
     torch.testing.assert_close(got, a.T @ dsamples, rtol=1e-10, atol=1e-12)
-    assert op.module._function is F.elu                           # the wrapper was undone
+    assert op.module._function is F.elu  # the wrapper was undone
 
 
 def test_model_without_known_nonlinearity_is_refused():

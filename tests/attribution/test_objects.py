@@ -27,8 +27,8 @@ def test_replay_leaves_the_generator_as_it_was(test_split):
 def test_masks_are_coverage_around_the_centre(test_split):
     images, masks = test_split
     assert masks.shape == (24, 28, 28) and masks.min() >= 0 and masks.max() <= 1
-    assert (masks.max(axis=(1, 2)) == 1).all()                 # every cell has a fully covered pixel
-    assert ((masks > 0) & (masks < 1)).any()                   # anti-aliased edges stay soft
+    assert (masks.max(axis=(1, 2)) == 1).all()  # every cell has a fully covered pixel
+    assert ((masks > 0) & (masks < 1)).any()  # anti-aliased edges stay soft
     # centres are drawn within +-4 canvas px (+-2 stored px) of the middle; shapes are lopsided
     grid = np.arange(28) + 0.5
     cy = (masks.sum(axis=2) * grid).sum(axis=1) / masks.sum(axis=(1, 2))

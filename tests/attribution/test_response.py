@@ -18,12 +18,12 @@ def test_conv2d_norms_by_hand():
     model[2].weight.data = torch.tensor([3.0, 4.0]).reshape(1, 2, 1, 1)
     norms = filter_norms(model)
     assert list(norms) == ["0", "2"]
-    np.testing.assert_allclose(norms["0"], [3.0, 6.0])        # sqrt(9 * 1), sqrt(9 * 4)
+    np.testing.assert_allclose(norms["0"], [3.0, 6.0])  # sqrt(9 * 1), sqrt(9 * 4)
     np.testing.assert_allclose(norms["2"], [5.0])
 
 
 def test_every_conv_of_the_conventional_model_is_measured():
-    assert len(filter_norms(suite_model("e"))) == 8           # conv1..conv4 and two blocks per res stage
+    assert len(filter_norms(suite_model("e"))) == 8  # conv1..conv4 and two blocks per res stage
 
 
 def test_steerable_norms_are_the_expanded_filters_and_equal_within_a_c4_field():
@@ -32,12 +32,13 @@ def test_steerable_norms_are_the_expanded_filters_and_equal_within_a_c4_field():
     convs = {n: m for n, m in model.named_modules() if isinstance(m, EquivariantConv2d)}
     assert list(norms) == list(convs)
     for name, conv in convs.items():
-        np.testing.assert_allclose(norms[name], conv.expand_filter().detach().flatten(1).norm(dim=1).double(),
-                                   rtol=1e-6)
+        np.testing.assert_allclose(
+            norms[name], conv.expand_filter().detach().flatten(1).norm(dim=1).double(), rtol=1e-6
+        )
         # a regular C4 field's 4 channels convolve with 90-degree rotated copies of one filter
         per_field = norms[name].reshape(-1, 4)
         np.testing.assert_allclose(per_field, per_field[:, :1].repeat(4, axis=1), rtol=1e-5)
-    assert np.ptp(np.concatenate(list(norms.values()))) > 0.01   # fields differ: the check means something
+    assert np.ptp(np.concatenate(list(norms.values()))) > 0.01  # fields differ: the check means something
 
 
 class _TwoChannels(nn.Module):

@@ -35,8 +35,12 @@ def _inputs():
 def _maps(model, x, targets):
     cam = grad_cam(model, x, targets)
     guided = guided_backprop(model, x, targets)
-    return {"gradcam": cam, "guided": guided, "guided_gradcam": guided_grad_cam(guided, cam),
-            "response": response_map(model, x)}
+    return {
+        "gradcam": cam,
+        "guided": guided,
+        "guided_gradcam": guided_grad_cam(guided, cam),
+        "response": response_map(model, x),
+    }
 
 
 def _gaps(model, transforms) -> list[dict[str, float]]:
@@ -47,21 +51,21 @@ def _gaps(model, transforms) -> list[dict[str, float]]:
     """
     x, targets = _inputs()
     n = len(x)
-    maps = _maps(model, torch.cat([x] + [t(x) for t in transforms]),
-                 targets.repeat(len(transforms) + 1))
+    maps = _maps(model, torch.cat([x] + [t(x) for t in transforms]), targets.repeat(len(transforms) + 1))
     gaps = []
     for i, t in enumerate(transforms, start=1):
         gap = {}
         for name, m in maps.items():
-            plain, moved = m[:n], m[i * n:(i + 1) * n]
+            plain, moved = m[:n], m[i * n : (i + 1) * n]
             assert plain.abs().max() > 0, f"{name} is all zero: the check would be vacuous"
             gap[name] = ((moved - t(plain)).abs().max() / plain.abs().max()).item()
         gaps.append(gap)
     return gaps
 
 
-@pytest.mark.parametrize("group,transforms", [("C4", [rot90]), ("C8", [rot90]), ("D4", [rot90, hflip]),
-                                              ("O2", [rot90]), ("SO2", [rot90])])
+@pytest.mark.parametrize(
+    "group,transforms", [("C4", [rot90]), ("C8", [rot90]), ("D4", [rot90, hflip]), ("O2", [rot90]), ("SO2", [rot90])]
+)
 def test_equivariant_attributions_rotate_with_the_image(group, transforms):
     for gaps in _gaps(suite_model(group), transforms):
         assert max(gaps.values()) < TOL, gaps
@@ -79,5 +83,5 @@ def test_clamping_rotating_vector_components_breaks_consistency(monkeypatch, gro
     monkeypatch.setitem(guided_module.GUIDED_RULES, module_type, guided_module._pointwise_rule)
     x, targets = _inputs()
     both = guided_backprop(suite_model(group), torch.cat([x, rot90(x)]), targets.repeat(2))
-    plain, moved = both[:len(x)], both[len(x):]
+    plain, moved = both[: len(x)], both[len(x) :]
     assert (moved - rot90(plain)).abs().max() > 0.1 * plain.abs().max()

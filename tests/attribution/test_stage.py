@@ -25,8 +25,13 @@ def test_arrays(c4_attributions):
     att = c4_attributions
     arrays = att.arrays()
     assert {k: v.shape for k, v in arrays.items()} == {
-        "targets": (4,), "predictions": (4,), "gradcam": (4, 20, 20), "guided": (4, 3, 20, 20),
-        "guided_gradcam": (4, 3, 20, 20), "response": (4, 20, 20)}
+        "targets": (4,),
+        "predictions": (4,),
+        "gradcam": (4, 20, 20),
+        "guided": (4, 3, 20, 20),
+        "guided_gradcam": (4, 3, 20, 20),
+        "response": (4, 20, 20),
+    }
     np.testing.assert_array_equal(att.targets, [0, 3, 5, 7])
     np.testing.assert_allclose(att.guided_gradcam, att.guided * att.gradcam[:, None], rtol=1e-6)
     expected_cam = grad_cam(suite_model("C4"), images(4, 20), torch.tensor([0, 3, 5, 7]))
@@ -57,8 +62,8 @@ def test_untrained_cells_are_named_on_stderr_and_strict_refuses_them(temp_study,
     import json
 
     from reproduce.cli import main
-    from tests.conftest import TINY_STUDY
-    study = temp_study(TINY_STUDY.format(name="tiny").replace("seed: [0]", "seed: [0, 1, 2, 3, 4, 5]"))  # 12 cells
+
+    study = temp_study(seed=range(6))  # 12 cells
     args = ["attribute", str(study), "--data-root", str(tmp_path / "data")]
     # the DVC stage relies on exit 0: the untrained cells are skipped, as before, but no longer silently
     assert main([*args, "--results", str(tmp_path / "lenient")]) == 0
@@ -70,4 +75,4 @@ def test_untrained_cells_are_named_on_stderr_and_strict_refuses_them(temp_study,
     assert main([*args, "--results", str(tmp_path / "strict"), "--strict"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: 12 of 12 cells of study tiny have no result") and "Traceback" not in err, err
-    assert not (tmp_path / "strict").exists()   # nothing written
+    assert not (tmp_path / "strict").exists()  # nothing written

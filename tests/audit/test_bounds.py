@@ -10,8 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from reproduce.audit import (epsilon_lower_bound, guesses, max_epsilon_lower_bound, one_run_audit,
-                             one_run_p_value)
+from reproduce.audit import epsilon_lower_bound, guesses, max_epsilon_lower_bound, one_run_audit, one_run_p_value
 
 REFERENCE = json.loads((Path(__file__).parent / "data" / "reference_bounds.json").read_text())
 # The reference stops its root search at xtol=1e-6 (header "precision"); ours at 1e-9.
@@ -37,20 +36,23 @@ def test_p_value_matches_reference(row):
 
 @pytest.mark.parametrize("row", REFERENCE["epsilons"], ids=_row_id)
 def test_epsilon_lower_bound_matches_reference(row):
-    eps = epsilon_lower_bound(m=row["m"], r=row["r"], c=row["c"], delta=row["delta"],
-                              confidence=1 - row["significance"])
+    eps = epsilon_lower_bound(
+        m=row["m"], r=row["r"], c=row["c"], delta=row["delta"], confidence=1 - row["significance"]
+    )
     assert eps == pytest.approx(row["epsilon"], abs=EPSILON_ATOL)
 
 
-@pytest.mark.parametrize("row", REFERENCE["explicit_thresholds"],
-                         ids=lambda row: f"m={len(row['scores'])},t={row['threshold']:.3f}")
+@pytest.mark.parametrize(
+    "row", REFERENCE["explicit_thresholds"], ids=lambda row: f"m={len(row['scores'])},t={row['threshold']:.3f}"
+)
 def test_scores_to_bound_matches_reference_public_api(row):
     """CanaryScoreAuditor.epsilon_one_run(Explicit(t)) guesses "in" for every score >= t."""
     scores, included = np.array(row["scores"]), np.array(row["included"], dtype=bool)
     k_pos = int(np.sum(scores >= row["threshold"]))
     assert k_pos == row["guessed_in"]
-    audit = one_run_audit(scores, included, guess_counts=[(k_pos, 0)], delta=row["delta"],
-                          confidence=1 - row["significance"])
+    audit = one_run_audit(
+        scores, included, guess_counts=[(k_pos, 0)], delta=row["delta"], confidence=1 - row["significance"]
+    )
     assert audit.r == k_pos
     assert audit.epsilon_lower_bound == pytest.approx(row["epsilon"], abs=EPSILON_ATOL)
 
@@ -78,8 +80,10 @@ def test_p_value_matches_exact_arithmetic(m, r, c, epsilon, delta):
 def _float_p_value(m: int, r: int, c: int, epsilon: float, delta: float) -> float:
     """The same literal loop in floats, with the pmf from log-gamma: fast enough to scan a grid."""
     log_q, log_1mq = -math.log1p(math.exp(-epsilon)), -math.log1p(math.exp(epsilon))
-    pmf = [math.exp(math.lgamma(r + 1) - math.lgamma(k + 1) - math.lgamma(r - k + 1) + k * log_q
-                    + (r - k) * log_1mq) for k in range(r + 1)]
+    pmf = [
+        math.exp(math.lgamma(r + 1) - math.lgamma(k + 1) - math.lgamma(r - k + 1) + k * log_q + (r - k) * log_1mq)
+        for k in range(r + 1)
+    ]
     slope, window = 0.0, 0.0
     for i in range(1, c + 1):
         window += pmf[c - i]
@@ -127,7 +131,7 @@ def test_all_right_ceiling():
 
 def _brute_force_guesses(scores, included, k_pos, k_neg):
     ranked = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
-    top, bottom = ranked[:k_pos], ranked[len(ranked) - k_neg:] if k_neg else []
+    top, bottom = ranked[:k_pos], ranked[len(ranked) - k_neg :] if k_neg else []
     return k_pos + k_neg, sum(bool(included[i]) for i in top) + sum(not included[i] for i in bottom)
 
 
@@ -153,23 +157,29 @@ def test_perfect_scores_guess_everything_right():
     assert guesses(-scores, included, 3, 3) == (6, 0)
 
 
-@pytest.mark.parametrize("args,match", [
-    ((np.zeros(3), np.zeros(3, dtype=bool), 2, 2), "exceed"),
-    ((np.zeros(3), np.zeros(4, dtype=bool), 1, 0), "one length"),
-    ((np.zeros(3), np.zeros(3), 1, 0), "bool mask"),
-    ((np.array([0.0, np.nan, 1.0]), np.zeros(3, dtype=bool), 1, 0), "not finite"),
-    ((np.zeros(3), np.zeros(3, dtype=bool), -1, 0), "non-negative"),
-])
+@pytest.mark.parametrize(
+    "args,match",
+    [
+        ((np.zeros(3), np.zeros(3, dtype=bool), 2, 2), "exceed"),
+        ((np.zeros(3), np.zeros(4, dtype=bool), 1, 0), "one length"),
+        ((np.zeros(3), np.zeros(3), 1, 0), "bool mask"),
+        ((np.array([0.0, np.nan, 1.0]), np.zeros(3, dtype=bool), 1, 0), "not finite"),
+        ((np.zeros(3), np.zeros(3, dtype=bool), -1, 0), "non-negative"),
+    ],
+)
 def test_guesses_refuse_bad_input(args, match):
     with pytest.raises(ValueError, match=match):
         guesses(*args)
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(m=10, r=11, c=1, delta=0.0, confidence=0.95), "c <= r <= m"),
-    (dict(m=10, r=5, c=1, delta=2.0, confidence=0.95), "delta"),
-    (dict(m=10, r=5, c=1, delta=0.0, confidence=1.0), "confidence"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(m=10, r=11, c=1, delta=0.0, confidence=0.95), "c <= r <= m"),
+        (dict(m=10, r=5, c=1, delta=2.0, confidence=0.95), "delta"),
+        (dict(m=10, r=5, c=1, delta=0.0, confidence=1.0), "confidence"),
+    ],
+)
 def test_bound_refuses_bad_input(kwargs, match):
     with pytest.raises(ValueError, match=match):
         epsilon_lower_bound(**kwargs)
@@ -182,8 +192,10 @@ def test_audit_over_candidates_is_bonferroni_corrected():
     candidates = [(50, 0), (100, 100), (300, 0)]
     audit = one_run_audit(scores, included, guess_counts=candidates, delta=1e-5, confidence=0.95)
     assert audit.candidates == 3 and (audit.k_pos, audit.k_neg) in candidates
-    each = [epsilon_lower_bound(m=1000, r=r, c=c, delta=1e-5, confidence=1 - 0.05 / 3)
-            for r, c in (guesses(scores, included, *pair) for pair in candidates)]
+    each = [
+        epsilon_lower_bound(m=1000, r=r, c=c, delta=1e-5, confidence=1 - 0.05 / 3)
+        for r, c in (guesses(scores, included, *pair) for pair in candidates)
+    ]
     assert audit.epsilon_lower_bound == pytest.approx(max(each))
     alone = one_run_audit(scores, included, guess_counts=[(audit.k_pos, audit.k_neg)], delta=1e-5, confidence=0.95)
     assert alone.epsilon_lower_bound > audit.epsilon_lower_bound  # the correction costs something

@@ -6,8 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from reproduce.audit import (GradientCanaries, inclusion_mask, input_canaries, loss_scores, parameter_vector,
-                             with_included_canaries)
+from reproduce.audit import (
+    GradientCanaries,
+    inclusion_mask,
+    input_canaries,
+    loss_scores,
+    parameter_vector,
+    with_included_canaries,
+)
 
 
 def test_inclusion_mask_is_seeded_and_fair():
@@ -80,8 +86,7 @@ def test_gradient_canary_directions(kind):
     np.testing.assert_allclose(np.linalg.norm(canaries.gradient(3, norm=2.5)), 2.5, rtol=1e-6)
     gram = directions @ directions.T - np.eye(20)
     assert np.abs(gram).max() < (1e-12 if kind == "dirac" else 0.3)  # Dirac: distinct coordinates
-    np.testing.assert_array_equal(GradientCanaries(m=20, num_params=500, seed=0, kind=kind).direction(5),
-                                  directions[5])
+    np.testing.assert_array_equal(GradientCanaries(m=20, num_params=500, seed=0, kind=kind).direction(5), directions[5])
 
 
 @pytest.mark.parametrize("kind", ["dirac", "gaussian"])

@@ -49,8 +49,17 @@ def test_randomized_response_bound_is_valid_and_nearly_tight():
     assert exceed >= 0.05 and np.median(bounds) > 0.75 * epsilon
 
 
-def dp_sgd_white_box(seed: int, *, m: int, noise_multiplier: float, steps: int, canary_norm: float, clip: bool,
-                     max_grad_norm: float = 1.0, num_params: int = 3000):
+def dp_sgd_white_box(
+    seed: int,
+    *,
+    m: int,
+    noise_multiplier: float,
+    steps: int,
+    canary_norm: float,
+    clip: bool,
+    max_grad_norm: float = 1.0,
+    num_params: int = 3000,
+):
     """Full-batch DP-SGD on m Dirac gradient canaries and 50 ordinary samples.
 
     Returns:
@@ -74,16 +83,25 @@ def dp_sgd_white_box(seed: int, *, m: int, noise_multiplier: float, steps: int, 
 
 def white_box_audit(seed: int, **mechanism):
     canaries, included, theta0, theta = dp_sgd_white_box(seed, **mechanism)
-    return one_run_audit(canaries.scores(theta0, theta), included,
-                         guess_counts=[(k, k) for k in (25, 50, 100, 250)], delta=DELTA, confidence=0.95)
+    return one_run_audit(
+        canaries.scores(theta0, theta),
+        included,
+        guess_counts=[(k, k) for k in (25, 50, 100, 250)],
+        delta=DELTA,
+        confidence=0.95,
+    )
 
 
 @pytest.mark.parametrize("noise_multiplier", [1.0, 2.0])
 def test_gaussian_white_box_bound_never_exceeds_the_true_epsilon(noise_multiplier):
     steps = 4
     true_epsilon = gaussian_epsilon(np.sqrt(steps) / noise_multiplier, DELTA)  # T-fold Gaussian composition
-    bounds = [white_box_audit(seed, m=1000, noise_multiplier=noise_multiplier, steps=steps, canary_norm=1.0,
-                              clip=True).epsilon_lower_bound for seed in range(5)]
+    bounds = [
+        white_box_audit(
+            seed, m=1000, noise_multiplier=noise_multiplier, steps=steps, canary_norm=1.0, clip=True
+        ).epsilon_lower_bound
+        for seed in range(5)
+    ]
     assert max(bounds) <= true_epsilon, (bounds, true_epsilon)
     assert min(bounds) > 0.2  # the canaries are seen, just not beyond what DP allows
 
@@ -99,8 +117,15 @@ def test_a_broken_guarantee_shows_a_bound_above_the_accountants_epsilon(bug):
     steps, claimed_sigma = 4, 4.0
     accountant_epsilon = gaussian_epsilon(np.sqrt(steps) / claimed_sigma, DELTA)
     correct = white_box_audit(1, m=1000, noise_multiplier=claimed_sigma, steps=steps, canary_norm=10.0, clip=True)
-    broken = white_box_audit(1, m=1000, steps=steps, **(
-        dict(noise_multiplier=claimed_sigma / 10, canary_norm=10.0, clip=True) if bug == "noise 10x too small"
-        else dict(noise_multiplier=claimed_sigma, canary_norm=10.0, clip=False)))
+    broken = white_box_audit(
+        1,
+        m=1000,
+        steps=steps,
+        **(
+            dict(noise_multiplier=claimed_sigma / 10, canary_norm=10.0, clip=True)
+            if bug == "noise 10x too small"
+            else dict(noise_multiplier=claimed_sigma, canary_norm=10.0, clip=False)
+        ),
+    )
     assert not correct.exceeds(accountant_epsilon)
     assert broken.exceeds(accountant_epsilon), (broken.epsilon_lower_bound, accountant_epsilon)

@@ -17,37 +17,28 @@ import numpy as np
 import pytest
 import torch
 
-from reproduce.audit import parameter_vector
 from reproduce.models import build_cell_model
 from reproduce.privacy.clipped_optimizer import ClippingDPOptimizer
 from reproduce.privacy.clipping import FlatClipping
-from reproduce.study import parse_study
-from reproduce.training.cell import run_cell, training_records, training_set, write_cell
 from reproduce.training.audit import CellAudit
+from reproduce.training.cell import run_cell, training_records, training_set, write_cell
 from reproduce.training.plain import PlainTrainer
 from reproduce.training.private import PrivateTrainer
-from tests.conftest import REPO
+from tests.conftest import REPO, tiny_study
 
-STUDY = """
-name: audit_tiny
-model: {{widths: [4, 8, 8]}}
-privacy: {{delta: 1.0e-5, max_grad_norm: 1.0}}
-training:
-  optimizer: {{name: sgd, lr: 0.05, momentum: 0.9}}
-  dp_optimizer: {{name: sgd, lr: 0.5, momentum: 0.9}}
-  batch_size: 64
-  physical_batch_size: 32
-  epochs: 8
-  max_train_samples: 256
-  eval_batch_size: 512
-audit: {{canaries: 256, kind: {kind}, gradient_norm: {gradient_norm}}}
-grid: {{dataset: [embedded], group: [e], epsilon: [{epsilon}], seed: {seeds}}}
-"""
 EPSILON = 1
 
 
-def tiny(kind="gradient", epsilon=EPSILON, seeds=(0,), gradient_norm=10.0):
-    return parse_study(STUDY.format(kind=kind, epsilon=epsilon, seeds=list(seeds), gradient_norm=gradient_norm))
+def tiny(kind="gradient", epsilon=EPSILON, seeds=(0,), gradient_norm=10.0, *, audited=True):
+    """The tiny study at 8 epochs with studies/ci.yaml's learning rates, audited with 256 ``kind`` canaries."""
+    audit = {"canaries": 256, "kind": kind, "gradient_norm": gradient_norm} if audited else None
+    return tiny_study(
+        name="audit_tiny",
+        audit=audit,
+        epsilon=epsilon,
+        seed=seeds,
+        training={"optimizer": {"lr": 0.05}, "dp_optimizer": {"name": "sgd", "lr": 0.5, "momentum": 0.9}, "epochs": 8},
+    )
 
 
 def audited(cell, data_root):
@@ -64,19 +55,23 @@ def test_audited_cells_have_their_own_ids_and_config():
     cell = tiny().cells()[0]
     assert cell.audited and cell.id == "embedded-e-1-1-0-audit"
     assert cell.config()["audit"]["canaries"] == 256
-    plain = parse_study(STUDY.format(kind="gradient", epsilon=1, seeds=[0], gradient_norm=10.0).replace(
-        "audit: {canaries: 256, kind: gradient, gradient_norm: 10.0}\n", ""))
+    plain = tiny(audited=False)
     assert not plain.cells()[0].audited and plain.cells()[0].id == "embedded-e-1-1-0"
 
 
 def _trainer(cell, data_root, kind, trainer_class=PrivateTrainer):
     from reproduce.data import load_dataset
+
     splits = load_dataset(cell.dataset, root=data_root, options=cell.study.data)
     torch.manual_seed(cell.seed)
     model = build_cell_model(cell, in_channels=3, num_classes=splits.info.num_classes)
-    audit = CellAudit.prepare(cell, *training_records(splits, max_samples=256), task=splits.info.task,
-                              num_classes=splits.info.num_classes,
-                              num_params=sum(p.numel() for p in model.parameters()))
+    audit = CellAudit.prepare(
+        cell,
+        *training_records(splits, max_samples=256),
+        task=splits.info.task,
+        num_classes=splits.info.num_classes,
+        num_params=sum(p.numel() for p in model.parameters()),
+    )
     train_set = training_set(splits, max_samples=256, task=splits.info.task, audit=audit)
     params = [p for p in model.parameters() if p.requires_grad]
     trainer = trainer_class.for_cell(cell, model, train_set, task=splits.info.task, canaries=audit.gradients(params))
@@ -91,12 +86,13 @@ def test_included_canaries_are_training_records_counted_in_n(data_root):
         assert 0 < k < 256 and len(train_set) == 256 + k
         # q = B / N with the canaries in N: the sampler and the accountant see them as records.
         assert trainer.dp.sample_rate == pytest.approx(64 / (256 + k))
-        if kind == "input":   # the included canaries' records, exactly, after the real ones
+        if kind == "input":  # the included canaries' records, exactly, after the real ones
             x = train_set.tensors[0][256:]
             from reproduce.training.task import to_tensor
+
             assert torch.equal(x, to_tensor(audit.input.images[audit.included]))
             assert len(train_set.tensors) == 2
-        else:                 # placeholders naming their canary; real rows -1
+        else:  # placeholders naming their canary; real rows -1
             ids = train_set.tensors[2]
             assert (ids[:256] == -1).all() and ids[256:].tolist() == np.flatnonzero(audit.included).tolist()
 
@@ -116,7 +112,7 @@ def test_gradient_canaries_are_the_last_per_sample_gradients_before_clipping(dat
     flat = torch.cat([p.grad_sample.reshape(p.grad_sample.shape[0], -1) for p in trainer.params], dim=1)
     expected = np.stack([audit.gradient.gradient(i, norm=10.0) for i in pending])
     # The model never saw the placeholders: their rows are exactly the canaries' gradients.
-    np.testing.assert_array_equal(flat[len(x):].numpy(), expected)
+    np.testing.assert_array_equal(flat[len(x) :].numpy(), expected)
     assert np.allclose(np.linalg.norm(expected, axis=1), 10.0)
 
 
@@ -189,6 +185,7 @@ def test_audit_is_written_and_read_back(data_root, tmp_path):
     assert json.loads((tmp_path / "metrics.json").read_text())["audit_epsilon_lower"] == audit.epsilon_lower
     assert "audit.*" in record["privacy"]["unnoised_releases"]
     from reproduce.records.result import read_result
+
     assert read_result(tmp_path / "result.json").audit == audit
 
 

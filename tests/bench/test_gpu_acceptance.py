@@ -30,8 +30,13 @@ GA = _module()
 
 def _run(tmp_path: Path, *args: str, timeout: float = 900) -> tuple[subprocess.CompletedProcess, dict]:
     out = tmp_path / "tmp.json"
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--device", "cpu", "--out", str(out), *args], cwd=REPO,
-                          capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--device", "cpu", "--out", str(out), *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     return proc, json.loads(out.read_text())
 
 
@@ -70,8 +75,8 @@ def test_the_quick_cpu_rehearsal_passes_every_item_it_can_and_records_every_figu
     assert items["b"]["figures"]["cases"] > 0 and items["b"]["figures"]["mismatched"] == 0
     c = items["c"]["figures"]
     assert c["per_sample_grads"]["dp_over_nonprivate"] > 0 and c["epoch_cost"]["bridging_the_gap"]["rows"]
-    assert set(c["targets"]) == set(GA.TARGETS) - {"cifar10_cell_gpu_hours"}   # --quick projects one study
-    assert all(t["met"] is None for t in c["targets"].values())   # judged on CUDA only
+    assert set(c["targets"]) == set(GA.TARGETS) - {"cifar10_cell_gpu_hours"}  # --quick projects one study
+    assert all(t["met"] is None for t in c["targets"].values())  # judged on CUDA only
     cells = items["d"]["figures"]["cells"]
     assert set(cells) == set(GA.PAPER_STUDIES)
     for name, cell in cells.items():
@@ -121,17 +126,24 @@ def test_the_copy_check_tells_designed_from_other_host_device_copies():
     ``file.py(line): function`` parents; a copy's kernels on the op that launched it)."""
     outer = _Event("bench/gpu_acceptance.py(700): profiled_train")
     loop = _Event("/srv/repo/reproduce/training/loop.py(72): train", outer)
-    views = _Event("/srv/repo/reproduce/device.py(93): host_to_device",
-                   _Event("reproduce/data/augment.py(54): _crop", loop))
+    views = _Event(
+        "/srv/repo/reproduce/device.py(93): host_to_device", _Event("reproduce/data/augment.py(54): _crop", loop)
+    )
     engine = _Event("reproduce/privacy/fast_engine.py(127): backward", loop)
     events = [
-        outer, loop, views, engine,
+        outer,
+        loop,
+        views,
+        engine,
         _Event("aten::copy_", _Event("aten::_to_copy", _Event("aten::to", views)), ["Memcpy HtoD (Pinned -> Device)"]),
         _Event("aten::copy_", views, ["Memcpy HtoD (Pageable -> Device)"]),
-        _Event("aten::_local_scalar_dense", _Event("aten::item", _Event("aten::is_nonzero", loop)),
-               ["Memcpy DtoH (Device -> Pageable)"]),
+        _Event(
+            "aten::_local_scalar_dense",
+            _Event("aten::item", _Event("aten::is_nonzero", loop)),
+            ["Memcpy DtoH (Device -> Pageable)"],
+        ),
         _Event("aten::copy_", _Event("aten::to", engine), ["Memcpy DtoH (Device -> Pageable)"]),
-        _Event("aten::copy_", engine, ["Memcpy DtoD (Device -> Device)"]),   # device-internal: not counted
+        _Event("aten::copy_", engine, ["Memcpy DtoD (Device -> Device)"]),  # device-internal: not counted
         _Event("Memcpy HtoD (Pinned -> Device)", device="DeviceType.CUDA"),
         _Event("Memcpy DtoD (Device -> Device)", device="DeviceType.CUDA"),
     ]
@@ -140,9 +152,11 @@ def test_the_copy_check_tells_designed_from_other_host_device_copies():
     assert found["designed_copies"] == {
         "reproduce/device.py:93 host_to_device (aten::to, Memcpy HtoD (Pinned -> Device))": 1,
         "reproduce/device.py:93 host_to_device (aten::copy_, Memcpy HtoD (Pageable -> Device))": 1,
-        "reproduce/training/loop.py:72 train (aten::item, Memcpy DtoH (Device -> Pageable))": 1}
+        "reproduce/training/loop.py:72 train (aten::item, Memcpy DtoH (Device -> Pageable))": 1,
+    }
     assert found["undesigned_copies"] == {
-        "reproduce/privacy/fast_engine.py:127 backward (aten::to, Memcpy DtoH (Device -> Pageable))": 1}
+        "reproduce/privacy/fast_engine.py:127 backward (aten::to, Memcpy DtoH (Device -> Pageable))": 1
+    }
     assert found["pageable_host_to_device"] == 1
     assert found["copies_by_kind"] == {"Memcpy HtoD (Pinned -> Device)": 1, "Memcpy DtoD (Device -> Device)": 1}
     # without kernels on the ops, the runtime calls stand in
@@ -150,11 +164,13 @@ def test_the_copy_check_tells_designed_from_other_host_device_copies():
     found = GA.classify_copies(runtime)
     assert found["copy_sites_from"] == "runtime calls"
     assert found["undesigned_copies"] == {
-        "reproduce/privacy/fast_engine.py:127 backward (aten::copy_, cudaMemcpy* (kind unknown))": 1}
+        "reproduce/privacy/fast_engine.py:127 backward (aten::copy_, cudaMemcpy* (kind unknown))": 1
+    }
     assert GA.classify_copies([loop])["designed_copies"] == {} == GA.classify_copies([loop])["undesigned_copies"]
 
 
 def test_the_docs_give_each_items_budget_as_the_script_has_it():
-    rows = re.findall(r"^\| ([a-h]) `(\w+)` \|.*\| (\d+) s \|$", (REPO / "docs" / "gpu.md").read_text(), re.M)
+    rows = re.findall(r"^\| ([a-h]) `(\w+)` \|.*\| (\d+) s \|$", (REPO / "docs" / "gpus-and-slurm.md").read_text(), re.M)
     assert {item: (title, int(s)) for item, title, s in rows} == {
-        item: (GA.TITLES[item], gpu) for item, (gpu, _) in GA.BUDGET_S.items()}
+        item: (GA.TITLES[item], gpu) for item, (gpu, _) in GA.BUDGET_S.items()
+    }

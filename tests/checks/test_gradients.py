@@ -13,9 +13,9 @@ from opacus import GradSampleModule
 from opacus.grad_sample.conv import compute_conv_grad_sample as opacus_conv_rule
 from torch import nn
 
+from reproduce.checks.gradients import LAYOUTS, format_report, verify_study
 from reproduce.cli import main
 from reproduce.study import load_study
-from reproduce.checks.gradients import LAYOUTS, format_report, verify_study
 
 STUDIES = sorted(Path("studies").glob("*.yaml"))
 
@@ -38,8 +38,9 @@ def test_every_study_verifies_against_per_sample_autograd(path):
 
 
 def test_float64_tolerance_1e10():
-    report = verify_study(load_study("studies/ci.yaml"), dtype=torch.float64, layouts=("channels_last",),
-                          modes=("engine",))
+    report = verify_study(
+        load_study("studies/ci.yaml"), dtype=torch.float64, layouts=("channels_last",), modes=("engine",)
+    )
     assert report.tolerance == 1e-10
     assert report.ok, format_report(report)
 
@@ -47,6 +48,7 @@ def test_float64_tolerance_1e10():
 def test_verify_catches_a_layout_unsafe_rule(monkeypatch, capsys):
     """The check can fail: opacus's own nn.Conv2d rule without the layout guard is wrong on channels-last input."""
     import reproduce.privacy.grad_samplers.layout as layout
+
     monkeypatch.setattr(layout, "layout_safe", lambda rule: rule)
     monkeypatch.setitem(GradSampleModule.GRAD_SAMPLERS, nn.Conv2d, opacus_conv_rule)
     report = verify_study(load_study("studies/ci.yaml"), groups=("e",), modes=("engine",))
@@ -78,6 +80,7 @@ def test_verify_reports_refusals(monkeypatch, capsys):
 
 def test_nan_errors_fail():
     from reproduce.checks.gradients import CaseReport
+
     case = CaseReport("e", 1, "trainer", "engine", 3, {"a.weight": 0.0, "b.weight": float("nan")}, 0.0, ())
     assert not case.ok(1e-4) and case.worst()[0] == "b.weight"
 
@@ -85,6 +88,7 @@ def test_nan_errors_fail():
 def test_forced_layouts_reach_every_trainable_layer():
     """Not only the model input: every trainable layer receives the forced layout."""
     import reproduce.checks.gradients as verify
+
     seen = []
     model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Tanh(), nn.Conv2d(4, 4, 3, padding=1))
     hooks = verify._force_layout(model, "strided")  # pre-hooks run in order: these first
@@ -99,6 +103,7 @@ def test_forced_layouts_reach_every_trainable_layer():
 def test_verify_crosses_chunk_boundaries(monkeypatch):
     """A rule that is wrong beyond its first chunk is caught (the verified batches are small)."""
     from reproduce.privacy.grad_samplers import conv_filter
+
     real = conv_filter.filter_grad_sample
     calls = []
 
@@ -108,6 +113,7 @@ def test_verify_crosses_chunk_boundaries(monkeypatch):
         return out * (2.0 if len(calls) % 2 == 0 else 1.0)
 
     import reproduce.privacy.grad_samplers.equivariant_conv as eq
+
     monkeypatch.setattr(eq, "filter_grad_sample", wrong_after_first_chunk)
     report = verify_study(load_study("studies/ci.yaml"), groups=("C4",), layouts=("trainer",), modes=("engine",))
     assert not report.ok

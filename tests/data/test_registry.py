@@ -13,8 +13,8 @@ from reproduce.errors import ReproduceError
 from reproduce.models import build_model, count_parameters, parameter_counts
 from reproduce.data.stand_in import dataset_shape
 from reproduce.study import DATASETS as STUDY_DATASETS
-from reproduce.study import load_study, parse_study
-from tests.conftest import REPO
+from reproduce.study import load_study
+from tests.conftest import REPO, tiny_study
 
 
 def test_the_study_schema_allows_exactly_the_tables_names():
@@ -61,12 +61,8 @@ def test_params_builds_cifar10_models_with_3_channels_and_10_classes(capsys):
 
 
 def test_parameter_counts_per_dataset_and_group():
-    study = parse_study("""\
-name: counts
-model: {widths: [2, 2, 4]}
-training: {epochs: 1}
-grid: {dataset: [pneumoniamnist, pathmnist], group: [e], epsilon: [8], multiplicity: [1, 2], seed: [0, 1]}
-""")
+    study = tiny_study(name="counts", model={"widths": [2, 2, 4]}, dataset=["pneumoniamnist", "pathmnist"], epsilon=8,
+                       multiplicity=[1, 2], seed=[0, 1])
     counts = parameter_counts(study)
     assert [(c.dataset, c.group) for c in counts] == [("pneumoniamnist", "e"), ("pathmnist", "e")]
     for c, (channels, classes) in zip(counts, [(1, 2), (3, 9)]):

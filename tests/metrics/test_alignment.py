@@ -38,7 +38,9 @@ def test_cosine_weight_and_bias_concatenated():
     gW, gb = torch.tensor([[[2.0, 0.0]]]), torch.tensor([[1.0]])
     assert per_sample_cosine([gW, gb], [W, b]) == pytest.approx([4 / (3 * math.sqrt(5))])
     # numpy inputs work the same
-    assert per_sample_cosine([gW.numpy(), gb.numpy()], [W.numpy(), b.numpy()]) == pytest.approx([4 / (3 * math.sqrt(5))])
+    assert per_sample_cosine([gW.numpy(), gb.numpy()], [W.numpy(), b.numpy()]) == pytest.approx(
+        [4 / (3 * math.sqrt(5))]
+    )
 
 
 def test_cosine_zero_weights_and_shape_errors():
@@ -101,7 +103,7 @@ def test_final_layer_cosines_are_update_direction_against_the_weight_only():
     got = final_layer_cosines(h, layer(h), y, layer.weight)
     for i in range(7):
         layer.zero_grad()
-        torch.nn.functional.cross_entropy(layer(h[i:i + 1]), y[i:i + 1]).backward()
+        torch.nn.functional.cross_entropy(layer(h[i : i + 1]), y[i : i + 1]).backward()
         update, w = -layer.weight.grad.ravel(), layer.weight.detach().ravel()
         assert got[i] == pytest.approx((update @ w / (update.norm() * w.norm())).item(), rel=1e-12)
 

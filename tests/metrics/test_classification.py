@@ -226,7 +226,12 @@ def test_input_validation():
 
 @pytest.mark.parametrize(
     "task,shape",
-    [("multi-class", (40, 4)), ("ordinal-regression", (40, 5)), ("binary-class", (40, 2)), ("multi-label, binary-class", (40, 3))],
+    [
+        ("multi-class", (40, 4)),
+        ("ordinal-regression", (40, 5)),
+        ("binary-class", (40, 2)),
+        ("multi-label, binary-class", (40, 3)),
+    ],
 )
 def test_agrees_with_medmnist_evaluator(task, shape, tmp_path, monkeypatch):
     """Cross-check against medmnist 3.0.2's getACC/getAUC when every class is present."""
@@ -250,7 +255,7 @@ def test_agrees_with_medmnist_evaluator(task, shape, tmp_path, monkeypatch):
 def test_compute_eval_metrics_evaluates_exactly_the_registered_split_metrics(monkeypatch):
     from reproduce.metrics import SPLIT_METRICS
 
-    def share_of_class_0(probs, labels, *, task):   # a new split metric: one function, one registration
+    def share_of_class_0(probs, labels, *, task):  # a new split metric: one function, one registration
         return float(np.mean(np.asarray(labels).ravel() == 0))
 
     monkeypatch.setitem(METRICS, "share0", share_of_class_0)
@@ -259,5 +264,6 @@ def test_compute_eval_metrics_evaluates_exactly_the_registered_split_metrics(mon
     out = compute_eval_metrics(P3, Y3, task="multi-class")
     assert out["share0"] == pytest.approx(np.mean(np.asarray(Y3) == 0)) and "brier" not in out and "ece" in out
     assert list(out) == ["n", "acc", "auc", "auc_undefined_classes", "auc_reason", "ece", "share0"]
-    assert "share0" not in compute_eval_metrics(P3[:, :2] / P3[:, :2].sum(1, keepdims=True), np.asarray(Y3) % 2,
-                                                task="binary-class")
+    assert "share0" not in compute_eval_metrics(
+        P3[:, :2] / P3[:, :2].sum(1, keepdims=True), np.asarray(Y3) % 2, task="binary-class"
+    )

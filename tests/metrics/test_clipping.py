@@ -20,14 +20,20 @@ NORMS = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0])
 
 
 def _record(**kw):
-    base = dict(norms=NORMS, unclipped_sum=torch.tensor([3.0, 4.0]), clipped_sum=torch.tensor([0.0, 2.0]),
-                noise=torch.tensor([1.5, 0.0]), descent=torch.tensor([1.0, 0.0]), max_grad_norm=2.5)
+    base = dict(
+        norms=NORMS,
+        unclipped_sum=torch.tensor([3.0, 4.0]),
+        clipped_sum=torch.tensor([0.0, 2.0]),
+        noise=torch.tensor([1.5, 0.0]),
+        descent=torch.tensor([1.0, 0.0]),
+        max_grad_norm=2.5,
+    )
     return StepRecord(**{**base, **kw})
 
 
 def test_share_clipped_counts_norms_strictly_above_C():
     assert share_clipped(NORMS, 2.5) == 0.6
-    assert share_clipped(NORMS, 3.0) == 0.4     # a norm equal to C is not clipped
+    assert share_clipped(NORMS, 3.0) == 0.4  # a norm equal to C is not clipped
     assert share_clipped(torch.zeros(0), 1.0) is None
 
 
@@ -46,13 +52,19 @@ def test_cosine_and_norm_ratio_by_hand():
 
 def test_step_diagnostics_by_hand():
     d = clipping_diagnostics(_record())
-    assert d.as_row() == pytest.approx({
-        "share_clipped": 0.6, "grad_norm_q10": 1.4, "grad_norm_q50": 3.0, "grad_norm_q90": 4.6,
-        "clip_bias_cosine": 0.8,        # (0, 2) . (3, 4) / (2 * 5)
-        "clip_bias_norm_ratio": 0.4,    # 2 / 5
-        "noise_to_signal": 0.75,        # 1.5 / 2
-        "update_cosine": 0.6,           # (1, 0) . (3, 4) / 5
-        "max_grad_norm": 2.5})
+    assert d.as_row() == pytest.approx(
+        {
+            "share_clipped": 0.6,
+            "grad_norm_q10": 1.4,
+            "grad_norm_q50": 3.0,
+            "grad_norm_q90": 4.6,
+            "clip_bias_cosine": 0.8,  # (0, 2) . (3, 4) / (2 * 5)
+            "clip_bias_norm_ratio": 0.4,  # 2 / 5
+            "noise_to_signal": 0.75,  # 1.5 / 2
+            "update_cosine": 0.6,  # (1, 0) . (3, 4) / 5
+            "max_grad_norm": 2.5,
+        }
+    )
 
 
 def test_an_empty_noise_only_step_has_undefined_diagnostics_but_its_C():
@@ -68,7 +80,7 @@ def test_flatten_concatenates_parameters_in_order():
 
 def test_update_cosine_of_a_step_by_hand():
     before = [torch.tensor([1.0, 1.0]), torch.tensor([2.0])]
-    after = [torch.tensor([0.0, 1.0]), torch.tensor([2.0])]       # descent (1, 0, 0)
-    gradient = [torch.tensor([1.0, 1.0]), torch.tensor([0.0])]    # cos = 1 / sqrt(2)
-    assert update_cosine(before=before, after=after, gradient=gradient) == pytest.approx(2 ** -0.5, rel=1e-15)
-    assert update_cosine(before=before, after=before, gradient=gradient) is None   # no step taken
+    after = [torch.tensor([0.0, 1.0]), torch.tensor([2.0])]  # descent (1, 0, 0)
+    gradient = [torch.tensor([1.0, 1.0]), torch.tensor([0.0])]  # cos = 1 / sqrt(2)
+    assert update_cosine(before=before, after=after, gradient=gradient) == pytest.approx(2**-0.5, rel=1e-15)
+    assert update_cosine(before=before, after=before, gradient=gradient) is None  # no step taken

@@ -27,15 +27,14 @@ ALL_GROUPS = ["C1", "C4", "C8", "C16", "D4", "O2", "SO2"]
 TOL = 1e-4  # relative to the largest logit
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _model(group: str, restrict: str = "none", seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
-    model = build_equivariant_resnet9(group=group, widths=(2, 2, 2), in_channels=3, num_classes=5,
-                                      restrict=restrict)
+    model = build_equivariant_resnet9(group=group, widths=(2, 2, 2), in_channels=3, num_classes=5, restrict=restrict)
     return model.eval()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _input(size: int = 28) -> torch.Tensor:
     return torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1))
 
@@ -69,9 +68,11 @@ def _fingerprint(model: nn.Module) -> str:
 
 # --- group strings -------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("group,kind,n,order", [("C1", "C", 1, 1), ("C16", "C", 16, 16),
-                                                ("D4", "D", 4, 8), ("O2", "O2", None, None),
-                                                ("SO2", "SO2", None, None)])
+
+@pytest.mark.parametrize(
+    "group,kind,n,order",
+    [("C1", "C", 1, 1), ("C16", "C", 16, 16), ("D4", "D", 4, 8), ("O2", "O2", None, None), ("SO2", "SO2", None, None)],
+)
 def test_parse_group(group, kind, n, order):
     spec = parse_group(group)
     assert (spec.kind, spec.n, spec.order, spec.name) == (kind, n, order, group)
@@ -86,14 +87,12 @@ def test_parse_group_rejects(bad):
 @pytest.mark.parametrize("group", ["C1", "D1", "C3", "D5", "O2", "SO2"])
 def test_halved_refused_without_half_group(group):
     with pytest.raises(ValueError, match="halved"):
-        build_equivariant_resnet9(group=group, widths=(2, 2, 2), in_channels=3, num_classes=2,
-                                  restrict="halved")
+        build_equivariant_resnet9(group=group, widths=(2, 2, 2), in_channels=3, num_classes=2, restrict="halved")
 
 
 def test_unknown_restriction():
     with pytest.raises(ValueError, match="restrict"):
-        build_equivariant_resnet9(group="C4", widths=(2, 2, 2), in_channels=3, num_classes=2,
-                                  restrict="invariant")
+        build_equivariant_resnet9(group="C4", widths=(2, 2, 2), in_channels=3, num_classes=2, restrict="invariant")
 
 
 def test_fix_params_field_counts():
@@ -107,15 +106,19 @@ def test_fix_params_field_counts():
 
 # --- invariance ----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("group,transforms,size", [
-    # 28 -> 14 -> 7 -> 3 exercises the odd-size pooling, 32 -> 16 -> 8 -> 4 the even one.
-    ("C4", [rot(1), rot(2), rot(3)], 28),
-    ("C4", [rot(1)], 32),
-    ("D4", [rot(1), rot(2), rot(3), hflip, vflip, lambda x: x.transpose(-1, -2)], 28),
-    ("D4", [rot(1), hflip], 32),
-    ("O2", [rot(1), hflip], 28),  # 90-degree rotations map the grid onto itself: exact for O(2) too
-    ("SO2", [rot(1), rot(2)], 28),  # FourierELU samples 16 rotations, multiples of 90 degrees too
-])
+
+@pytest.mark.parametrize(
+    "group,transforms,size",
+    [
+        # 28 -> 14 -> 7 -> 3 exercises the odd-size pooling, 32 -> 16 -> 8 -> 4 the even one.
+        ("C4", [rot(1), rot(2), rot(3)], 28),
+        ("C4", [rot(1)], 32),
+        ("D4", [rot(1), rot(2), rot(3), hflip, vflip, lambda x: x.transpose(-1, -2)], 28),
+        ("D4", [rot(1), hflip], 32),
+        ("O2", [rot(1), hflip], 28),  # 90-degree rotations map the grid onto itself: exact for O(2) too
+        ("SO2", [rot(1), rot(2)], 28),  # FourierELU samples 16 rotations, multiples of 90 degrees too
+    ],
+)
 def test_exact_invariance(group, transforms, size):
     model = _model(group)
     for t in transforms:
@@ -125,8 +128,9 @@ def test_exact_invariance(group, transforms, size):
 @pytest.mark.parametrize("group,transforms", [("D4", [rot(1), hflip]), ("O2", [rot(1), hflip])])
 def test_weight_standardisation_keeps_exact_invariance_and_changes_the_filters(group, transforms):
     torch.manual_seed(0)
-    model = build_equivariant_resnet9(group=group, widths=(2, 2, 2), in_channels=3, num_classes=5,
-                                      weight_standardisation=True).eval()
+    model = build_equivariant_resnet9(
+        group=group, widths=(2, 2, 2), in_channels=3, num_classes=5, weight_standardisation=True
+    ).eval()
     for t in transforms:
         assert _gap(model, t) < TOL
     plain = _model(group)
@@ -157,13 +161,11 @@ def test_c4_is_not_flip_invariant():
 
 def test_escnn_basis_option():
     torch.manual_seed(0)
-    model = build_equivariant_resnet9(group="C4", widths=(2, 2, 2), in_channels=3, num_classes=5,
-                                      basis="escnn").eval()
+    model = build_equivariant_resnet9(group="C4", widths=(2, 2, 2), in_channels=3, num_classes=5, basis="escnn").eval()
     assert _gap(model, rot(1)) < TOL
     assert sum(p.numel() for p in model.parameters()) < sum(p.numel() for p in _model("C4").parameters())
     with pytest.raises(ValueError, match="basis"):
-        build_equivariant_resnet9(group="C4", widths=(2, 2, 2), in_channels=3, num_classes=5,
-                                  basis="dense")
+        build_equivariant_resnet9(group="C4", widths=(2, 2, 2), in_channels=3, num_classes=5, basis="dense")
 
 
 class _PlainCNN(nn.Module):
@@ -193,6 +195,7 @@ def test_conventional_resnet9_not_invariant():
 
 
 # --- every group trains --------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("group", ALL_GROUPS)
 def test_forward_backward(group):
@@ -237,12 +240,13 @@ def test_opacus_per_sample_gradients_exact(group):
     gsm._close()
     for i in range(2):
         model.zero_grad()
-        F.cross_entropy(model(x[i:i + 1]), y[i:i + 1], reduction="sum").backward()
+        F.cross_entropy(model(x[i : i + 1]), y[i : i + 1], reduction="sum").backward()
         for n, p in model.named_parameters():
             torch.testing.assert_close(samples[n][i], p.grad, rtol=1e-4, atol=1e-6)
 
 
 # --- normalisation -------------------------------------------------------------------------------
+
 
 def test_norm_groups():
     assert [num_norm_groups(n) for n in (1, 2, 7, 8, 9, 12, 13, 16, 19)] == [1, 2, 7, 8, 3, 6, 1, 8, 1]
@@ -260,6 +264,7 @@ def test_field_norm_is_group_norm_for_regular_fields():
 
 
 # --- determinism and checkpoints -----------------------------------------------------------------
+
 
 def test_same_seed_same_model_in_process():
     a, b = _fingerprint(_model("D4", seed=0)), _fingerprint(_model("D4", seed=1))
@@ -286,14 +291,21 @@ def test_numpy_state_restored():
 
 
 def test_same_seed_same_model_in_fresh_process():
-    code = ("import sys, warnings, torch; warnings.filterwarnings('ignore'); "
-            "sys.path.insert(0, 'tests/models'); "
-            "from test_equivariant import _fingerprint, build_equivariant_resnet9; "
-            "torch.manual_seed(0); "
-            "print(_fingerprint(build_equivariant_resnet9(group='D4', widths=(2, 2, 2), "
-            "in_channels=3, num_classes=5)))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=Path(__file__).resolve().parents[2])
+    code = (
+        "import sys, warnings, torch; warnings.filterwarnings('ignore'); "
+        "sys.path.insert(0, 'tests/models'); "
+        "from test_equivariant import _fingerprint, build_equivariant_resnet9; "
+        "torch.manual_seed(0); "
+        "print(_fingerprint(build_equivariant_resnet9(group='D4', widths=(2, 2, 2), "
+        "in_channels=3, num_classes=5)))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
     assert out.stdout.strip().splitlines()[-1] == _fingerprint(_model("D4"))
 
 

@@ -10,17 +10,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import REPO, TINY_STUDY
+from tests.conftest import REPO
 
 BIN = Path(sys.executable).parent
-
-
-def tiny_study(*, seeds=(0,), epsilons=("non-private", 8), name: str = "default") -> str:
-    """TINY_STUDY as study ``name`` (the default study unless told), with the given grid (1 epoch on 256
-    samples per cell)."""
-    text = TINY_STUDY.format(name=name)
-    text = text.replace("seed: [0]", f"seed: [{', '.join(map(str, seeds))}]")
-    return text.replace("epsilon: [non-private, 8]", f"epsilon: [{', '.join(map(str, epsilons))}]")
 
 
 def cells_of(seeds=(0,), epsilons=("non-private", 8)) -> list[str]:
@@ -55,11 +47,12 @@ def embedded_data(base: Path) -> Path:
 def make_repo_copy(dst: Path, study_text: str, data: Path, *, study: str = "default") -> Path:
     """This repository's files (tracked, and untracked-not-ignored) in a fresh git repo with ``study_text``
     as study ``study`` (default: the default study) and the embedded dataset under data/embedded."""
-    files = run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], REPO,
-                env=env_for(REPO)).stdout.split("\0")
+    files = run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], REPO, env=env_for(REPO)
+    ).stdout.split("\0")
     for f in filter(None, files):
         src = REPO / f
-        dataset_file = f.startswith("data/") and f.count("/") >= 2   # data/<name>/...: linked below
+        dataset_file = f.startswith("data/") and f.count("/") >= 2  # data/<name>/...: linked below
         if src.is_file() and not f.startswith(".reproduce/") and not dataset_file:
             (dst / f).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dst / f)
@@ -67,8 +60,11 @@ def make_repo_copy(dst: Path, study_text: str, data: Path, *, study: str = "defa
     # The committed lock and results are the real study's, not this one's.
     (dst / ("dvc.lock" if study == "default" else f"pipelines/{study}/dvc.lock")).unlink(missing_ok=True)
     shutil.rmtree(dst / "results" / study, ignore_errors=True)
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
-                ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "copy"]):
+    for cmd in (
+        ["git", "init", "-q"],
+        ["git", "add", "-A"],
+        ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "copy"],
+    ):
         run(cmd, dst)
     (dst / "data" / "embedded").mkdir(parents=True, exist_ok=True)
     for f in data.iterdir():

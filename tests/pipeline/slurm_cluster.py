@@ -28,8 +28,9 @@ class ClusterUnavailable(RuntimeError):
 
 
 def _which(name: str) -> str | None:
-    return shutil.which(name) or next((str(p) for d in ("/usr/sbin", "/sbin", "/usr/bin")
-                                       if (p := Path(d) / name).exists()), None)
+    return shutil.which(name) or next(
+        (str(p) for d in ("/usr/sbin", "/sbin", "/usr/bin") if (p := Path(d) / name).exists()), None
+    )
 
 
 def ensure_installed(timeout: float = 600) -> None:
@@ -42,10 +43,15 @@ def ensure_installed(timeout: float = 600) -> None:
     if sudo is None:
         raise ClusterUnavailable("slurm/munge are not installed and this user cannot run apt-get (not root, no sudo)")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *PACKAGES]):
+    for cmd in (
+        ["apt-get", "update", "-qq"],
+        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *PACKAGES],
+    ):
         proc = subprocess.run(sudo + cmd, env=env, capture_output=True, text=True, timeout=timeout)
         if proc.returncode != 0:
-            raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+            raise RuntimeError(
+                f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+            )
     missing = [d for d in DAEMONS + ["sbatch"] if not _which(d)]
     if missing:
         raise RuntimeError(f"installed {PACKAGES} but {missing} are still missing")
@@ -131,8 +137,9 @@ PartitionName={self.partition} Nodes={self.host} Default=YES MaxTime=INFINITE St
 
     def _spawn(self, name: str, cmd: list[str]) -> None:
         log = open(self.root / "log" / f"{name}.console", "wb")
-        self.procs[name] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                            env=self.env, start_new_session=True)
+        self.procs[name] = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env, start_new_session=True
+        )
         log.close()
 
     def _wait(self, what: str, check, timeout: float) -> None:
@@ -146,20 +153,36 @@ PartitionName={self.partition} Nodes={self.host} Default=YES MaxTime=INFINITE St
             time.sleep(0.3)
         raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what}:\n{self.logs()}")
 
-    def start(self, timeout: float = 60) -> "SlurmCluster":
+    def start(self, timeout: float = 60) -> SlurmCluster:
         ensure_installed()
         self._write_files()
         r = self.root
-        self._spawn("munged", [_which("munged"), "--foreground", "--force", f"--socket={self.munge_socket}",
-                               f"--key-file={r}/munge/munge.key", f"--pid-file={r}/munge/munged.pid",
-                               f"--log-file={r}/log/munged.log", f"--seed-file={r}/munge/munged.seed"])
+        self._spawn(
+            "munged",
+            [
+                _which("munged"),
+                "--foreground",
+                "--force",
+                f"--socket={self.munge_socket}",
+                f"--key-file={r}/munge/munge.key",
+                f"--pid-file={r}/munge/munged.pid",
+                f"--log-file={r}/log/munged.log",
+                f"--seed-file={r}/munge/munged.seed",
+            ],
+        )
         self._wait("munged", self.munge_socket.exists, timeout)
         self._spawn("slurmctld", [_which("slurmctld"), "-D", "-i", "-f", str(self.conf)])
-        self._wait("slurmctld", lambda: self._run(["scontrol", "ping"]).returncode == 0
-                   and "UP" in self._run(["scontrol", "ping"]).stdout, timeout)
+        self._wait(
+            "slurmctld",
+            lambda: self._run(["scontrol", "ping"]).returncode == 0 and "UP" in self._run(["scontrol", "ping"]).stdout,
+            timeout,
+        )
         self._spawn("slurmd", [_which("slurmd"), "-D", "-f", str(self.conf), "-N", self.host])
-        self._wait("the node to be idle", lambda: self._run(["sinfo", "-h", "-N", "-o", "%T"]).stdout.strip()
-                   in ("idle", "mixed", "allocated"), timeout)
+        self._wait(
+            "the node to be idle",
+            lambda: self._run(["sinfo", "-h", "-N", "-o", "%T"]).stdout.strip() in ("idle", "mixed", "allocated"),
+            timeout,
+        )
         return self
 
     def _run(self, cmd: list[str], timeout: float = 30) -> subprocess.CompletedProcess:
@@ -177,7 +200,7 @@ PartitionName={self.partition} Nodes={self.host} Default=YES MaxTime=INFINITE St
         if "slurmctld" in self.procs and self.procs["slurmctld"].poll() is None:
             try:
                 self._run(["scancel", "--full", "--user", str(os.getuid())], timeout=10)
-            except Exception:   # noqa: BLE001 - stopping anyway
+            except Exception:  # noqa: BLE001 - stopping anyway
                 pass
         for name in reversed(DAEMONS):
             p = self.procs.get(name)
@@ -197,7 +220,7 @@ PartitionName={self.partition} Nodes={self.host} Default=YES MaxTime=INFINITE St
             out.append(f"--- {f.name}\n{f.read_text(errors='replace')[-tail:]}")
         return "\n".join(out)
 
-    def __enter__(self) -> "SlurmCluster":
+    def __enter__(self) -> SlurmCluster:
         try:
             return self.start()
         except BaseException:

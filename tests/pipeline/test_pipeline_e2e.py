@@ -10,16 +10,16 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.conftest import TINY_STUDY
+from tests.conftest import study_text
 from tests.http_server import serve
 from tests.pipeline.run_helpers import embedded_data, env_for, make_repo_copy, run
+
 
 @pytest.fixture
 def repo_copy(tmp_path, tmp_path_factory):
     """This repository's working tree (tracked and untracked-not-ignored files, as `reproduce run`'s
     workspaces see it) in a fresh git repo, the tiny study as the default, the embedded set linked in."""
-    return make_repo_copy(tmp_path / "repo", TINY_STUDY.format(name="default"),
-                          embedded_data(tmp_path_factory.getbasetemp()))
+    return make_repo_copy(tmp_path / "repo", study_text(name="default"), embedded_data(tmp_path_factory.getbasetemp()))
 
 
 @pytest.mark.slow
@@ -32,7 +32,7 @@ def test_dvc_repro_runs_the_study_caches_and_reruns_only_edited_cells(repo_copy)
     assert "| embedded | e |" in table and "DP eps=8" in table and "non-DP" in table
     result = json.loads((r / "results/default/cells/embedded-e-8-1-0/result.json").read_text())
     assert result["privacy"]["private"] and result["privacy"]["epsilon_spent"] <= 8.0
-    assert result["privacy"]["steps"] == 4   # 1 epoch at q = 64/256
+    assert result["privacy"]["steps"] == 4  # 1 epoch at q = 64/256
     assert result["provenance"]["data"]["sha256"]
     metrics = run(["dvc", "metrics", "show", "--json"], r).stdout
     assert "summary.json" in metrics
@@ -46,7 +46,7 @@ def test_dvc_repro_runs_the_study_caches_and_reruns_only_edited_cells(repo_copy)
 
     # Edit one seed: dvc status names exactly the new cells, repro runs only them and the table.
     study = r / "studies/default.yaml"
-    study.write_text(study.read_text().replace("seed: [0]", "seed: [0, 1]"))
+    study.write_text(study_text(name="default", seed=[0, 1]))
     status = run(["dvc", "status", "dvc.yaml"], r).stdout
     changed = sorted(line.rstrip(":") for line in status.splitlines() if line and not line[0].isspace())
     # (the attribute stage is not stale yet: it follows from the cells the new trains write)
@@ -57,13 +57,16 @@ def test_dvc_repro_runs_the_study_caches_and_reruns_only_edited_cells(repo_copy)
 
     # A stale result can never look current: an edit deep in a stage's imports, or of a pinned package,
     # names exactly the stages that can read it. (The lists were typed by hand and missed all four.)
-    trains = [f"train@{c}" for c in ("embedded-e-8-1-0", "embedded-e-8-1-1", "embedded-e-non-private-1-0",
-                                     "embedded-e-non-private-1-1")]
+    trains = [
+        f"train@{c}"
+        for c in ("embedded-e-8-1-0", "embedded-e-8-1-1", "embedded-e-non-private-1-0", "embedded-e-non-private-1-1")
+    ]
     for path, old, new, stale in (
-            ("reproduce/records/provenance.py", None, None, [*trains, "attribute", "report"]),   # shapes result.json
-            ("reproduce/training/checkpoint.py", None, None, trains),                              # train's resume only
-            ("reproduce/checks/audit.py", None, None, ["report"]),                       # the report's reader
-            ("pyproject.toml", '"tqdm>=4.66"', '"tqdm>=4.67"', [*trains, "attribute", "report"])):
+        ("reproduce/records/provenance.py", None, None, [*trains, "attribute", "report"]),  # shapes result.json
+        ("reproduce/training/checkpoint.py", None, None, trains),  # train's resume only
+        ("reproduce/checks/audit.py", None, None, ["report"]),  # the report's reader
+        ("pyproject.toml", '"tqdm>=4.66"', '"tqdm>=4.67"', [*trains, "attribute", "report"]),
+    ):
         original = (r / path).read_text()
         (r / path).write_text(original.replace(old, new) if old else original + "# edited\n")
         assert stale_stages(run(["dvc", "status", "dvc.yaml"], r).stdout) == sorted(stale), path
@@ -72,8 +75,11 @@ def test_dvc_repro_runs_the_study_caches_and_reruns_only_edited_cells(repo_copy)
 
     # What each stage imports when it really runs (python -X importtime) is covered by its dependencies.
     stages = yaml.safe_load((r / "dvc.yaml").read_text())["stages"]
-    for name, cmd in (("train", stages["train"]["cmd"].replace("${key}", "embedded-e-8-1-0")),
-                      ("attribute", stages["attribute"]["cmd"]), ("report", stages["report"]["cmd"])):
+    for name, cmd in (
+        ("train", stages["train"]["cmd"].replace("${key}", "embedded-e-8-1-0")),
+        ("attribute", stages["attribute"]["cmd"]),
+        ("report", stages["report"]["cmd"]),
+    ):
         err = run(cmd.split(), r, env=env_for(r, {"PYTHONPROFILEIMPORTTIME": "1"})).stderr
         imported = {line.rsplit("|", 1)[1].strip() for line in err.splitlines() if line.startswith("import time:")}
         files = {module_file(m, r) for m in imported if m.split(".")[0] == "reproduce"}
@@ -121,30 +127,45 @@ def test_studies_sharing_a_downloaded_dataset_fetch_it_once_and_outlive_each_oth
     env.pop("REPRODUCE_MEDMNIST_MIRROR", None)
     with serve(tmp_path / "served") as server:
         server.add("retinamnist.npz", npz)
-        data = (f"data: {{mirror: '{server.base_url}/', "
-                f"mirror_sha256: {{retinamnist: {hashlib.sha256(npz).hexdigest()}}}}}\n")
-        for name, dataset, epsilon in (("pair_a", "retinamnist", "non-private"), ("pair_b", "retinamnist", "8"),
-                                       ("solo", "embedded", "non-private")):
-            text = (TINY_STUDY.format(name=name).replace("dataset: [embedded]", f"dataset: [{dataset}]")
-                    .replace("epsilon: [non-private, 8]", f"epsilon: [{epsilon}]"))
-            (repo / "studies" / f"{name}.yaml").write_text(text + (data if dataset != "embedded" else ""))
+        served = {"mirror": f"{server.base_url}/", "mirror_sha256": {"retinamnist": hashlib.sha256(npz).hexdigest()}}
+        for name, dataset, epsilon in (
+            ("pair_a", "retinamnist", "non-private"),
+            ("pair_b", "retinamnist", 8),
+            ("solo", "embedded", "non-private"),
+        ):
+            (repo / "studies" / f"{name}.yaml").write_text(
+                study_text(name=name, dataset=dataset, epsilon=epsilon, data=served if dataset != "embedded" else None)
+            )
 
         out = run(["reproduce", "pipeline"], repo, env=env).stdout
-        assert {"wrote pipelines/pair_a/dvc.yaml", "wrote pipelines/pair_b/dvc.yaml", "wrote pipelines/solo/dvc.yaml",
-                "rewrote pipelines/dvc.yaml"} == set(out.split("\n")) - {""}
+        assert {
+            "wrote pipelines/pair_a/dvc.yaml",
+            "wrote pipelines/pair_b/dvc.yaml",
+            "wrote pipelines/solo/dvc.yaml",
+            "rewrote pipelines/dvc.yaml",
+        } == set(out.split("\n")) - {""}
         # DVC itself runs the shared fetch stage upstream of the study's cells.
         out = run(["dvc", "repro", "pipelines/pair_a/dvc.yaml"], repo, env=env).stdout
-        assert stages_run(out) == ["pipelines/dvc.yaml:fetch_retinamnist", "pipelines/pair_a/dvc.yaml:attribute",
-                                   "pipelines/pair_a/dvc.yaml:report",
-                                   "pipelines/pair_a/dvc.yaml:train@retinamnist-e-non-private-1-0"]
+        assert stages_run(out) == [
+            "pipelines/dvc.yaml:fetch_retinamnist",
+            "pipelines/pair_a/dvc.yaml:attribute",
+            "pipelines/pair_a/dvc.yaml:report",
+            "pipelines/pair_a/dvc.yaml:train@retinamnist-e-non-private-1-0",
+        ]
         # The second study on the dataset finds it fetched; the embedded one fetches nothing.
         out = run(["reproduce", "repro", "studies/pair_b.yaml"], repo, env=env).stdout
-        assert stages_run(out) == ["pipelines/pair_b/dvc.yaml:attribute", "pipelines/pair_b/dvc.yaml:report",
-                                   "pipelines/pair_b/dvc.yaml:train@retinamnist-e-8-1-0"]
+        assert stages_run(out) == [
+            "pipelines/pair_b/dvc.yaml:attribute",
+            "pipelines/pair_b/dvc.yaml:report",
+            "pipelines/pair_b/dvc.yaml:train@retinamnist-e-8-1-0",
+        ]
         out = run(["reproduce", "repro", "studies/solo.yaml"], repo, env=env).stdout
-        assert stages_run(out) == ["pipelines/solo/dvc.yaml:attribute", "pipelines/solo/dvc.yaml:report",
-                                   "pipelines/solo/dvc.yaml:train@embedded-e-non-private-1-0"]
-        assert server.requests == [("/retinamnist.npz", None)]   # one download for both studies
+        assert stages_run(out) == [
+            "pipelines/solo/dvc.yaml:attribute",
+            "pipelines/solo/dvc.yaml:report",
+            "pipelines/solo/dvc.yaml:train@embedded-e-non-private-1-0",
+        ]
+        assert server.requests == [("/retinamnist.npz", None)]  # one download for both studies
         assert sorted(p.name for p in (repo / "data/retinamnist").iterdir()) == ["retinamnist.npz"]
         for name, dataset in (("pair_a", "retinamnist"), ("pair_b", "retinamnist"), ("solo", "embedded")):
             assert f"| {dataset} | e |" in (repo / f"results/{name}/table.md").read_text(), name
@@ -155,23 +176,27 @@ def test_studies_sharing_a_downloaded_dataset_fetch_it_once_and_outlive_each_oth
         out = run(["reproduce", "repro", "studies/pair_b.yaml"], repo, env=env).stdout
         assert "pipeline: removed pipelines/pair_a/dvc.yaml (its study is gone)" in out
         assert not (repo / "pipelines/pair_a").exists()
-        assert stages_run(out) == ["pipelines/dvc.yaml:fetch_retinamnist"]   # fewer studies use it: re-checked
+        assert stages_run(out) == ["pipelines/dvc.yaml:fetch_retinamnist"]  # fewer studies use it: re-checked
         assert server.requests == [("/retinamnist.npz", None)]
         status = run(["dvc", "status", "--with-deps", "pipelines/pair_b/dvc.yaml"], repo, env=env).stdout
         assert "up to date" in status, status
         (repo / "results/pair_b/table.md").unlink()
-        assert stages_run(run(["reproduce", "repro", "studies/pair_b.yaml"], repo, env=env).stdout) == \
-            ["pipelines/pair_b/dvc.yaml:report"]
+        assert stages_run(run(["reproduce", "repro", "studies/pair_b.yaml"], repo, env=env).stdout) == [
+            "pipelines/pair_b/dvc.yaml:report"
+        ]
         assert "| retinamnist | e |" in (repo / "results/pair_b/table.md").read_text()
 
 
 @pytest.mark.slow
 def test_a_dry_run_of_a_study_that_never_ran_lists_its_stages_and_writes_nothing(repo_copy):
     # DVC stats every dependency in a dry run (treeverse/dvc#9021): results/<study>/cells did not exist yet.
-    (repo_copy / "studies/fresh.yaml").write_text(TINY_STUDY.format(name="fresh"))
+    (repo_copy / "studies/fresh.yaml").write_text(study_text(name="fresh"))
     run(["reproduce", "fetch"], repo_copy)
     out = run(["reproduce", "repro", "studies/fresh.yaml", "--dry"], repo_copy).stdout
-    assert stages_run(out) == ["pipelines/fresh/dvc.yaml:attribute", "pipelines/fresh/dvc.yaml:report",
-                               "pipelines/fresh/dvc.yaml:train@embedded-e-8-1-0",
-                               "pipelines/fresh/dvc.yaml:train@embedded-e-non-private-1-0"]
+    assert stages_run(out) == [
+        "pipelines/fresh/dvc.yaml:attribute",
+        "pipelines/fresh/dvc.yaml:report",
+        "pipelines/fresh/dvc.yaml:train@embedded-e-8-1-0",
+        "pipelines/fresh/dvc.yaml:train@embedded-e-non-private-1-0",
+    ]
     assert not (repo_copy / "results/fresh").exists()

@@ -10,8 +10,16 @@ import time
 
 import pytest
 
-from tests.pipeline.run_helpers import (assert_dvc_repro_only_restores, cells_of, embedded_data, env_for, make_repo_copy, record, run,
-                                   tiny_study)
+from tests.conftest import study_text
+from tests.pipeline.run_helpers import (
+    assert_dvc_repro_only_restores,
+    cells_of,
+    embedded_data,
+    env_for,
+    make_repo_copy,
+    record,
+    run,
+)
 
 SEEDS = (0,)
 EPS = ("non-private", 8)
@@ -20,8 +28,11 @@ CELLS = cells_of(SEEDS, EPS)
 
 @pytest.fixture
 def repo(tmp_path, tmp_path_factory):
-    return make_repo_copy(tmp_path / "repo", tiny_study(seeds=SEEDS, epsilons=EPS),
-                          embedded_data(tmp_path_factory.getbasetemp()))
+    return make_repo_copy(
+        tmp_path / "repo",
+        study_text(name="default", seed=SEEDS, epsilon=EPS),
+        embedded_data(tmp_path_factory.getbasetemp()),
+    )
 
 
 def _wait_for(predicate, timeout: float, what: str):
@@ -41,7 +52,7 @@ def test_run_local_survives_a_killed_submitter_and_dvc_repro_only_restores(repo)
     try:
         _wait_for(lambda: all(record(repo, c).get("state") == "running" for c in CELLS), 120, "both cells running")
         jobs = {c: record(repo, c)["job_id"] for c in CELLS}
-        first.send_signal(signal.SIGKILL)       # the submitting process dies; its jobs go on
+        first.send_signal(signal.SIGKILL)  # the submitting process dies; its jobs go on
         first.wait(10)
     finally:
         if first.poll() is None:
@@ -61,9 +72,9 @@ def test_run_local_survives_a_killed_submitter_and_dvc_repro_only_restores(repo)
 
 @pytest.mark.slow
 def test_run_debug_reports_a_failed_cell_and_reruns_only_it(repo, monkeypatch, capsys):
+    import reproduce.pipeline.run as run_mod
     from reproduce.pipeline.run import run_study
     from reproduce.study import load_study
-    import reproduce.pipeline.run as run_mod
 
     monkeypatch.chdir(repo)
     study = load_study(repo / "studies" / "default.yaml")
@@ -88,7 +99,7 @@ def test_run_debug_reports_a_failed_cell_and_reruns_only_it(repo, monkeypatch, c
 
 def test_run_refuses_a_study_file_the_pipeline_does_not_read(tmp_path):
     (tmp_path / "nodata").mkdir()
-    repo = make_repo_copy(tmp_path / "repo", tiny_study(), tmp_path / "nodata")
+    repo = make_repo_copy(tmp_path / "repo", study_text(name="default"), tmp_path / "nodata")
     other = tmp_path / "elsewhere" / "default.yaml"
     other.parent.mkdir()
     other.write_text((repo / "studies" / "default.yaml").read_text())

@@ -10,8 +10,16 @@ import time
 
 import pytest
 
-from tests.pipeline.run_helpers import (assert_dvc_repro_only_restores, cells_of, embedded_data, env_for, make_repo_copy, record,
-                                   run, tiny_study)
+from tests.conftest import study_text
+from tests.pipeline.run_helpers import (
+    assert_dvc_repro_only_restores,
+    cells_of,
+    embedded_data,
+    env_for,
+    make_repo_copy,
+    record,
+    run,
+)
 from tests.pipeline.slurm_cluster import ClusterUnavailable, SlurmCluster, ensure_installed
 
 SEEDS = (0, 1)
@@ -31,19 +39,36 @@ def cluster(tmp_path):
 
 @pytest.mark.slow
 def test_run_slurm_job_array_cancel_and_rerun_only_the_cancelled_cell(tmp_path, tmp_path_factory, cluster):
-    repo = make_repo_copy(tmp_path / "repo", tiny_study(seeds=SEEDS, epsilons=EPS),
-                          embedded_data(tmp_path_factory.getbasetemp()))
+    repo = make_repo_copy(
+        tmp_path / "repo",
+        study_text(name="default", seed=SEEDS, epsilon=EPS),
+        embedded_data(tmp_path_factory.getbasetemp()),
+    )
     env = env_for(repo, {"SLURM_CONF": str(cluster.conf)})
-    cmd = ["reproduce", "run", "studies/default.yaml", "--executor", "slurm", "--jobs", "2",
-           "--slurm-partition", cluster.partition, "--time", "00:10:00", "--mem", "1G"]
+    cmd = [
+        "reproduce",
+        "run",
+        "studies/default.yaml",
+        "--executor",
+        "slurm",
+        "--jobs",
+        "2",
+        "--slurm-partition",
+        cluster.partition,
+        "--time",
+        "00:10:00",
+        "--mem",
+        "1G",
+    ]
     victim, survivor = CELLS
     submitter = subprocess.Popen(cmd, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 120
 
         def victim_state():
-            assert time.monotonic() < deadline and submitter.poll() is None, \
+            assert time.monotonic() < deadline and submitter.poll() is None, (
                 f"the victim never ran:\n{submitter.stdout.read() if submitter.poll() is not None else ''}\n{cluster.logs()}"
+            )
             job = record(repo, victim).get("job_id")
             return job, cluster.run("squeue", "-h", "-j", job, "-o", "%T").strip() if job else None
 
@@ -51,8 +76,8 @@ def test_run_slurm_job_array_cancel_and_rerun_only_the_cancelled_cell(tmp_path, 
         while (state := victim_state())[1] != "RUNNING" or not (repo / log).exists():
             time.sleep(0.3)
         job = state[0]
-        assert "_" in job   # a member of the study's job array
-        cluster.run("scancel", job)   # mid-run: the cell takes several seconds
+        assert "_" in job  # a member of the study's job array
+        cluster.run("scancel", job)  # mid-run: the cell takes several seconds
         out, _ = submitter.communicate(timeout=240)
     finally:
         if submitter.poll() is None:

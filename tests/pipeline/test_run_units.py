@@ -6,25 +6,23 @@ import io
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from reproduce.errors import ReproduceError
-from reproduce.pipeline.dvc_state import stage_target
-from reproduce.pipeline.executors import parse_time_minutes
-from reproduce.user_config import load_user_config
-from reproduce.pipeline.executors import FAILED, SUCCEEDED, LocalBackend, _read_result, make_backend
+from reproduce.pipeline.dvc_state import pycache_ignored, stage_target
+from reproduce.pipeline.executors import FAILED, SUCCEEDED, LocalBackend, _read_result, make_backend, parse_time_minutes
 from reproduce.pipeline.progress import Progress
-from reproduce.pipeline.dvc_state import pycache_ignored
 from reproduce.pipeline.workspace import Workspaces, state_dir
+from reproduce.user_config import load_user_config
 from tests.conftest import REPO
 
 
 def _git(cwd, *args):
-    subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", *args], cwd=cwd, check=True,
-                   capture_output=True)
+    subprocess.run(
+        ["git", "-c", "user.email=t@t", "-c", "user.name=t", *args], cwd=cwd, check=True, capture_output=True
+    )
 
 
 @pytest.fixture
@@ -66,8 +64,10 @@ def test_run_workspace_is_a_worktree_with_the_main_working_tree_and_shared_cache
     data = ws / "data" / "embedded" / "embedded.npz"
     assert os.path.samefile(data, r / "data" / "embedded" / "embedded.npz")
     # git ignores .reproduce/ (it never shows up as untracked in the main repository)
-    assert ".reproduce" not in subprocess.run(["git", "status", "--porcelain"], cwd=r, capture_output=True,
-                                              text=True).stdout
+    assert (
+        ".reproduce"
+        not in subprocess.run(["git", "status", "--porcelain"], cwd=r, capture_output=True, text=True).stdout
+    )
 
 
 def test_run_workspace_refresh_follows_edits_and_keeps_its_own_files(small_repo, tmp_path):
@@ -83,12 +83,14 @@ def test_run_workspace_refresh_follows_edits_and_keeps_its_own_files(small_repo,
     assert (ws / "dvc.lock").read_text() == "the workspace's own lock\n"
     (r / "pkg" / "extra.py").unlink()
     (r / "pkg" / "a.py").write_text("A = 3\n")
-    _git(r, "commit", "-qam", "second")            # HEAD moves: the workspace follows
+    _git(r, "commit", "-qam", "second")  # HEAD moves: the workspace follows
     ws = Workspaces(r, "s", cache=tmp_path / "cache").prepare("c", [])
     assert not (ws / "pkg" / "extra.py").exists()
     assert (ws / "pkg" / "a.py").read_text() == "A = 3\n"
-    assert subprocess.run(["git", "status", "--porcelain", "--", "pkg"], cwd=ws, capture_output=True,
-                          text=True).stdout == ""
+    assert (
+        subprocess.run(["git", "status", "--porcelain", "--", "pkg"], cwd=ws, capture_output=True, text=True).stdout
+        == ""
+    )
     assert (ws / "checkpoints" / "c.ckpt").read_text() == "resume me"
 
 
@@ -112,10 +114,13 @@ def test_run_missing_dataset_is_a_clear_error(small_repo, tmp_path):
 
 def test_run_result_pickles_read_as_outcomes(tmp_path):
     from submitit.core.utils import cloudpickle_dump
+
     ok, err = tmp_path / "ok.pkl", tmp_path / "err.pkl"
     cloudpickle_dump(("success", {"seconds": 12.3, "host": "node1"}), ok)
-    tb = ("Traceback (most recent call last):\n  File x\nreproduce.run.executors.CellFailed: dvc repro exited with 1;"
-          " log /x/c.log:\nERROR: boom\n")
+    tb = (
+        "Traceback (most recent call last):\n  File x\nreproduce.run.executors.CellFailed: dvc repro exited with 1;"
+        " log /x/c.log:\nERROR: boom\n"
+    )
     cloudpickle_dump(("error", tb), err)
     assert _read_result(ok) == (SUCCEEDED, "12 s on node1")
     assert _read_result(err) == (FAILED, "dvc repro exited with 1; log /x/c.log:")
@@ -126,11 +131,18 @@ def test_run_result_pickles_read_as_outcomes(tmp_path):
 
 def test_run_local_jobs_of_a_dead_submitter_are_reattached_while_alive(tmp_path):
     import psutil
+
     backend = LocalBackend(tmp_path / "submitit", jobs=2)
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        rec = {"executor": "local", "cell": "c", "job_id": str(proc.pid), "log": str(tmp_path / "c.log"),
-               "result_pickle": str(tmp_path / "r.pkl"), "create_time": psutil.Process(proc.pid).create_time()}
+        rec = {
+            "executor": "local",
+            "cell": "c",
+            "job_id": str(proc.pid),
+            "log": str(tmp_path / "c.log"),
+            "result_pickle": str(tmp_path / "r.pkl"),
+            "create_time": psutil.Process(proc.pid).create_time(),
+        }
         handle = backend.reattach(rec)
         assert handle is not None and handle.poll() == ("running", "")
         # Same pid, another process (pid reuse): not ours.
@@ -149,7 +161,7 @@ def test_run_progress_prints_a_line_per_change_with_totals():
     p = Progress(["a", "b", "c"], stream=stream)
     p.set("a", "done", "cached", quiet=True)
     assert p.set("b", "running", "job 1, log x.log")
-    assert not p.set("b", "running", "job 1, log x.log")     # no change, no line
+    assert not p.set("b", "running", "job 1, log x.log")  # no change, no line
     p.set("b", "failed", "job 1 cancelled; log x.log")
     lines = stream.getvalue().splitlines()
     assert len(lines) == 2
@@ -157,17 +169,27 @@ def test_run_progress_prints_a_line_per_change_with_totals():
 
 
 def test_run_settings_time_limits_targets_and_config(tmp_path, monkeypatch):
-    assert [parse_time_minutes(t) for t in ("90", "04:00:00", "30:00", "1-12", "1-00:30:00", "00:00:30")] == \
-        [90, 240, 30, 36 * 60, 24 * 60 + 30, 1]
+    assert [parse_time_minutes(t) for t in ("90", "04:00:00", "30:00", "1-12", "1-00:30:00", "00:00:30")] == [
+        90,
+        240,
+        30,
+        36 * 60,
+        24 * 60 + 30,
+        1,
+    ]
     assert parse_time_minutes(None) is None
     with pytest.raises(ReproduceError):
         parse_time_minutes("1:2:3:4")
-    assert stage_target(Path("pipelines/x/dvc.yaml"), "embedded-e-8-1-0") == "pipelines/x/dvc.yaml:train@embedded-e-8-1-0"
+    assert (
+        stage_target(Path("pipelines/x/dvc.yaml"), "embedded-e-8-1-0") == "pipelines/x/dvc.yaml:train@embedded-e-8-1-0"
+    )
     cfg = tmp_path / "config.yaml"
     cfg.write_text("run:\n  jobs: 3\n  slurm: {partition: gpu, time: '02:00:00', setup: ['module load x']}\n")
     monkeypatch.setenv("REPRODUCE_CONFIG", str(cfg))
-    assert load_user_config() == {"jobs": 3, "slurm": {"partition": "gpu", "time": "02:00:00",
-                                                       "setup": ["module load x"]}}
+    assert load_user_config() == {
+        "jobs": 3,
+        "slurm": {"partition": "gpu", "time": "02:00:00", "setup": ["module load x"]},
+    }
     cfg.write_text("run:\n  slurm: {partiton: gpu}\n")
     with pytest.raises(ReproduceError, match="partiton"):
         load_user_config()
@@ -191,6 +213,7 @@ def test_run_dvcignore_ignores_bytecode():
 
 def test_gpu_slots_spread_jobs_over_the_visible_gpus():
     from reproduce.pipeline.executors import GpuSlots
+
     slots = GpuSlots(["0", "1"])
     assert [slots.take(j, alive={"a", "b", "c", "d"}) for j in "abcd"] == ["0", "1", "0", "1"]
     # a and c (GPU 0) finished: the next two jobs go to GPU 0
@@ -199,7 +222,8 @@ def test_gpu_slots_spread_jobs_over_the_visible_gpus():
 
 
 def test_visible_gpus_follow_cuda_visible_devices(monkeypatch):
-    from reproduce.pipeline.executors import LocalBackend, visible_gpus
+    from reproduce.pipeline.executors import visible_gpus
+
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,5")
     assert visible_gpus() == ["2", "5"]
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
@@ -208,6 +232,7 @@ def test_visible_gpus_follow_cuda_visible_devices(monkeypatch):
 
 def test_local_backend_runs_jobs_per_gpu(monkeypatch, tmp_path):
     from reproduce.pipeline.executors import LocalBackend
+
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
     backend = LocalBackend(tmp_path, jobs=3)
     assert backend.limit == 6 and "GPU(s) 0,1" in backend.describe()
@@ -218,6 +243,7 @@ def test_a_job_sees_only_its_gpu(tmp_path, monkeypatch):
     import subprocess as sp
 
     from reproduce.pipeline import executors
+
     seen = {}
 
     def fake_run(cmd, *, env, **kw):

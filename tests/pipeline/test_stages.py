@@ -10,10 +10,18 @@ import yaml
 
 from reproduce.cli import main
 from reproduce.errors import ReproduceError
-from reproduce.pipeline.stages import DATA_PIPELINE, ENVIRONMENT, expected_pipelines, load_studies, render_pipeline, \
-    stage_code, stale_pipelines, write_pipelines
+from reproduce.pipeline.stages import (
+    DATA_PIPELINE,
+    ENVIRONMENT,
+    expected_pipelines,
+    load_studies,
+    render_pipeline,
+    stage_code,
+    stale_pipelines,
+    write_pipelines,
+)
 from reproduce.study import load_study, parse_study
-from tests.conftest import REPO, TINY_STUDY
+from tests.conftest import REPO, study_text
 
 SHA_A, SHA_B = "a" * 64, "b" * 64
 
@@ -32,11 +40,6 @@ def repo(tmp_path):
     return tmp_path
 
 
-def study_text(name: str, dataset: str, data: str = "") -> str:
-    text = TINY_STUDY.format(name=name).replace("dataset: [embedded]", f"dataset: [{dataset}]")
-    return text + data
-
-
 def data_outs(files: dict) -> list[str]:
     """Every data/... output declared by the generated pipelines, one entry per declaration."""
     outs = []
@@ -48,7 +51,7 @@ def data_outs(files: dict) -> list[str]:
 
 
 def test_a_second_study_on_a_dataset_shares_its_one_fetch_stage(repo):
-    (repo / "studies/cifar_mini.yaml").write_text(study_text("cifar_mini", "cifar10"))
+    (repo / "studies/cifar_mini.yaml").write_text(study_text(name="cifar_mini", dataset="cifar10"))
     assert stale_pipelines(repo) == ["pipelines/cifar_mini/dvc.yaml is missing", "pipelines/dvc.yaml is out of date"]
 
     assert write_pipelines(repo) == ["wrote pipelines/cifar_mini/dvc.yaml", "rewrote pipelines/dvc.yaml"]
@@ -59,22 +62,27 @@ def test_a_second_study_on_a_dataset_shares_its_one_fetch_stage(repo):
     fetch = yaml.safe_load((repo / DATA_PIPELINE).read_text())["stages"]["fetch_cifar10"]
     assert fetch["deps"][:2] == ["studies/cifar_mini.yaml", "studies/sparser_models_cifar10.yaml"]
     assert "reproduce/data/cifar10.py" in fetch["deps"]
-    assert not [d for d in fetch["deps"] if d.startswith(("reproduce/training", "reproduce/privacy"))]
-    assert fetch["cmd"] == ("python -m reproduce fetch cifar10 --study studies/cifar_mini.yaml "
-                            "studies/sparser_models_cifar10.yaml")
+    assert not [d for d in fetch["deps"] if d.startswith("reproduce/training")]
+    assert fetch["cmd"] == (
+        "python -m reproduce fetch cifar10 --study studies/cifar_mini.yaml studies/sparser_models_cifar10.yaml"
+    )
     mini = yaml.safe_load((repo / "pipelines/cifar_mini/dvc.yaml").read_text())["stages"]
     assert set(mini) == {"train", "attribute", "report"} and "data/${item.dataset}" in mini["train"]["deps"]
 
 
 def test_a_deleted_study_takes_its_pipeline_and_lock_along(repo):
-    (repo / "studies/cifar_mini.yaml").write_text(study_text("cifar_mini", "cifar10"))
+    (repo / "studies/cifar_mini.yaml").write_text(study_text(name="cifar_mini", dataset="cifar10"))
     write_pipelines(repo)
     (repo / "pipelines/cifar_mini/dvc.lock").write_text("schema: '2.0'\n")
     (repo / "studies/cifar_mini.yaml").unlink()
-    assert stale_pipelines(repo) == ["pipelines/dvc.yaml is out of date",
-                                     "pipelines/cifar_mini/dvc.yaml belongs to no study in studies/"]
-    assert write_pipelines(repo) == ["rewrote pipelines/dvc.yaml",
-                                     "removed pipelines/cifar_mini/dvc.yaml (its study is gone)"]
+    assert stale_pipelines(repo) == [
+        "pipelines/dvc.yaml is out of date",
+        "pipelines/cifar_mini/dvc.yaml belongs to no study in studies/",
+    ]
+    assert write_pipelines(repo) == [
+        "rewrote pipelines/dvc.yaml",
+        "removed pipelines/cifar_mini/dvc.yaml (its study is gone)",
+    ]
     assert not (repo / "pipelines/cifar_mini").exists()
     assert (repo / DATA_PIPELINE).read_text() == (REPO / DATA_PIPELINE).read_text()
 
@@ -88,18 +96,18 @@ def test_a_hand_written_pipeline_is_never_touched(repo):
 
 def test_studies_wanting_other_bytes_in_one_dataset_directory_are_refused(repo):
     def write(name, dataset, data):
-        (repo / f"studies/{name}.yaml").write_text(study_text(name, dataset, f"data: {data}\n"))
+        (repo / f"studies/{name}.yaml").write_text(study_text(name=name, dataset=dataset, data=data))
 
-    write("a", "octmnist", f"{{mirror_sha256: {{octmnist: {SHA_A}}}}}")
-    write("b", "octmnist", f"{{mirror_sha256: {{octmnist: {SHA_B}}}}}")
+    write("a", "octmnist", {"mirror_sha256": {"octmnist": SHA_A}})
+    write("b", "octmnist", {"mirror_sha256": {"octmnist": SHA_B}})
     with pytest.raises(ReproduceError, match=r"studies/a.yaml and studies/b.yaml want different files for octmnist"):
         write_pipelines(repo)
-    write("b", "octmnist", "{}")
+    write("b", "octmnist", {})
     with pytest.raises(ReproduceError, match=r"\(sha256 a{64} vs the official file\)"):
         write_pipelines(repo)
     # The same bytes from another source, or another MedMNIST size (another file there), are fine.
-    write("b", "octmnist", "{local_files: {octmnist: {path: x.npz, sha256: %s}}}" % SHA_A)
-    write("c", "bloodmnist", "{size: 64}")
+    write("b", "octmnist", {"local_files": {"octmnist": {"path": "x.npz", "sha256": SHA_A}}})
+    write("c", "bloodmnist", {"size": 64})
     write_pipelines(repo)
     assert stale_pipelines(repo) == []
 
@@ -115,7 +123,7 @@ def test_every_train_stage_tracks_shared_sections_and_keys_cells_by_grid():
 
 
 def test_the_header_names_exactly_the_sections_each_train_stage_tracks():
-    for name in ("bridging_the_gap", "privacy_audit"):   # DVC's matrix, and a written-out foreach (audited)
+    for name in ("bridging_the_gap", "privacy_audit"):  # DVC's matrix, and a written-out foreach (audited)
         text = render_pipeline(load_study(REPO / f"studies/{name}.yaml"))
         stage = yaml.safe_load(text)["stages"]["train"]
         stage = stage.get("do", stage)
@@ -129,7 +137,7 @@ def test_validate_warns_about_stale_pipelines(repo, monkeypatch, capsys):
     monkeypatch.chdir(repo)
     assert main(["validate", "studies/ci.yaml"]) == 0
     assert "out of date" not in capsys.readouterr().err
-    (repo / "studies/cifar_mini.yaml").write_text(study_text("cifar_mini", "cifar10"))
+    (repo / "studies/cifar_mini.yaml").write_text(study_text(name="cifar_mini", dataset="cifar10"))
     assert main(["validate", "studies/cifar_mini.yaml"]) == 0
     err = capsys.readouterr().err
     assert "pipelines/cifar_mini/dvc.yaml is missing" in err and "reproduce repro studies/<study>.yaml" in err
@@ -137,21 +145,30 @@ def test_validate_warns_about_stale_pipelines(repo, monkeypatch, capsys):
     assert main(["validate", "studies/cifar_mini.yaml"]) == 0 and "out of date" not in capsys.readouterr().err
 
 
-PACKAGE = {   # a miniature of the package: what each stage command can import, and what it cannot
+PACKAGE = {  # a miniature of the package: what each stage command can import, and what it cannot
     "__init__.py": "",
     "__main__.py": "from reproduce.cli import main\nmain()\n",
-    "cli.py": ("from reproduce.errors import Error\n"
-               "def main():\n    _quiet()\n"
-               "def _quiet():\n    import reproduce.light\n"
-               "def cmd_train():\n    from reproduce.train import run\n"
-               "def cmd_report():\n    from reproduce.report import stage\n"),
+    "cli.py": (
+        "from reproduce.errors import Error\n"
+        "def main():\n    _quiet()\n"
+        "def _quiet():\n    import reproduce.light\n"
+        "def cmd_train():\n    from reproduce.train import run\n"
+        "def cmd_report():\n    from reproduce.report import stage\n"
+    ),
     "errors.py": "class Error(Exception): ...\n",
     "light.py": "",
     "train.py": "from . import deep\nimport reproduce.whole.a\ndef run():\n    from .pkg.sub import x\n",
     "deep.py": "",
-    "pkg/__init__.py": "", "pkg/sub.py": "x = 1\n", "pkg/unused.py": "", "pkg/assets/table.yaml": "a: 1\n",
-    "whole/__init__.py": "from .b import y\n", "whole/a.py": "", "whole/b.py": "y = 2\n",
-    "report/__init__.py": "", "report/stage.py": "from ..errors import Error\n", "report/__main__.py": "",
+    "pkg/__init__.py": "",
+    "pkg/sub.py": "x = 1\n",
+    "pkg/unused.py": "",
+    "pkg/assets/table.yaml": "a: 1\n",
+    "whole/__init__.py": "from .b import y\n",
+    "whole/a.py": "",
+    "whole/b.py": "y = 2\n",
+    "report/__init__.py": "",
+    "report/stage.py": "from ..errors import Error\n",
+    "report/__main__.py": "",
 }
 
 
@@ -160,17 +177,32 @@ def test_stage_code_is_the_import_closure_of_the_command_that_runs(tmp_path):
         (tmp_path / "reproduce" / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / "reproduce" / rel).write_text(text)
     (tmp_path / "reproduce/__pycache__").mkdir()
-    (tmp_path / "reproduce/__pycache__/cli.cpython-311.pyc").write_bytes(b"")   # .dvcignore'd
+    (tmp_path / "reproduce/__pycache__/cli.cpython-311.pyc").write_bytes(b"")  # .dvcignore'd
     # Imports inside functions count (they run lazily, in the stage), relative ones too; of the CLI, only
     # main and the stage's own command run; a package's data files go with it; a directory whose every
     # file is a dependency is listed as itself (whole/, pkg/assets/).
     assert stage_code("train", tmp_path) == [
-        "reproduce/__init__.py", "reproduce/__main__.py", "reproduce/cli.py", "reproduce/deep.py",
-        "reproduce/errors.py", "reproduce/light.py", "reproduce/pkg/__init__.py", "reproduce/pkg/assets",
-        "reproduce/pkg/sub.py", "reproduce/train.py", "reproduce/whole"]
+        "reproduce/__init__.py",
+        "reproduce/__main__.py",
+        "reproduce/cli.py",
+        "reproduce/deep.py",
+        "reproduce/errors.py",
+        "reproduce/light.py",
+        "reproduce/pkg/__init__.py",
+        "reproduce/pkg/assets",
+        "reproduce/pkg/sub.py",
+        "reproduce/train.py",
+        "reproduce/whole",
+    ]
     assert stage_code("report", tmp_path) == [
-        "reproduce/__init__.py", "reproduce/__main__.py", "reproduce/cli.py", "reproduce/errors.py",
-        "reproduce/light.py", "reproduce/report/__init__.py", "reproduce/report/stage.py"]
+        "reproduce/__init__.py",
+        "reproduce/__main__.py",
+        "reproduce/cli.py",
+        "reproduce/errors.py",
+        "reproduce/light.py",
+        "reproduce/report/__init__.py",
+        "reproduce/report/stage.py",
+    ]
 
 
 def test_every_stage_that_computes_a_number_tracks_the_pinned_environment():
@@ -180,15 +212,23 @@ def test_every_stage_that_computes_a_number_tracks_the_pinned_environment():
         assert ENVIRONMENT in stages[name]["params"], name
     # The keys name what the Makefile installs, so a pin edit reaches DVC.
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
-    (path, keys), = ENVIRONMENT.items()
-    assert path == "pyproject.toml" and pyproject["project"]["dependencies"] and pyproject["tool"]["reproduce"]["no-deps"]
+    ((path, keys),) = ENVIRONMENT.items()
+    assert (
+        path == "pyproject.toml" and pyproject["project"]["dependencies"] and pyproject["tool"]["reproduce"]["no-deps"]
+    )
     assert keys == ["project.dependencies", "tool.reproduce.no-deps"]
 
 
 def test_the_committed_train_stage_depends_on_every_module_it_imports():
     # provenance.py shapes every result.json; the hand-typed lists left it (and five others) out.
     deps = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["train"]["deps"]
-    for module in ("reproduce/records/provenance.py", "reproduce/device.py", "reproduce/training/checkpoint.py",
-                   "reproduce/atomic.py", "reproduce/user_config.py", "reproduce/errors.py"):
+    for module in (
+        "reproduce/records/provenance.py",
+        "reproduce/device.py",
+        "reproduce/training/checkpoint.py",
+        "reproduce/atomic.py",
+        "reproduce/user_config.py",
+        "reproduce/errors.py",
+    ):
         # listed as itself, or as a directory every file of which is a dependency
         assert any(module == d or module.startswith(d + "/") for d in deps), module

@@ -9,7 +9,8 @@ import sys
 
 import pytest
 
-from tests.pipeline.run_helpers import cells_of, embedded_data, make_repo_copy, run, tiny_study
+from tests.conftest import study_text
+from tests.pipeline.run_helpers import cells_of, embedded_data, make_repo_copy, run
 
 
 def git_status(repo) -> str:
@@ -17,24 +18,30 @@ def git_status(repo) -> str:
 
 
 def up_to_date(repo) -> bool:
-    return "up to date" in run(["dvc", "status", "dvc.yaml"], repo).stdout   # the (tiny) default study
+    return "up to date" in run(["dvc", "status", "dvc.yaml"], repo).stdout  # the (tiny) default study
 
 
 @pytest.mark.slow
 def test_rerun_is_bit_identical_and_a_fresh_clone_pulls_every_result(tmp_path, tmp_path_factory):
-    repo = make_repo_copy(tmp_path / "repo", tiny_study(), embedded_data(tmp_path_factory.getbasetemp()))
+    repo = make_repo_copy(tmp_path / "repo", study_text(name="default"), embedded_data(tmp_path_factory.getbasetemp()))
     run(["dvc", "repro"], repo)
     # What the run wrote for git: the lock, the tables and the summary, nothing else (the cells'
-    # files and reports/ are in the DVC cache, run.json nowhere), as the README's rule says.
+    # files and reports/ are in the DVC cache, run.json nowhere), as docs/versioning.md says.
     written = sorted(line[3:] for line in git_status(repo).splitlines())
-    assert written == sorted(["dvc.lock",
-                              "results/default/summary.json", "results/default/table.csv",
-                              "results/default/table.md", "results/default/table.tex"]), written
+    assert written == sorted(
+        [
+            "dvc.lock",
+            "results/default/summary.json",
+            "results/default/table.csv",
+            "results/default/table.md",
+            "results/default/table.tex",
+        ]
+    ), written
     cell = repo / "results/default/cells" / cells_of()[1]
     assert "train_seconds" in json.loads((cell / "run.json").read_text())
     result = json.loads((cell / "result.json").read_text())
     assert "train_seconds" not in result["metrics"] and "finished_utc" not in result["provenance"]
-    assert "run.train_seconds" in result["privacy"]["unnoised_releases"]   # still a release
+    assert "run.train_seconds" in result["privacy"]["unnoised_releases"]  # still a release
     run(["git", "add", "dvc.lock", "results"], repo)
     run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "results"], repo)
     assert git_status(repo) == ""
@@ -52,8 +59,9 @@ def test_rerun_is_bit_identical_and_a_fresh_clone_pulls_every_result(tmp_path, t
     run(["git", "clone", "-q", str(repo), str(clone)], tmp_path)
     run(["dvc", "pull", "--allow-missing"], clone)
     for c in cells_of():
-        assert (clone / "results/default/cells" / c / "result.json").read_bytes() == \
-            (repo / "results/default/cells" / c / "result.json").read_bytes()
+        assert (clone / "results/default/cells" / c / "result.json").read_bytes() == (
+            repo / "results/default/cells" / c / "result.json"
+        ).read_bytes()
     assert (clone / "reports/default/index.html").stat().st_size > 1000
     assert up_to_date(clone)
     assert "Running stage" not in run(["dvc", "repro"], clone).stdout
@@ -73,8 +81,9 @@ def test_ci_pipeline_forced_rerun_is_clean_and_an_experiment_is_one_readable_row
     new cell; `reproduce exp show` prints it as one row of the study's numbers and changed params;
     `dvc plots diff` of a cell's steps.json holds both revisions' series."""
     pipeline, dp_cell, new_cell = "pipelines/ci/dvc.yaml", "embedded-e-8-1-0", "embedded-e-non-private-1-0"
-    repo = make_repo_copy(tmp_path / "repo", tiny_study(name="ci", epsilons=(8,)),
-                          embedded_data(tmp_path_factory.getbasetemp()), study="ci")
+    repo = make_repo_copy(
+        tmp_path / "repo", study_text(name="ci", epsilon=8), embedded_data(tmp_path_factory.getbasetemp()), study="ci"
+    )
     run(["dvc", "repro", pipeline], repo)
     run(["git", "add", "pipelines/ci/dvc.lock", "results/ci"], repo)
     run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "ci results"], repo)
@@ -87,27 +96,35 @@ def test_ci_pipeline_forced_rerun_is_clean_and_an_experiment_is_one_readable_row
     assert "up to date" in run(["dvc", "status", pipeline], repo).stdout
 
     # A grid edit as an experiment: only the new cell trains; the DP cell is unchanged, so DVC keeps it.
-    out = run(["dvc", "exp", "run", pipeline, "-S", "studies/ci.yaml:grid.epsilon=[non-private, 8]",
-               "-n", "nonprivate"], repo).stdout
+    out = run(
+        ["dvc", "exp", "run", pipeline, "-S", "studies/ci.yaml:grid.epsilon=[non-private, 8]", "-n", "nonprivate"], repo
+    ).stdout
     ran = sorted(line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage"))
     assert ran == [f"{pipeline}:attribute", f"{pipeline}:report", f"{pipeline}:train@{new_cell}"], ran
 
     table = run([sys.executable, "-m", "reproduce", "exp", "show", "studies/ci.yaml"], repo).stdout
-    header, _, *rows = table.split("\n\n")[0].splitlines()   # then a blank line and what the columns share
+    header, _, *rows = table.split("\n\n")[0].splitlines()  # then a blank line and what the columns share
     # What differs (the grid) and the study's validation accuracies per group and epsilon: no param of
     # another study, no dependency hash, no per-cell file.
-    assert [c.strip() for c in header.split("  ") if c.strip()] == \
-        ["Experiment", "Created", "grid.epsilon", "e non-DP", "e DP eps=8"], header
-    assert [r.split()[0] for r in rows] == ["workspace", run(["git", "branch", "--show-current"], repo).stdout.strip(),
-                                           "nonprivate"], rows     # the workspace, the baseline, the experiment
+    assert [c.strip() for c in header.split("  ") if c.strip()] == [
+        "Experiment",
+        "Created",
+        "grid.epsilon",
+        "e non-DP",
+        "e DP eps=8",
+    ], header
+    assert [r.split()[0] for r in rows] == [
+        "workspace",
+        run(["git", "branch", "--show-current"], repo).stdout.strip(),
+        "nonprivate",
+    ], rows  # the workspace, the baseline, the experiment
     base_row, exp_row = rows[1], rows[2]
     assert '["non-private", 8]' in exp_row and exp_row.split()[-2] != "-", exp_row
-    assert base_row.split()[-2] == "-", base_row                  # the baseline has no non-private cell
-    assert exp_row.split()[-1] == base_row.split()[-1] != "-"     # the same DP cell in both
+    assert base_row.split()[-2] == "-", base_row  # the baseline has no non-private cell
+    assert exp_row.split()[-1] == base_row.split()[-1] != "-"  # the same DP cell in both
 
     steps = f"results/ci/cells/{dp_cell}/steps.json"
-    plots = json.loads(run(["dvc", "plots", "diff", baseline, "nonprivate", "--targets", steps, "--json"],
-                           repo).stdout)
+    plots = json.loads(run(["dvc", "plots", "diff", baseline, "nonprivate", "--targets", steps, "--json"], repo).stdout)
     assert not plots.get("errors"), plots["errors"]
     [plot] = plots["data"][steps]
     assert len(plot["revisions"]) == 2 and "nonprivate" in plot["revisions"], plot["revisions"]

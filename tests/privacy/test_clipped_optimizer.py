@@ -39,10 +39,17 @@ def _random_batches(seed=0):
 def test_flat_rule_is_opacus_dp_optimizer_bit_for_bit():
     ours_model, theirs_model = tiny_model(), tiny_model()
     kw = dict(noise_multiplier=1.3, max_grad_norm=2.0, expected_batch_size=3, loss_reduction="mean")
-    ours = ClippingDPOptimizer(torch.optim.SGD(ours_model.parameters(), lr=0.1, momentum=0.9),
-                               clipping=make_clipping_rule("flat"), generator=torch.Generator().manual_seed(7), **kw)
-    theirs = DPOptimizer(torch.optim.SGD(theirs_model.parameters(), lr=0.1, momentum=0.9),
-                         generator=torch.Generator().manual_seed(7), **kw)
+    ours = ClippingDPOptimizer(
+        torch.optim.SGD(ours_model.parameters(), lr=0.1, momentum=0.9),
+        clipping=make_clipping_rule("flat"),
+        generator=torch.Generator().manual_seed(7),
+        **kw,
+    )
+    theirs = DPOptimizer(
+        torch.optim.SGD(theirs_model.parameters(), lr=0.1, momentum=0.9),
+        generator=torch.Generator().manual_seed(7),
+        **kw,
+    )
     for batch in _random_batches():
         run_logical_batch(ours, ours_model, batch)
         run_logical_batch(theirs, theirs_model, batch)
@@ -52,10 +59,15 @@ def test_flat_rule_is_opacus_dp_optimizer_bit_for_bit():
 
 def test_automatic_rule_sums_the_normalised_gradients_each_below_C():
     model = tiny_model()
-    opt = ClippingDPOptimizer(torch.optim.SGD(model.parameters(), lr=0.0), clipping=make_clipping_rule("automatic", gamma=0.01),
-                              noise_multiplier=0.0, max_grad_norm=2.0, expected_batch_size=1)
+    opt = ClippingDPOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.0),
+        clipping=make_clipping_rule("automatic", gamma=0.01),
+        noise_multiplier=0.0,
+        max_grad_norm=2.0,
+        expected_batch_size=1,
+    )
     for i in range(3):  # one sample per logical batch: the clipped sum is that sample's clipped gradient
-        run_logical_batch(opt, model, [G[i:i + 1]])
+        run_logical_batch(opt, model, [G[i : i + 1]])
         norm = G[i].norm().item()
         assert flat_grad(model).norm().item() == pytest.approx(2 * norm / (norm + 0.01), rel=1e-6)
         assert flat_grad(model).norm().item() < 2.0
@@ -67,8 +79,14 @@ def test_automatic_rule_sums_the_normalised_gradients_each_below_C():
 
 def _adaptive(model, noise, *, inner=None, c0=2.0):
     rule = make_clipping_rule("adaptive", target_quantile=0.5, learning_rate=0.2, count_noise_std=1.0)
-    return ClippingDPOptimizer(inner or torch.optim.SGD(model.parameters(), lr=0.0), clipping=rule,
-                               noise_multiplier=1.0, max_grad_norm=c0, expected_batch_size=4, noise_source=noise)
+    return ClippingDPOptimizer(
+        inner or torch.optim.SGD(model.parameters(), lr=0.0),
+        clipping=rule,
+        noise_multiplier=1.0,
+        max_grad_norm=c0,
+        expected_batch_size=4,
+        noise_source=noise,
+    )
 
 
 # Three logical batches: norms (5, 1, 3), (5, 1, 3, 0.5), (1.5, 2.5); count noises 0.3, -0.2, 0.1.
@@ -97,7 +115,7 @@ def test_adaptive_gradient_noise_is_raised_and_dp_adambc_is_told_its_variance():
     noise = ScriptedNoise(counts=COUNT_NOISE)
     inner = DPAdamBC(model.parameters(), lr=0.0, betas=(0.9, 0.999), gamma_prime=1e-8)
     opt = _adaptive(model, noise, inner=inner)
-    sigma_grad = (1.0 - 0.25) ** -0.5        # (sigma_eff^-2 - (2 sigma_b)^-2)^-1/2, sigma_eff = sigma_b = 1
+    sigma_grad = (1.0 - 0.25) ** -0.5  # (sigma_eff^-2 - (2 sigma_b)^-2)^-1/2, sigma_eff = sigma_b = 1
     assert opt.gradient_noise_multiplier == pytest.approx(sigma_grad, rel=1e-15)
     for t, rows in enumerate(STEPS):
         noise.stds.clear()
@@ -115,11 +133,19 @@ def test_opacus_adaclip_forgets_earlier_micro_batches():
     micro-batch clears its count, so C moves by the last micro-batch only. If this starts failing,
     opacus changed; re-read its code before relying on it."""
     model = tiny_model()
-    opt = AdaClipDPOptimizer(torch.optim.SGD(model.parameters(), lr=0.0), noise_multiplier=0.0,
-                             target_unclipped_quantile=0.5, clipbound_learning_rate=0.2, max_clipbound=100.0,
-                             min_clipbound=0.01, unclipped_num_std=1e-12, max_grad_norm=2.0, expected_batch_size=4,
-                             generator=torch.Generator().manual_seed(0))
-    unclipped, clipped = G[1:2].repeat(2, 1), G[:1].repeat(2, 1)   # half the logical batch unclipped
+    opt = AdaClipDPOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.0),
+        noise_multiplier=0.0,
+        target_unclipped_quantile=0.5,
+        clipbound_learning_rate=0.2,
+        max_clipbound=100.0,
+        min_clipbound=0.01,
+        unclipped_num_std=1e-12,
+        max_grad_norm=2.0,
+        expected_batch_size=4,
+        generator=torch.Generator().manual_seed(0),
+    )
+    unclipped, clipped = G[1:2].repeat(2, 1), G[:1].repeat(2, 1)  # half the logical batch unclipped
     run_logical_batch(opt, model, [unclipped, clipped])
     # Correct: b = 1/2 = target, C stays 2. opacus: b = 0/2 from the last micro-batch, C = 2 exp(0.1).
     assert float(opt.max_grad_norm) == pytest.approx(2 * math.exp(0.1), rel=1e-6)
@@ -129,9 +155,15 @@ def test_step_record_and_diagnostics_by_hand_across_micro_batches():
     model = tiny_model()
     before = flat_params(model)
     noise = ScriptedNoise(gradient=0.1)
-    opt = ClippingDPOptimizer(torch.optim.SGD(model.parameters(), lr=0.5), clipping=make_clipping_rule("flat"),
-                              noise_multiplier=1.0, max_grad_norm=2.0, expected_batch_size=3, noise_source=noise,
-                              record_diagnostics=True)
+    opt = ClippingDPOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.5),
+        clipping=make_clipping_rule("flat"),
+        noise_multiplier=1.0,
+        max_grad_norm=2.0,
+        expected_batch_size=3,
+        noise_source=noise,
+        record_diagnostics=True,
+    )
     run_logical_batch(opt, model, [G[:2], G[2:]])
     rec = opt.last_step_record
     clipped = (2 / (5 + 1e-6)) * G[0] + G[1] + (2 / (3 + 1e-6)) * G[2]
@@ -152,8 +184,14 @@ def test_step_record_and_diagnostics_by_hand_across_micro_batches():
 
 def test_nothing_is_recorded_unless_asked_at_the_start_of_a_logical_batch():
     model = tiny_model()
-    opt = ClippingDPOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), clipping=make_clipping_rule("flat"),
-                              noise_multiplier=1.0, max_grad_norm=2.0, expected_batch_size=3, noise_source=ScriptedNoise())
+    opt = ClippingDPOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        clipping=make_clipping_rule("flat"),
+        noise_multiplier=1.0,
+        max_grad_norm=2.0,
+        expected_batch_size=3,
+        noise_source=ScriptedNoise(),
+    )
     run_logical_batch(opt, model, [G])
     assert opt.last_step_record is None
     opt.record_diagnostics = True
@@ -166,19 +204,32 @@ def test_nothing_is_recorded_unless_asked_at_the_start_of_a_logical_batch():
 
 def test_secure_mode_draws_gradient_and_count_noise_from_the_os(monkeypatch):
     import reproduce.privacy.secure_rng as secure_rng
+
     calls = []
     real = secure_rng.os_gaussian_noise
     monkeypatch.setattr(secure_rng, "os_gaussian_noise", lambda std, ref: calls.append(ref.dim()) or real(std, ref))
     model = tiny_model()
     rule = make_clipping_rule("adaptive", target_quantile=0.5, learning_rate=0.2, count_noise_std=1.0)
-    opt = ClippingDPOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), clipping=rule, noise_multiplier=1.0,
-                              max_grad_norm=2.0, expected_batch_size=4, secure_mode=True)
+    opt = ClippingDPOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        clipping=rule,
+        noise_multiplier=1.0,
+        max_grad_norm=2.0,
+        expected_batch_size=4,
+        secure_mode=True,
+    )
     run_logical_batch(opt, model, [G[:1], G[1:]])
     assert calls == [2, 1, 0] and opt.max_grad_norm != 2.0
     with pytest.raises(ReproduceError, match="secure mode"):
-        ClippingDPOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), clipping=rule, noise_multiplier=1.0,
-                            max_grad_norm=2.0, expected_batch_size=4, secure_mode=True,
-                            generator=torch.Generator())
+        ClippingDPOptimizer(
+            torch.optim.SGD(model.parameters(), lr=0.1),
+            clipping=rule,
+            noise_multiplier=1.0,
+            max_grad_norm=2.0,
+            expected_batch_size=4,
+            secure_mode=True,
+            generator=torch.Generator(),
+        )
 
 
 def test_clipping_state_round_trips_and_refuses_another_rule():
@@ -189,8 +240,13 @@ def test_clipping_state_round_trips_and_refuses_another_rule():
     fresh = _adaptive(tiny_model(), ScriptedNoise(counts=COUNT_NOISE[1:]))
     fresh.load_clipping_state_dict(state)
     assert fresh.max_grad_norm == opt.max_grad_norm == pytest.approx(HAND_TRAJECTORY[1])
-    flat = ClippingDPOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), clipping=make_clipping_rule("flat"),
-                               noise_multiplier=1.0, max_grad_norm=2.0, expected_batch_size=3)
+    flat = ClippingDPOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        clipping=make_clipping_rule("flat"),
+        noise_multiplier=1.0,
+        max_grad_norm=2.0,
+        expected_batch_size=3,
+    )
     with pytest.raises(ReproduceError, match="'adaptive'"):
         flat.load_clipping_state_dict(state)
 
@@ -198,5 +254,10 @@ def test_clipping_state_round_trips_and_refuses_another_rule():
 def test_adaptive_refuses_a_count_noise_too_small_for_the_budget():
     rule = make_clipping_rule("adaptive", target_quantile=0.5, learning_rate=0.2, count_noise_std=0.4)
     with pytest.raises(ReproduceError, match="2 \\* count_noise_std > noise multiplier"):
-        ClippingDPOptimizer(torch.optim.SGD(tiny_model().parameters(), lr=0.1), clipping=rule,
-                            noise_multiplier=1.0, max_grad_norm=1.0, expected_batch_size=4)
+        ClippingDPOptimizer(
+            torch.optim.SGD(tiny_model().parameters(), lr=0.1),
+            clipping=rule,
+            noise_multiplier=1.0,
+            max_grad_norm=1.0,
+            expected_batch_size=4,
+        )

@@ -23,13 +23,15 @@ NORMS = G.norm(dim=1)  # 5, 1, 3
 
 
 def test_flat_factors_by_hand():
-    assert torch.allclose(flat_clip_factors(NORMS, 2.0),
-                          torch.tensor([2 / (5 + 1e-6), 1.0, 2 / (3 + 1e-6)]), rtol=0, atol=1e-7)
+    assert torch.allclose(
+        flat_clip_factors(NORMS, 2.0), torch.tensor([2 / (5 + 1e-6), 1.0, 2 / (3 + 1e-6)]), rtol=0, atol=1e-7
+    )
 
 
 def test_automatic_factors_by_hand():
-    assert torch.allclose(automatic_clip_factors(NORMS, 2.0, gamma=0.01),
-                          torch.tensor([2 / 5.01, 2 / 1.01, 2 / 3.01]), rtol=0, atol=1e-7)
+    assert torch.allclose(
+        automatic_clip_factors(NORMS, 2.0, gamma=0.01), torch.tensor([2 / 5.01, 2 / 1.01, 2 / 3.01]), rtol=0, atol=1e-7
+    )
 
 
 def test_automatic_scales_every_sample_strictly_below_the_clipping_norm():
@@ -50,15 +52,16 @@ def test_noised_unclipped_fraction_is_centred_over_the_expected_batch_size():
 
 
 def test_geometric_update_by_hand():
-    assert geometric_clip_update(2.0, unclipped_fraction=0.75, target_quantile=0.5,
-                                 learning_rate=0.2) == pytest.approx(2 * math.exp(-0.05), rel=1e-15)
+    assert geometric_clip_update(2.0, unclipped_fraction=0.75, target_quantile=0.5, learning_rate=0.2) == pytest.approx(
+        2 * math.exp(-0.05), rel=1e-15
+    )
     assert geometric_clip_update(2.0, unclipped_fraction=0.5, target_quantile=0.5, learning_rate=0.2) == 2.0
 
 
 def test_adaptive_rule_counts_across_micro_batches_and_clears_at_the_step():
     rule = AdaptiveQuantileClipping(target_quantile=0.5, learning_rate=0.2, count_noise_std=1.0)
-    rule.observe(NORMS[:2], 2.0)          # 5, 1: one unclipped
-    rule.observe(NORMS[2:], 2.0)          # 3: none
+    rule.observe(NORMS[:2], 2.0)  # 5, 1: one unclipped
+    rule.observe(NORMS[2:], 2.0)  # 3: none
     assert (rule.unclipped, rule.batch_size) == (1, 3)
     c = rule.next_max_grad_norm(2.0, count_noise=0.3, expected_batch_size=4)
     # b~ = ((1 - 1.5) + 0.3) / 4 + 0.5 = 0.45; C = 2 exp(-0.2 (0.45 - 0.5)) = 2 exp(0.01)

@@ -23,7 +23,7 @@ def _model(group: str, dtype):
 
 def _brute_force(model, x, y):
     params = [p for p in model.parameters() if p.requires_grad]
-    rows = [torch.autograd.grad(F.cross_entropy(model(x[i:i + 1]), y[i:i + 1]), params) for i in range(len(x))]
+    rows = [torch.autograd.grad(F.cross_entropy(model(x[i : i + 1]), y[i : i + 1]), params) for i in range(len(x))]
     return [torch.stack([r[j] for r in rows]) for j in range(len(params))]
 
 
@@ -43,7 +43,7 @@ def test_padded_forward_gives_the_real_samples_exact_per_sample_gradients(group,
     model = _model(group, dtype)
     model.train()
     g = torch.Generator().manual_seed(1)
-    x = torch.randn(5, 3, 28, 28, generator=g, dtype=dtype)     # 5 rows: padded to 8
+    x = torch.randn(5, 3, 28, 28, generator=g, dtype=dtype)  # 5 rows: padded to 8
     if layout == "channels_last":
         x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 8, (5,), generator=g)
@@ -54,12 +54,12 @@ def test_padded_forward_gives_the_real_samples_exact_per_sample_gradients(group,
     hook = first.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
     out = engine.forward(model, x)
     assert out.shape[0] == 5
-    assert seen[0].shape[0] == 8                                   # the layers ran on the padded batch
+    assert seen[0].shape[0] == 8  # the layers ran on the padded batch
     assert seen[0].is_contiguous(memory_format=torch.channels_last) == (layout == "channels_last")
     engine.backward(F.cross_entropy(out, y))
     params = [p for p in model.parameters() if p.requires_grad]
     for p, want in zip(params, expected):
-        assert p.grad_sample.shape == want.shape                   # the padded rows are dropped
+        assert p.grad_sample.shape == want.shape  # the padded rows are dropped
         assert _relative(p.grad_sample, want) < TOLERANCE[dtype]
     hook.remove()
     engine.remove()
@@ -75,7 +75,7 @@ def test_unpadded_batch_runs_as_before():
         p.grad_sample = None
     engine.backward(F.cross_entropy(model(x), y))
     for a, p in zip(padded, model.parameters()):
-        assert torch.equal(a, p.grad_sample)   # 8 rows: nothing padded, bit for bit the plain call
+        assert torch.equal(a, p.grad_sample)  # 8 rows: nothing padded, bit for bit the plain call
 
 
 class _FoldsBatch(nn.Module):

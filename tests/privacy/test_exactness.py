@@ -32,24 +32,35 @@ class Scale(nn.Module):
 
 def model_with(layer: nn.Module) -> nn.Module:
     np.random.seed(0)
-    return nn.Sequential(EquivariantConv2d(IN, HIDDEN, 3, padding=1), nn.Sequential(layer), nn.Flatten(), nn.Linear(8, 3))
+    return nn.Sequential(
+        EquivariantConv2d(IN, HIDDEN, 3, padding=1), nn.Sequential(layer), nn.Flatten(), nn.Linear(8, 3)
+    )
 
 
 def test_a_model_of_equivariant_convs_linear_and_parameter_free_norms_passes():
     np.random.seed(0)
-    model = nn.Sequential(EquivariantConv2d(IN, HIDDEN, 3, padding=1), nn.GroupNorm(2, 8, affine=False),
-                          nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))
+    model = nn.Sequential(
+        EquivariantConv2d(IN, HIDDEN, 3, padding=1),
+        nn.GroupNorm(2, 8, affine=False),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 3),
+    )
     check_exact_per_sample_gradients(model)
 
 
-@pytest.mark.parametrize("layer, path, words", [
-    (lambda: enn.R2Conv(HIDDEN, HIDDEN, 3, padding=1), "1.0", ["R2Conv", "EquivariantConv2d"]),
-    (lambda: enn.IIDBatchNorm2d(HIDDEN), "1.0", ["IIDBatchNorm2d", "GroupNorm"]),
-    (lambda: enn.InnerBatchNorm(HIDDEN, affine=False), "1.0", ["InnerBatchNorm", "GroupNorm"]),
-    (lambda: nn.BatchNorm2d(8), "1.0", ["BatchNorm2d", "GroupNorm"]),
-    (lambda: nn.BatchNorm2d(8, affine=False, track_running_stats=False), "1.0", ["BatchNorm2d", "GroupNorm"]),
-    (Scale, "1.0", ["Scale", "no registered per-sample gradient rule"]),
-])
+@pytest.mark.parametrize(
+    "layer, path, words",
+    [
+        (lambda: enn.R2Conv(HIDDEN, HIDDEN, 3, padding=1), "1.0", ["R2Conv", "EquivariantConv2d"]),
+        (lambda: enn.IIDBatchNorm2d(HIDDEN), "1.0", ["IIDBatchNorm2d", "GroupNorm"]),
+        (lambda: enn.InnerBatchNorm(HIDDEN, affine=False), "1.0", ["InnerBatchNorm", "GroupNorm"]),
+        (lambda: nn.BatchNorm2d(8), "1.0", ["BatchNorm2d", "GroupNorm"]),
+        (lambda: nn.BatchNorm2d(8, affine=False, track_running_stats=False), "1.0", ["BatchNorm2d", "GroupNorm"]),
+        (Scale, "1.0", ["Scale", "no registered per-sample gradient rule"]),
+    ],
+)
 def test_refusal_names_the_layer_its_type_and_the_fix(layer, path, words):
     model = model_with(layer())
     with pytest.raises(ReproduceError) as info:

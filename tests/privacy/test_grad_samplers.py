@@ -21,8 +21,10 @@ from reproduce.privacy.fast_engine import OutputGradientEngine
 from reproduce.privacy.grad_samplers import basis_transpose, coefficient_grad_sample, standardisation_vjp, unfold
 
 # opacus' hooks warn that the first layer's input needs no gradient; expected here.
-pytestmark = [pytest.mark.filterwarnings("ignore:Full backward hook is firing"),
-              pytest.mark.filterwarnings("ignore:Secure RNG turned off")]
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:Full backward hook is firing"),
+    pytest.mark.filterwarnings("ignore:Secure RNG turned off"),
+]
 
 BATCH = 6
 TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-10}
@@ -41,8 +43,12 @@ def field_types(group: str):
         hidden = [bl, gs.irrep(1), gs.trivial_repr]
         out = [bl, gs.irrep(2), gs.trivial_repr]
     else:
-        gs = {"C1": gspaces.rot2dOnR2(1), "C4": gspaces.rot2dOnR2(4), "D4": gspaces.flipRot2dOnR2(4),
-              "C16": gspaces.rot2dOnR2(16)}[group]
+        gs = {
+            "C1": gspaces.rot2dOnR2(1),
+            "C4": gspaces.rot2dOnR2(4),
+            "D4": gspaces.flipRot2dOnR2(4),
+            "C16": gspaces.rot2dOnR2(16),
+        }[group]
         hidden, out = [gs.regular_repr] * 2, [gs.regular_repr] * 2
     return (enn.FieldType(gs, [gs.trivial_repr] * 3), enn.FieldType(gs, hidden), enn.FieldType(gs, out))
 
@@ -85,7 +91,7 @@ def brute_force_grads(model, x, y):
     per_sample = {n: [] for n in names}
     for i in range(len(x)):
         model.zero_grad()
-        F.cross_entropy(model(x[i:i + 1]), y[i:i + 1]).backward()
+        F.cross_entropy(model(x[i : i + 1]), y[i : i + 1]).backward()
         for n, p in model.named_parameters():
             if p.requires_grad:
                 per_sample[n].append(p.grad.detach().clone())
@@ -117,27 +123,35 @@ def test_basis_transpose_is_the_vjp_of_the_basis_expansion(nets, group):
 
 
 @pytest.mark.parametrize("group", ["C4", "O2"])  # one block (field-major projection) / several blocks
-@pytest.mark.parametrize("conv_kwargs", [dict(padding=0, stride=2), dict(padding=2, dilation=2),
-                                         dict(padding=1, bias=False)])
+@pytest.mark.parametrize(
+    "conv_kwargs", [dict(padding=0, stride=2), dict(padding=2, dilation=2), dict(padding=1, bias=False)]
+)
 def test_every_contraction_matches_brute_force_for_stride_dilation_and_padding(group, conv_kwargs):
     np.random.seed(0)
     _, t_hidden, t_out = field_types(group)
     layer = EquivariantConv2d(t_hidden, t_out, 3, **conv_kwargs).double()
     x = torch.randn(5, t_hidden.size, 13, 13, dtype=torch.float64)
     grad_out = torch.randn_like(layer(x))
-    expected = torch.stack([torch.autograd.grad((layer(x[i:i + 1]) * grad_out[i:i + 1]).sum(), layer.weights)[0]
-                            for i in range(5)])
+    expected = torch.stack(
+        [torch.autograd.grad((layer(x[i : i + 1]) * grad_out[i : i + 1]).sum(), layer.weights)[0] for i in range(5)]
+    )
     for method in ("unfold", "conv", "basis"):
         for chunk in (2, 5):
             got = coefficient_grad_sample(layer, x, grad_out, method=method, chunk=chunk)
             assert rel_err(got, expected) < 1e-12, (method, chunk)
 
 
-@pytest.mark.parametrize("geometry", [dict(padding=1), dict(padding=0, stride=2), dict(padding=2, dilation=2),
-                                      dict(padding=1, stride=2, dilation=3)])
+@pytest.mark.parametrize(
+    "geometry",
+    [dict(padding=1), dict(padding=0, stride=2), dict(padding=2, dilation=2), dict(padding=1, stride=2, dilation=3)],
+)
 def test_strided_unfold_equals_torch_unfold(geometry):
-    layer = SimpleNamespace(kernel_size=3, padding=geometry.get("padding", 0), stride=geometry.get("stride", 1),
-                            dilation=geometry.get("dilation", 1))
+    layer = SimpleNamespace(
+        kernel_size=3,
+        padding=geometry.get("padding", 0),
+        stride=geometry.get("stride", 1),
+        dilation=geometry.get("dilation", 1),
+    )
     x = torch.randn(3, 5, 11, 9)
     expected = F.unfold(x, 3, dilation=layer.dilation, padding=layer.padding, stride=layer.stride)
     assert torch.equal(unfold(x, layer), expected)
@@ -184,8 +198,12 @@ def test_dp_optimizer_update_equals_brute_force_clipped_mean(nets, group, path, 
     max_grad_norm = norms.median().item()  # some samples clipped, some not
     expected = brute_force_clipped_mean(grads, max_grad_norm)
 
-    optimizer = DPOptimizer(torch.optim.SGD(model.parameters(), lr=1.0), noise_multiplier=0.0,
-                            max_grad_norm=max_grad_norm, expected_batch_size=len(x))
+    optimizer = DPOptimizer(
+        torch.optim.SGD(model.parameters(), lr=1.0),
+        noise_multiplier=0.0,
+        max_grad_norm=max_grad_norm,
+        expected_batch_size=len(x),
+    )
     if path == "hooks":
         gsm = GradSampleModule(model, loss_reduction="mean")
         F.cross_entropy(gsm(x), y).backward()
@@ -210,8 +228,14 @@ def test_make_private_hooks_and_engine_give_the_same_clipped_update(nets):
         model = copy.deepcopy(nets["C4"]).double()
         before = [p.detach().clone() for p in model.parameters()]
         private, optimizer, private_loader = PrivacyEngine().make_private(
-            module=model, optimizer=torch.optim.SGD(model.parameters(), lr=1.0), data_loader=loader,
-            noise_multiplier=0.0, max_grad_norm=0.05, poisson_sampling=False, grad_sample_mode=mode)
+            module=model,
+            optimizer=torch.optim.SGD(model.parameters(), lr=1.0),
+            data_loader=loader,
+            noise_multiplier=0.0,
+            max_grad_norm=0.05,
+            poisson_sampling=False,
+            grad_sample_mode=mode,
+        )
         xb, yb = next(iter(private_loader))
         if mode == "hooks":
             F.cross_entropy(private(xb), yb).backward()
@@ -287,8 +311,9 @@ def test_rule_equals_opacus_functorch_fallback(nets, group):
 @pytest.mark.parametrize("path", ["hooks", "engine"])
 def test_an_empty_poisson_batch_gives_a_noise_only_step(nets, path):
     model = copy.deepcopy(nets["C4"])
-    optimizer = DPOptimizer(torch.optim.SGD(model.parameters(), lr=1.0), noise_multiplier=1.0,
-                            max_grad_norm=1.0, expected_batch_size=4)
+    optimizer = DPOptimizer(
+        torch.optim.SGD(model.parameters(), lr=1.0), noise_multiplier=1.0, max_grad_norm=1.0, expected_batch_size=4
+    )
     x, y = batch(torch.float32, n=0)
     if path == "hooks":
         gsm = GradSampleModule(model, loss_reduction="mean")
@@ -321,8 +346,16 @@ def test_engine_ignores_forward_passes_that_did_not_lead_to_the_loss(nets):
         assert rel_err(p.grad_sample, expected[name]) < 1e-10, name
 
 
-DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(),
-                                                                                    reason="no CUDA device on this machine")])]
+DEVICES = [
+    "cpu",
+    pytest.param(
+        "cuda",
+        marks=[
+            pytest.mark.cuda,
+            pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine"),
+        ],
+    ),
+]
 
 
 @pytest.mark.parametrize("path", ["hooks", "engine"])
@@ -339,8 +372,9 @@ def test_dp_step_runs_on_the_device_the_model_was_moved_to(nets, device, path, m
     for layer in (model.conv1, model.conv2):
         for b in layer.escnn_conv.basisexpansion.buffers():
             assert b.device.type == device
-    optimizer = DPOptimizer(torch.optim.SGD(model.parameters(), lr=1.0), noise_multiplier=0.0,
-                            max_grad_norm=0.1, expected_batch_size=len(x))
+    optimizer = DPOptimizer(
+        torch.optim.SGD(model.parameters(), lr=1.0), noise_multiplier=0.0, max_grad_norm=0.1, expected_batch_size=len(x)
+    )
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     x, y = x.to(device), y.to(device)
     if path == "hooks":

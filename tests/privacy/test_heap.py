@@ -14,8 +14,9 @@ import sys
 
 import pytest
 
-pytestmark = pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
-                                reason="glibc's malloc only")
+pytestmark = pytest.mark.skipif(
+    platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc's malloc only"
+)
 
 SCRIPT = """
 import resource, sys, torch
@@ -52,7 +53,7 @@ def test_after_two_steps_the_engine_reuses_freed_memory_without_page_faults():
     # heap still grows by one block (a small allocation landed inside a freed one: fragmentation;
     # measured in about 1 of 8 steps, 8,192 faults), so the typical step is judged, not every step.
     later = sorted(faults[2:])
-    assert later[len(later) // 2] < 1000, faults   # the median step maps no fresh pages
+    assert later[len(later) // 2] < 1000, faults  # the median step maps no fresh pages
     assert sum(f > 1000 for f in later) <= 2, faults
 
 
@@ -66,5 +67,6 @@ def test_the_engine_applies_it():
 
     from reproduce.privacy import heap
     from reproduce.privacy.fast_engine import OutputGradientEngine
+
     OutputGradientEngine(nn.Linear(2, 2))
     assert heap._applied is True

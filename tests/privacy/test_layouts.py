@@ -58,8 +58,8 @@ def per_sample_autograd(layer, x, g):
     params = [p for p in layer.parameters() if p.requires_grad]
     out = [[] for _ in params]
     for i in range(len(x)):
-        y = layer(x[i:i + 1].contiguous())
-        for acc, grad in zip(out, torch.autograd.grad((y * g[i:i + 1]).sum(), params)):
+        y = layer(x[i : i + 1].contiguous())
+        for acc, grad in zip(out, torch.autograd.grad((y * g[i : i + 1]).sum(), params)):
             acc.append(grad)
     return {p: torch.stack(o) for p, o in zip(params, out)}
 
@@ -98,8 +98,9 @@ def test_opacus_conv2d_rule_is_wrong_on_channels_last_which_is_why_the_suite_wra
 def test_unfold_equals_torch_unfold_for_any_layout(layout):
     layer = nn.Conv2d(3, 4, (3, 5), stride=(2, 1), padding=(1, 2), dilation=(1, 2))
     x = torch.randn(4, 3, 9, 11)
-    expected = torch.nn.functional.unfold(x, layer.kernel_size, dilation=layer.dilation, padding=layer.padding,
-                                          stride=layer.stride)
+    expected = torch.nn.functional.unfold(
+        x, layer.kernel_size, dilation=layer.dilation, padding=layer.padding, stride=layer.stride
+    )
     assert torch.equal(unfold(LAYOUTS[layout](x), layer), expected)
 
 
@@ -108,14 +109,18 @@ def test_conv2d_with_non_zero_padding_mode_is_refused(mode):
     """Both rules zero-pad, so reflect/replicate/circular padding would get wrong per-sample gradients."""
     from reproduce.errors import ReproduceError
     from reproduce.privacy.exactness import exactness_problems
+
     layer = nn.Conv2d(3, 4, 3, padding=1, padding_mode=mode)
     assert any("padding_mode" in p for p in exactness_problems(nn.Sequential(layer)))
     with pytest.raises(ReproduceError, match="padding_mode"):
         rule_for(nn.Conv2d)(layer, [torch.randn(2, 3, 5, 5)], torch.randn(2, 4, 5, 5))
 
 
-@pytest.mark.parametrize("layer", [nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding="same", groups=2)],
-                         ids=["covered", "opacus fallback"])
+@pytest.mark.parametrize(
+    "layer",
+    [nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding="same", groups=2)],
+    ids=["covered", "opacus fallback"],
+)
 def test_conv2d_rule_on_an_empty_batch_has_zero_samples(layer):
     out = rule_for(nn.Conv2d)(layer, [torch.randn(0, layer.in_channels, 5, 5)], torch.randn(0, 4, 5, 5))
     assert all(g.shape == (0, *p.shape) for p, g in out.items())
@@ -126,6 +131,7 @@ def test_group_norm_rule_is_opacus_arithmetic_bit_for_bit(shape):
     """The suite's GroupNorm rule only saves a temporary: the same numbers as opacus's, so trained
     weights do not move (and an [n, C] input, without positions, is not summed over channels)."""
     from opacus.grad_sample.group_norm import compute_group_norm_grad_sample as opacus_rule
+
     layer = nn.GroupNorm(2, shape[1])
     gen = torch.Generator().manual_seed(2)
     x, g = torch.randn(shape, generator=gen), torch.randn(shape, generator=gen)

@@ -68,11 +68,20 @@ def test_dp_adambc_inside_the_dp_optimizer_removes_the_noise_it_was_given():
     model = tiny_model()
     before = flat_params(model)
     inner = DPAdamBC(model.parameters(), lr=0.1, betas=(0.9, 0.99), gamma_prime=1e-4)
-    opt = ClippingDPOptimizer(inner, clipping=make_clipping_rule("flat"), noise_multiplier=0.3, max_grad_norm=1.0,
-                              expected_batch_size=3, noise_source=lambda std, ref: torch.full_like(ref, 0.3))
+    opt = ClippingDPOptimizer(
+        inner,
+        clipping=make_clipping_rule("flat"),
+        noise_multiplier=0.3,
+        max_grad_norm=1.0,
+        expected_batch_size=3,
+        noise_source=lambda std, ref: torch.full_like(ref, 0.3),
+    )
     run_logical_batch(opt, model, [torch.zeros_like(G)])
-    assert inner.param_groups[0]["noise_variance"] == pytest.approx(dp_noise_variance(
-        noise_multiplier=0.3, max_grad_norm=1.0, expected_batch_size=3), rel=1e-15) == pytest.approx(0.01)
+    assert (
+        inner.param_groups[0]["noise_variance"]
+        == pytest.approx(dp_noise_variance(noise_multiplier=0.3, max_grad_norm=1.0, expected_batch_size=3), rel=1e-15)
+        == pytest.approx(0.01)
+    )
     # m^ = 0.1, max(0.01 - 0.01, 1e-4): step 0.1 * 0.1 / 0.01 = 1 (Adam would step lr = 0.1).
     assert torch.allclose(before - flat_params(model), torch.ones(3), atol=1e-5)
 
@@ -87,10 +96,12 @@ def test_registry_sgd_momentum_by_hand():
 def test_registry_names_and_errors():
     assert set(OPTIMIZERS) == {"sgd", "adam", "dp_adambc"}
     params = [torch.nn.Parameter(torch.zeros(1))]
-    assert isinstance(make_optimizer("adam", params, lr=0.1, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0),
-                      torch.optim.Adam)
-    assert isinstance(make_optimizer("dp_adambc", params, lr=0.1, betas=(0.9, 0.999), gamma_prime=1e-8,
-                                     weight_decay=0.0), DPAdamBC)
+    assert isinstance(
+        make_optimizer("adam", params, lr=0.1, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0), torch.optim.Adam
+    )
+    assert isinstance(
+        make_optimizer("dp_adambc", params, lr=0.1, betas=(0.9, 0.999), gamma_prime=1e-8, weight_decay=0.0), DPAdamBC
+    )
     with pytest.raises(ReproduceError, match="unknown optimizer 'adamw'; known: adam, dp_adambc, sgd"):
         make_optimizer("adamw", params, lr=0.1)
     with pytest.raises(ReproduceError, match="optimizer 'sgd'"):

@@ -8,10 +8,12 @@ from reproduce.errors import ReproduceError
 from reproduce.privacy.released import released_paths, unnoised_releases
 
 RECORD = {
-    "cell": "x", "config": {"training": {"batch_size": 16}, "data": {"local_files": {}}},
+    "cell": "x",
+    "config": {"training": {"batch_size": 16}, "data": {"local_files": {}}},
     "metrics": {"test_acc": 0.5, "train_loss_last": None},
     "epochs": [{"epoch": 0, "loss": 1.0}, {"epoch": 1, "loss": None, "gwa": 0.1}],
-    "steps": [], "metrics_detail": {},
+    "steps": [],
+    "metrics_detail": {},
     "provenance": {"data": {"name": "d", "sha256": "0" * 64}},
     "run": {"train_seconds": 1.0, "commit": None},
 }
@@ -19,14 +21,28 @@ RECORD = {
 
 def test_released_paths_name_list_elements_and_skip_empty_containers():
     assert released_paths(RECORD) == [
-        "cell", "config.training.batch_size", "metrics.test_acc",
-        "metrics.train_loss_last", "epochs[].epoch", "epochs[].loss", "epochs[].gwa",
-        "provenance.data.name", "provenance.data.sha256", "run.train_seconds", "run.commit"]
+        "cell",
+        "config.training.batch_size",
+        "metrics.test_acc",
+        "metrics.train_loss_last",
+        "epochs[].epoch",
+        "epochs[].loss",
+        "epochs[].gwa",
+        "provenance.data.name",
+        "provenance.data.sha256",
+        "run.train_seconds",
+        "run.commit",
+    ]
 
 
 def test_unnoised_releases_are_the_classified_paths_present():
-    assert unnoised_releases(RECORD) == ["metrics.train_loss_last", "run.train_seconds", "epochs[].loss",
-                                         "epochs[].gwa", "provenance.data.sha256"]
+    assert unnoised_releases(RECORD) == [
+        "metrics.train_loss_last",
+        "run.train_seconds",
+        "epochs[].loss",
+        "epochs[].gwa",
+        "provenance.data.sha256",
+    ]
 
 
 def test_an_unclassified_result_field_is_refused():

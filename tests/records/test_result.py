@@ -7,25 +7,32 @@ import json
 
 import pytest
 
-from reproduce.errors import ReproduceError
 from reproduce.data.stand_in import stand_in
-from reproduce.study import parse_study
-from reproduce.training.cell import run_cell, write_cell
+from reproduce.errors import ReproduceError
 from reproduce.records.result import Alignment, CellResult, EpochRecord, StepRecord, read_result
+from reproduce.training.cell import run_cell, write_cell
+from tests.conftest import tiny_study
 from tests.report.conftest import FAKE_CELL, fake_result
-
-STUDY = """\
-name: result
-model:
-  widths: [2, 2, 4]
-training: {batch_size: 16, physical_batch_size: 8, steps: 2, max_train_samples: 32, log_every: 1}
-grid: {dataset: [bloodmnist], group: [e], epsilon: [8], multiplicity: [1], seed: [0]}
-"""
 
 
 @pytest.fixture(scope="module")
 def trained() -> CellResult:
-    (cell,) = parse_study(STUDY).cells()
+    # one DP cell, 2 steps of the default optimizer, every step logged
+    (cell,) = tiny_study(
+        name="result",
+        model={"widths": [2, 2, 4]},
+        training={
+            "optimizer": None,
+            "batch_size": 16,
+            "physical_batch_size": 8,
+            "epochs": None,
+            "steps": 2,
+            "max_train_samples": 32,
+            "log_every": 1,
+        },
+        dataset="bloodmnist",
+        epsilon=8,
+    ).cells()
     return run_cell(cell, data_root=None, progress=False, splits=stand_in(cell.dataset, size=28, seed=0))
 
 
@@ -47,7 +54,7 @@ def test_the_report_tests_fake_results_read_back_as_written():
     again = result.to_json()
     for section in ("cell", "config", "metrics", "steps", "metrics_detail", "provenance"):
         assert again[section] == record[section], section
-    assert record["privacy"].items() <= again["privacy"].items()     # plus the statement's defaults
+    assert record["privacy"].items() <= again["privacy"].items()  # plus the statement's defaults
     assert CellResult.from_json(again) == result and result.widths == (8, 16, 32)
 
 

@@ -14,7 +14,7 @@ from reproduce.report.stage import build_report, read_results, write_tables
 from reproduce.study import parse_study
 from tests.report.conftest import AUDIT_STUDY, write_audited_results
 
-BROKEN = "embedded-C4-2-1-1-gradient-audit"     # bound 2.5 > accountant epsilon 1.98
+BROKEN = "embedded-C4-2-1-1-gradient-audit"  # bound 2.5 > accountant epsilon 1.98
 
 
 @pytest.fixture
@@ -27,22 +27,26 @@ def _results(study, tmp_path, bounds=None):
 
 
 def _row(rows, group, epsilon, kind):
-    return next(r for r in rows if (r.group, r.epsilon, dict(r.axes).get("audit.kind", kind)) == (group, epsilon, kind)
-                and r.verdicts[0].record.kind == kind)
+    return next(
+        r
+        for r in rows
+        if (r.group, r.epsilon, dict(r.axes).get("audit.kind", kind)) == (group, epsilon, kind)
+        and r.verdicts[0].record.kind == kind
+    )
 
 
 def test_rows_pool_seeds_and_judge_each_cell_against_its_own_epsilon(audit_study, tmp_path):
     rows = audit_rows(audit_study, _results(audit_study, tmp_path, {BROKEN: 2.5}))
     assert len(rows) == 8 and all(r.n == 2 for r in rows)
-    dp = _row(rows, "e", 2, "input")                    # bounds 0.3, 0.4 (conftest: 0.3 + 0.1 x seed)
-    assert dp.bound["mean"] == pytest.approx(0.35) and dp.accountant["mean"] == pytest.approx(1.98)
+    dp = _row(rows, "e", 2, "input")  # bounds 0.3, 0.4 (conftest: 0.3 + 0.1 x seed)
+    assert dp.bound.mean == pytest.approx(0.35) and dp.accountant.mean == pytest.approx(1.98)
     assert dp.violations == () and dp.bound_max == pytest.approx(2.6)
-    control = _row(rows, "e", "non-private", "gradient")   # no claim: a large bound is no violation
-    assert control.accountant["mean"] is None and control.bound["mean"] == pytest.approx(2.25)
+    control = _row(rows, "e", "non-private", "gradient")  # no claim: a large bound is no violation
+    assert control.accountant.mean is None and control.bound.mean == pytest.approx(2.25)
     assert control.violations == ()
     # One bad seed is a violation although the mean over seeds (1.4) is below the accountant's 1.98.
     broken = _row(rows, "C4", 2, "gradient")
-    assert broken.bound["mean"] < 1.98 and broken.violations == (BROKEN,)
+    assert broken.bound.mean < 1.98 and broken.violations == (BROKEN,)
     assert sum(len(r.violations) for r in rows) == 1
 
 
@@ -52,7 +56,9 @@ def test_markdown_csv_latex_and_summary_show_the_bound_beside_epsilon_and_the_vi
     md = to_markdown(audit_study, rows)
     assert "| accountant ε | audit ε lower bound |" in md
     assert f"**{VIOLATION}**" in md and f"{BROKEN} (bound 2.500 > epsilon 1.980)" in md
-    line = next(ln for ln in md.splitlines() if ln.startswith("| embedded | C4 | DP eps=2, no aug, audit.kind=gradient"))
+    line = next(
+        ln for ln in md.splitlines() if ln.startswith("| embedded | C4 | DP eps=2, no aug, audit.kind=gradient")
+    )
     assert "1.980 ± 0.000" in line and "1.400 ± 1.556" in line and f"**{VIOLATION} ({BROKEN})**" in line
     assert "no claim (non-private control)" in md
     written = write_tables(audit_study, results_dir=tmp_path / "results")
@@ -91,7 +97,7 @@ def test_report_draws_the_audit_figure_deterministically_and_the_page_shows_it(a
     figure = tmp_path / "a" / "audit-embedded.png"
     assert figure in paths and figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     build_report(audit_study, results_dir=results_dir, out_dir=tmp_path / "b")
-    assert (tmp_path / "b" / "audit-embedded.png").read_bytes() == figure.read_bytes()   # byte-reproducible
+    assert (tmp_path / "b" / "audit-embedded.png").read_bytes() == figure.read_bytes()  # byte-reproducible
     page = (tmp_path / "a" / "index.html").read_text()
     assert '<table id="audit" data-check="1">' in page and 'alt="Privacy audit — embedded"' in page
     assert "a point above it is a VIOLATION" in page and f"{VIOLATION} ({BROKEN})" in page

@@ -19,16 +19,29 @@ CHROMIUM = shutil.which("chromium")
 
 
 needs_chromium = pytest.mark.skipif(
-    CHROMIUM is None, reason="chromium is not installed (apt-get install -y chromium; .ci/run installs it)")
+    CHROMIUM is None, reason="chromium is not installed (apt-get install -y chromium; .ci/run installs it)"
+)
 
 
 def dump_dom(page: Path, profile: Path) -> str:
     """The DOM after load (scripts run) from headless chromium with a fresh profile, offline."""
     profile.mkdir()
-    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           "--host-resolver-rules=MAP * ~NOTFOUND", f"--user-data-dir={profile}",
-           "--virtual-time-budget=5000", "--dump-dom", page.as_uri()]
+    cmd = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--host-resolver-rules=MAP * ~NOTFOUND",
+        f"--user-data-dir={profile}",
+        "--virtual-time-budget=5000",
+        "--dump-dom",
+        page.as_uri(),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=90)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc.stdout
@@ -71,7 +84,9 @@ def test_report_self_check_detects_a_broken_image_and_csp_blocks_fetches(fake_re
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         page = fake_report[2][-1].read_text(encoding="utf-8")
-        page = re.sub(r'src="data:image/png;base64,[^"]+"', 'src="data:image/png;base64,iVBORw0KGgoAAAA="', page, count=1)
+        page = re.sub(
+            r'src="data:image/png;base64,[^"]+"', 'src="data:image/png;base64,iVBORw0KGgoAAAA="', page, count=1
+        )
         url = f"http://127.0.0.1:{server.server_address[1]}/external.png"
         page = page.replace("<h2>Table 1</h2>", f'<h2>Table 1</h2><img src="{url}" alt="x">')
         broken = tmp_path / "broken.html"

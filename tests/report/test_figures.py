@@ -13,8 +13,10 @@ from tests.report.conftest import partial_result
 
 
 def _bins(s: int, upper: float = 0.5) -> list[dict]:
-    return [{"lower": 0.0, "upper": upper, "count": 10 * (1 + s), "confidence": 0.4, "accuracy": 0.3 + 0.3 * s},
-            {"lower": upper, "upper": 1.0, "count": 0, "confidence": None, "accuracy": None}]
+    return [
+        {"lower": 0.0, "upper": upper, "count": 10 * (1 + s), "confidence": 0.4, "accuracy": 0.3 + 0.3 * s},
+        {"lower": upper, "upper": 1.0, "count": 0, "confidence": None, "accuracy": None},
+    ]
 
 
 def test_report_pooled_reliability_is_count_weighted():
@@ -23,7 +25,7 @@ def test_report_pooled_reliability_is_count_weighted():
     bins = pooled_reliability(recs)
     assert bins[0].count == 30 and bins[0].accuracy == pytest.approx(0.5) and bins[0].confidence == pytest.approx(0.4)
     assert bins[1] == ReliabilityBin(lower=0.5, upper=1.0, count=0, confidence=None, accuracy=None)
-    assert pooled_reliability([partial_result(), partial_result(metrics_detail={})]) is None   # absent: no diagram
+    assert pooled_reliability([partial_result(), partial_result(metrics_detail={})]) is None  # absent: no diagram
     recs[1] = partial_result(metrics_detail={"reliability_test": _bins(1, upper=0.4)})
     with pytest.raises(ValueError, match="differ"):
         pooled_reliability(recs)
@@ -34,24 +36,40 @@ def _steps(*pairs) -> list[dict]:
 
 
 def test_report_mean_series_and_accuracy_by_size():
-    recs = [partial_result(steps=_steps((1, 0.1), (5, 0.3), (9, 0.5)), widths=[8, 16, 32],
-                           metrics={"test_acc": 0.8, "parameters": 100}),
-            partial_result(steps=_steps((1, 0.2), (5, 0.5)), widths=[8, 16, 32],
-                           metrics={"test_acc": 0.9, "parameters": 100}),
-            partial_result(steps=[], widths=[4, 8, 16], metrics={"test_acc": 0.7, "parameters": 30})]
+    recs = [
+        partial_result(
+            steps=_steps((1, 0.1), (5, 0.3), (9, 0.5)), widths=[8, 16, 32], metrics={"test_acc": 0.8, "parameters": 100}
+        ),
+        partial_result(
+            steps=_steps((1, 0.2), (5, 0.5)), widths=[8, 16, 32], metrics={"test_acc": 0.9, "parameters": 100}
+        ),
+        partial_result(steps=[], widths=[4, 8, 16], metrics={"test_acc": 0.7, "parameters": 30}),
+    ]
     assert mean_series(recs, "l0_update") == ([1, 5], [pytest.approx(0.15), pytest.approx(0.4)])
     assert mean_series(recs, "l0_clipped") == ([], [])
     points = accuracy_by_size(recs)
-    assert [p["widths"] for p in points] == [[4, 8, 16], [8, 16, 32]]          # sorted by parameter count
-    assert points[1]["mean"] == pytest.approx(0.85) and points[1]["n"] == 2 and points[0]["std"] == 0.0
+    assert [p.widths for p in points] == [(4, 8, 16), (8, 16, 32)]  # sorted by parameter count
+    assert points[1].mean == pytest.approx(0.85) and points[1].n == 2 and points[0].std == 0.0
 
 
 def test_report_mean_epoch_series_keeps_epochs_every_seed_has():
-    recs = [partial_result(epochs=[{"epoch": 0, "loss": 1.0, "gwa": 0.1}, {"epoch": 1, "loss": 1.0, "gwa": 0.3},
-                                   {"epoch": 2, "loss": 1.0, "gwa": None}]),
-            partial_result(epochs=[{"epoch": 0, "loss": 1.0, "gwa": 0.2}, {"epoch": 1, "loss": 1.0, "gwa": 0.5},
-                                   {"epoch": 2, "loss": 1.0, "gwa": 0.4}]),
-            partial_result(epochs=[{"epoch": 0, "loss": 1.0}])]                  # never recorded: left out
+    recs = [
+        partial_result(
+            epochs=[
+                {"epoch": 0, "loss": 1.0, "gwa": 0.1},
+                {"epoch": 1, "loss": 1.0, "gwa": 0.3},
+                {"epoch": 2, "loss": 1.0, "gwa": None},
+            ]
+        ),
+        partial_result(
+            epochs=[
+                {"epoch": 0, "loss": 1.0, "gwa": 0.2},
+                {"epoch": 1, "loss": 1.0, "gwa": 0.5},
+                {"epoch": 2, "loss": 1.0, "gwa": 0.4},
+            ]
+        ),
+        partial_result(epochs=[{"epoch": 0, "loss": 1.0}]),
+    ]  # never recorded: left out
     assert mean_epoch_series(recs) == ([0, 1], [pytest.approx(0.15), pytest.approx(0.4)])
     assert mean_epoch_series([partial_result(epochs=[])]) == ([], [])
 
@@ -60,8 +78,12 @@ def test_report_figures_are_valid_pngs(fake_report):
     _, _, paths = fake_report
     pngs = sorted(p.name for p in paths if p.suffix == ".png")
     # one Figure 1, GWA plot and reliability diagram per DP setting (2 datasets x 1 epsilon x 2 multiplicities)
-    assert pngs == sorted(f"{k}-{d}-eps7.42-k{m}.png" for k in ("figure1", "alignment", "reliability")
-                          for d in ("bloodmnist", "embedded") for m in (1, 4))
+    assert pngs == sorted(
+        f"{k}-{d}-eps7.42-k{m}.png"
+        for k in ("figure1", "alignment", "reliability")
+        for d in ("bloodmnist", "embedded")
+        for m in (1, 4)
+    )
     for path in paths:
         if path.suffix == ".png":
             with Image.open(path) as im:

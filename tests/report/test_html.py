@@ -11,7 +11,6 @@ from html.parser import HTMLParser
 from PIL import Image
 
 from reproduce.cli import main as cli_main
-from reproduce.report.stage import main
 
 URL_ATTRS = {"src", "href", "srcset", "poster", "data", "action", "formaction", "background", "xlink:href", "manifest"}
 
@@ -61,27 +60,29 @@ def test_report_html_is_self_contained_and_complete(fake_report):
         if cell.private:
             assert f"for {cell.id} &lt;fake&gt;." in page
     assert page.count("Trained WITHOUT differential privacy") == 16
-    assert "ab" * 32 in page and "cd" * 32 in page and "dvc.lock" in page           # study hash, data hash, code
-    assert "2.13.0" in page and "1.6.0" in page and "1.0.11" in page                # package versions
+    assert "ab" * 32 in page and "cd" * 32 in page and "dvc.lock" in page  # study hash, data hash, code
+    assert "2.13.0" in page and "1.6.0" in page and "1.0.11" in page  # package versions
     assert "<script>" in page and "selfcheck" in page
 
 
 def test_report_html_notes_missing_reliability_and_cli(fake_study, fake_study_text, write_fake_results, tmp_path):
     results_dir = write_fake_results(fake_study, reliability=False, skip=("embedded-e-7.42-4-1",))
-    assert main([str(tmp_path / "studies" / "fake.yaml")]) == 2                    # no such study file
+    assert cli_main(["report", str(tmp_path / "studies" / "fake.yaml")]) == 2  # no such study file
     study_file = tmp_path / "studies" / "fake.yaml"
     study_file.parent.mkdir(parents=True)
     study_file.write_text(fake_study_text)
     out = tmp_path / "site"
-    assert main([str(study_file), "--results", str(results_dir), "--out", str(out)]) == 1    # a cell is missing
+    args = ["report", str(study_file), "--results", str(results_dir), "--out", str(out)]
+    assert cli_main(args) == 1  # a cell is missing
     write_fake_results(fake_study, reliability=False)
-    assert main([str(study_file), "--results", str(results_dir), "--out", str(out)]) == 0
+    assert cli_main(args) == 0
     page = (out / "index.html").read_text(encoding="utf-8")
     assert "no cell recorded reliability bins" in page and page.count("<img ") == 8  # figure 1 + GWA x 4
 
 
-def test_report_names_untrained_cells_shortened_with_how_to_train_them(fake_study, fake_study_text,
-                                                                       write_fake_results, tmp_path, capsys):
+def test_report_names_untrained_cells_shortened_with_how_to_train_them(
+    fake_study, fake_study_text, write_fake_results, tmp_path, capsys
+):
     skipped = tuple(c.id for c in fake_study.cells()[:9])
     results_dir = write_fake_results(fake_study, skip=skipped)
     study_file = tmp_path / "studies" / "fake.yaml"
@@ -89,8 +90,12 @@ def test_report_names_untrained_cells_shortened_with_how_to_train_them(fake_stud
     study_file.write_text(fake_study_text)
     # the tables need every cell: the report refuses untrained ones with or without --strict
     for strict in ([], ["--strict"]):
-        assert cli_main(["report", str(study_file), "--results", str(results_dir), "--out", str(tmp_path / "site"),
-                         *strict]) == 1
+        assert (
+            cli_main(
+                ["report", str(study_file), "--results", str(results_dir), "--out", str(tmp_path / "site"), *strict]
+            )
+            == 1
+        )
         err = capsys.readouterr().err
         assert err.startswith("error: 9 of 32 cells of study fake have no result"), err
         assert skipped[0] in err and skipped[-1] not in err and "and 4 more" in err, err

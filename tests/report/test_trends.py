@@ -29,8 +29,11 @@ def study_and_results():
     results = {}
     for c in study.cells():
         base = acc.get((c.group, c.epsilon), 0.9)
-        results[c.id] = Fake(test_acc=base + 0.02 * c.seed, train_flops=1e15 * (2 if c.group == "e" else 1),
-                             parameters=100 if c.group == "e" else 10)
+        results[c.id] = Fake(
+            test_acc=base + 0.02 * c.seed,
+            train_flops=1e15 * (2 if c.group == "e" else 1),
+            parameters=100 if c.group == "e" else 10,
+        )
     return study, results
 
 

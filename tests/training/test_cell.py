@@ -5,31 +5,35 @@ from __future__ import annotations
 import pytest
 
 from reproduce.data.stand_in import stand_in
-from reproduce.study import parse_study
-from reproduce.training.cell import run_cell
 from reproduce.records.result import CellResult
+from reproduce.study import Study
+from reproduce.training.cell import run_cell
+from tests.conftest import tiny_study
 
-STUDY = """\
-name: microbatch
-model:
-  widths: {{e: [4, 4, 8], C4: [2, 2, 4]}}
-training:
-  optimizer: {{name: sgd, lr: 0.2, momentum: 0.9}}
-  batch_size: 48
-  physical_batch_size: {physical}
-  steps: 4
-  max_train_samples: 240
-grid:
-  dataset: [bloodmnist]
-  group: [{group}]
-  epsilon: [8]
-  multiplicity: [{k}]
-  seed: [0]
-"""
+
+def _study(*, physical: int, group: str, k: int, batch_size: int = 48, steps: int = 4) -> Study:
+    """One DP cell on bloodmnist's stand-in: ``steps`` logical batches of ``batch_size``, in micro-batches
+    of ``physical``."""
+    return tiny_study(
+        name="microbatch",
+        model={"widths": {"e": [4, 4, 8], "C4": [2, 2, 4]}},
+        training={
+            "optimizer": {"lr": 0.2},
+            "batch_size": batch_size,
+            "physical_batch_size": physical,
+            "epochs": None,
+            "steps": steps,
+            "max_train_samples": 240,
+        },
+        dataset="bloodmnist",
+        group=group,
+        epsilon=8,
+        multiplicity=k,
+    )
 
 
 def _train(physical: int, group: str, k: int) -> CellResult:
-    study = parse_study(STUDY.format(physical=physical, group=group, k=k))
+    study = _study(physical=physical, group=group, k=k)
     (cell,) = study.cells()
     splits = stand_in(cell.dataset, size=study.data.size, seed=0)
     return run_cell(cell, data_root=None, progress=False, splits=splits)
@@ -57,14 +61,16 @@ def test_empty_poisson_batches_are_noise_only_steps_not_divergence():
     from opacus.data_loader import DPDataLoader
     from torch.utils.data import TensorDataset
 
-    study = parse_study(STUDY.format(physical=1, group="e", k=1).replace("batch_size: 48", "batch_size: 1")
-                        .replace("steps: 4", "steps: 12"))
+    study = _study(physical=1, group="e", k=1, batch_size=1, steps=12)
     (cell,) = study.cells()
     splits = stand_in(cell.dataset, size=study.data.size, seed=0)
     n = len(splits.labels("train"))
     # the trainer's sampler (same generator seed as reproduce.privacy.dp_sgd): empty batches do occur
-    loader = DPDataLoader(TensorDataset(torch.arange(n)), sample_rate=1 / n,
-                          generator=torch.Generator().manual_seed(cell.seed * 1_000_003 + 1))
+    loader = DPDataLoader(
+        TensorDataset(torch.arange(n)),
+        sample_rate=1 / n,
+        generator=torch.Generator().manual_seed(cell.seed * 1_000_003 + 1),
+    )
     sizes = [len(b[0]) for b, _ in zip(loader, range(12))]
     assert 0 in sizes
     result = run_cell(cell, data_root=None, progress=False, splits=splits)
@@ -75,18 +81,31 @@ def test_empty_poisson_batches_are_noise_only_steps_not_divergence():
 def test_ctrl_c_exits_130_keeps_the_checkpoint_and_says_how_to_resume(saved, temp_study, tmp_path, monkeypatch, capsys):
     import reproduce.training.cell
     from reproduce.cli import main
+
     cell = "embedded-e-8-1-0"
     checkpoint = tmp_path / "checkpoints" / "tiny" / f"{cell}.ckpt"
 
     def interrupted(*args, checkpoint, **kwargs):
-        if saved:   # the loop saved an epoch before the user pressed Ctrl-C
+        if saved:  # the loop saved an epoch before the user pressed Ctrl-C
             checkpoint.parent.mkdir(parents=True)
             checkpoint.write_bytes(b"epoch 1")
         raise KeyboardInterrupt
 
     monkeypatch.setattr(reproduce.training.cell, "run_cell", interrupted)
-    code = main(["train", str(temp_study()), "--cell", cell, "--checkpoint-dir", str(tmp_path / "checkpoints"),
-                 "--out", str(tmp_path / "out"), "--device", "cpu"])
+    code = main(
+        [
+            "train",
+            str(temp_study()),
+            "--cell",
+            cell,
+            "--checkpoint-dir",
+            str(tmp_path / "checkpoints"),
+            "--out",
+            str(tmp_path / "out"),
+            "--device",
+            "cpu",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 130 and len(err.splitlines()) == 1, err
     assert f"{checkpoint}" in err and "rerun" in err, err

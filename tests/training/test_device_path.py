@@ -7,47 +7,41 @@ import pytest
 import torch
 
 from reproduce.cli import main
-from reproduce.models import build_cell_model
 from reproduce.data.stand_in import stand_in
-from reproduce.study import parse_study
+from reproduce.models import build_cell_model
 from reproduce.training.cell import run_cell, training_set
 from reproduce.training.plain import PlainTrainer
 from reproduce.training.private import PrivateTrainer
+from tests.conftest import tiny_study
 
 CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not CUDA, reason="no CUDA device on this machine")
 
-# Poisson batches of about 4 split into micro-batches of 2; K = 2 views: every part of the step runs.
-STUDY = """\
-name: device_path
-model:
-  widths: [2, 2, 4]
-training:
-  optimizer: {{name: sgd, lr: 0.1}}
-  batch_size: 4
-  physical_batch_size: 2
-  epochs: 1
-  max_train_samples: 64
-  log_every: 1
-grid:
-  dataset: [bloodmnist]
-  group: [{group}]
-  epsilon: [{epsilon}]
-  multiplicity: [2]
-  seed: [0]
-"""
-
 
 def cell_and_splits(*, private: bool = True, group: str = "e"):
-    study = parse_study(STUDY.format(epsilon=8 if private else "non-private", group=group))
+    # Poisson batches of about 4 split into micro-batches of 2; K = 2 views: every part of the step runs.
+    study = tiny_study(
+        name="device_path",
+        model={"widths": [2, 2, 4]},
+        training={
+            "optimizer": {"momentum": None},
+            "batch_size": 4,
+            "physical_batch_size": 2,
+            "max_train_samples": 64,
+            "log_every": 1,
+        },
+        dataset="bloodmnist",
+        group=group,
+        epsilon=8 if private else "non-private",
+        multiplicity=2,
+    )
     (cell,) = study.cells()
     return cell, stand_in(cell.dataset, size=28, seed=0)
 
 
 def make_trainer(device: torch.device, *, private: bool):
     cell, splits = cell_and_splits(private=private)
-    model = build_cell_model(cell, in_channels=splits.info.n_channels,
-                             num_classes=splits.info.num_classes).to(device)
+    model = build_cell_model(cell, in_channels=splits.info.n_channels, num_classes=splits.info.num_classes).to(device)
     train_set = training_set(splits, max_samples=64, task=splits.info.task, device=device)
     kind = PrivateTrainer if private else PlainTrainer
     return kind.for_cell(cell, model, train_set, task=splits.info.task), train_set
@@ -67,11 +61,11 @@ def test_everything_of_the_step_is_on_the_trainers_device(device, private):
     device = torch.device(device)
     trainer, train_set = make_trainer(device, private=private)
     assert trainer.device.type == device.type
-    assert all(t.device.type == device.type for t in train_set.tensors)   # resident: no per-step copies
+    assert all(t.device.type == device.type for t in train_set.tensors)  # resident: no per-step copies
     if private:
-        assert trainer.optimizer.generator.device.type == device.type     # the noise is drawn there
+        assert trainer.optimizer.generator.device.type == device.type  # the noise is drawn there
         assert trainer.dp.loader.batch_sampler.generator.device.type == "cpu"  # indices stay on the host
-    assert trainer.views_generator.device.type == "cpu"                   # views independent of micro-batches
+    assert trainer.views_generator.device.type == "cpu"  # views independent of micro-batches
     steps = 0
     for x, y in trainer.batches():
         assert x.device.type == y.device.type == device.type
@@ -103,8 +97,21 @@ def test_the_environment_chooses_the_device_when_no_flag_does(monkeypatch):
 
 @pytest.mark.skipif(CUDA, reason="this machine has a CUDA device")
 def test_train_with_device_cuda_exits_2_with_one_line_and_no_traceback(capsys):
-    assert main(["train", "studies/ci.yaml", "--cell", "embedded-e-8-1-0", "--device", "cuda",
-                 "--out", "/nonexistent/never-written"]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "studies/ci.yaml",
+                "--cell",
+                "embedded-e-8-1-0",
+                "--device",
+                "cuda",
+                "--out",
+                "/nonexistent/never-written",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: device 'cuda' requested, but no CUDA device is available")
     assert "\n" not in err and "Traceback" not in err
@@ -121,6 +128,7 @@ def test_a_checkpoint_resumes_only_on_the_device_type_its_noise_was_drawn_on():
     assert state["noise_device"] == "cpu"
     trainer.load_state(state)
     from reproduce.errors import ReproduceError
+
     with pytest.raises(ReproduceError, match="noise was drawn on cuda"):
         trainer.load_state({**state, "noise_device": "cuda"})
 
@@ -153,5 +161,6 @@ def test_a_cuda_dp_cell_is_bit_identical_on_rerun():
 @needs_cuda
 def test_secure_mode_noise_is_drawn_on_the_host_and_lands_on_the_device():
     from reproduce.privacy.secure_rng import os_gaussian_noise
+
     reference = torch.zeros(5, device="cuda")
     assert os_gaussian_noise(1.0, reference).device.type == "cuda"

@@ -3,33 +3,38 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 
 import pytest
-import torch
 
-from reproduce.errors import ReproduceError
-from reproduce.training.weights import save_weights, weights_checksum
 from reproduce.data.stand_in import stand_in
-from reproduce.study import parse_study
+from reproduce.errors import ReproduceError
 from reproduce.training.cell import run_cell, write_cell
 from reproduce.training.evaluate import evaluate
 from reproduce.training.kept import load_cell_model
-
-# EMA on: the kept weights must be the averaged ones the metrics were measured on, not the last step's.
-STUDY = """\
-name: kept
-model:
-  widths: [2, 2, 4]
-training: {batch_size: 16, physical_batch_size: 8, steps: 3, max_train_samples: 32, ema_decay: 0.5}
-grid: {dataset: [bloodmnist], group: [e, C4], epsilon: [8], multiplicity: [1], seed: [0]}
-"""
+from reproduce.training.weights import save_weights, weights_checksum
+from tests.conftest import tiny_study
 
 
 @pytest.fixture(scope="module")
 def cells():
-    return parse_study(STUDY).cells()
+    # EMA on: the kept weights must be the averaged ones the metrics were measured on, not the last step's.
+    return tiny_study(
+        name="kept",
+        model={"widths": [2, 2, 4]},
+        training={
+            "optimizer": None,
+            "batch_size": 16,
+            "physical_batch_size": 8,
+            "epochs": None,
+            "steps": 3,
+            "max_train_samples": 32,
+            "ema_decay": 0.5,
+        },
+        dataset="bloodmnist",
+        group=["e", "C4"],
+        epsilon=8,
+    ).cells()
 
 
 @pytest.fixture(scope="module")
@@ -94,15 +99,16 @@ def test_weights_of_another_model_are_refused(cells, written, tmp_path):
 
 
 def test_the_train_stage_keeps_the_file_the_trainer_writes():
-    from reproduce.training.weights import WEIGHTS_FILE
     from reproduce.pipeline.stages import CELL_OUTPUTS
+    from reproduce.training.weights import WEIGHTS_FILE
+
     assert WEIGHTS_FILE in CELL_OUTPUTS
 
 
 def test_a_truncated_weights_file_names_the_file_and_how_to_restore_or_retrain_it(written, tmp_path):
     cell, result, out = written
     (tmp_path / "result.json").write_text((out / "result.json").read_text())
-    (tmp_path / "model.pt").write_bytes((out / "model.pt").read_bytes()[:200])   # a killed copy
+    (tmp_path / "model.pt").write_bytes((out / "model.pt").read_bytes()[:200])  # a killed copy
     with pytest.raises(ReproduceError) as info:
         load_cell_model(cell, results_dir=tmp_path)
     msg = str(info.value)

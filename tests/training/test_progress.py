@@ -19,8 +19,14 @@ class _Terminal(io.StringIO):
 
 
 def _run(stream, *, total=2000, clock=None, initial=0):
-    with Progress(total=total, initial=initial, seen=64 * initial, label="cell-x", stream=stream,
-                  **({"clock": clock} if clock else {})) as bar:
+    with Progress(
+        total=total,
+        initial=initial,
+        seen=64 * initial,
+        label="cell-x",
+        stream=stream,
+        **({"clock": clock} if clock else {}),
+    ) as bar:
         for step in range(initial + 1, total + 1):
             bar.update(step=step, epoch=step // 100, loss=torch.tensor(1.0 / step), seen=64 * step)
     return stream.getvalue()
@@ -34,11 +40,11 @@ def test_a_log_file_gets_a_line_every_5_percent_of_the_steps_with_every_field():
 
 
 def test_a_slow_run_also_gets_a_line_every_30_seconds():
-    clock = itertools.count(0.0, 10.0).__next__   # 10 s per step: 5% of the steps (5) take 50 s
+    clock = itertools.count(0.0, 10.0).__next__  # 10 s per step: 5% of the steps (5) take 50 s
     lines = _run(io.StringIO(), total=100, clock=clock).splitlines()
     steps = [int(LINE.match(line).group(1)) for line in lines]
     assert steps[0] == 3 and max(b - a for a, b in zip(steps, steps[1:])) <= 3 and steps[-1] == 100, steps
-    assert all(line.endswith(" 6 samples/s") for line in lines), lines[:3]   # 64 samples per 10 s
+    assert all(line.endswith(" 6 samples/s") for line in lines), lines[:3]  # 64 samples per 10 s
 
 
 def test_a_resumed_run_counts_from_its_checkpoint_step():

@@ -19,6 +19,16 @@ from reproduce.privacy.grad_samplers.layout import make_registry_layout_safe, ru
 
 make_registry_layout_safe()
 
-__all__ = ["basis_transpose", "coefficient_grad_sample", "compute_conv2d_grad_sample",
-           "compute_equivariant_conv_grad_sample", "compute_group_norm_grad_sample", "conv2d_weight_grad_sample",
-           "filter_grad_sample", "make_registry_layout_safe", "rule_for", "standardisation_vjp", "unfold"]
+__all__ = [
+    "basis_transpose",
+    "coefficient_grad_sample",
+    "compute_conv2d_grad_sample",
+    "compute_equivariant_conv_grad_sample",
+    "compute_group_norm_grad_sample",
+    "conv2d_weight_grad_sample",
+    "filter_grad_sample",
+    "make_registry_layout_safe",
+    "rule_for",
+    "standardisation_vjp",
+    "unfold",
+]

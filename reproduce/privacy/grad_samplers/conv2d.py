@@ -11,8 +11,6 @@ NCHW-contiguous tensors, where that rule is exact; padding modes other than zero
 
 from __future__ import annotations
 
-from typing import Dict, List
-
 import torch
 from opacus.grad_sample.conv import compute_conv_grad_sample as opacus_conv_grad_sample
 from opacus.grad_sample.utils import register_grad_sampler
@@ -55,8 +53,9 @@ def conv2d_weight_grad_sample(layer: nn.Conv2d, x: torch.Tensor, grad_out: torch
 
 
 @register_grad_sampler(nn.Conv2d)
-def compute_conv2d_grad_sample(layer: nn.Conv2d, activations: List[torch.Tensor],
-                               backprops: torch.Tensor) -> Dict[nn.Parameter, torch.Tensor]:
+def compute_conv2d_grad_sample(
+    layer: nn.Conv2d, activations: list[torch.Tensor], backprops: torch.Tensor
+) -> dict[nn.Parameter, torch.Tensor]:
     """opacus grad sampler for ``nn.Conv2d``: per-sample gradients of ``weight`` and ``bias``."""
     x = activations[0].to(backprops.dtype)
     if layer.padding_mode != "zeros":

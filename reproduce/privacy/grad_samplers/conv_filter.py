@@ -30,7 +30,7 @@ import torch.nn.functional as F
 GROUPED_CONV_MIN_POSITIONS = 49
 GROUPED_CONV_MIN_CHANNELS = 16  # oneDNN's grouped weight gradient is slow for few input channels
 # Chunks of samples whose largest intermediate has about this many elements stay in cache.
-CHUNK_ELEMENTS = 2 ** 20
+CHUNK_ELEMENTS = 2**20
 MAX_CHUNK = 64
 METHODS = ("unfold", "conv")
 
@@ -49,7 +49,7 @@ class ConvGeometry:
     dilation: tuple[int, int]
 
     @classmethod
-    def of(cls, layer) -> "ConvGeometry":
+    def of(cls, layer) -> ConvGeometry:
         """The geometry of ``nn.Conv2d`` or ``EquivariantConv2d`` (numeric zero padding only)."""
         return cls(_pair(layer.kernel_size), _pair(layer.stride), _pair(layer.padding), _pair(layer.dilation))
 
@@ -84,8 +84,9 @@ def choose_filter_method(positions: int, in_channels: int) -> str:
     return "conv" if large else "unfold"
 
 
-def filter_grad_sample(layer, x: torch.Tensor, grad_out: torch.Tensor, *, method: str = "unfold",
-                       out: torch.Tensor | None = None) -> torch.Tensor:
+def filter_grad_sample(
+    layer, x: torch.Tensor, grad_out: torch.Tensor, *, method: str = "unfold", out: torch.Tensor | None = None
+) -> torch.Tensor:
     """Per-sample gradients ``[n, C_out, C_in, kh*kw]`` of the dense filter of ``layer`` (not chunked).
 
     Args:
@@ -108,9 +109,18 @@ def filter_grad_sample(layer, x: torch.Tensor, grad_out: torch.Tensor, *, method
     if method == "conv":
         weight = x.new_empty(n * c_out, c_in, *geo.kernel)  # only its shape is read (uninitialised, no fill)
         _, g, _ = torch.ops.aten.convolution_backward(
-            grad_out.reshape(1, n * c_out, *grad_out.shape[2:]), x.reshape(1, n * c_in, *x.shape[2:]),
-            weight, None, list(geo.stride), list(geo.padding), list(geo.dilation), False, [0, 0], n,
-            [False, True, False])
+            grad_out.reshape(1, n * c_out, *grad_out.shape[2:]),
+            x.reshape(1, n * c_in, *x.shape[2:]),
+            weight,
+            None,
+            list(geo.stride),
+            list(geo.padding),
+            list(geo.dilation),
+            False,
+            [0, 0],
+            n,
+            [False, True, False],
+        )
         g = g.view(n, c_out, c_in, geo.taps)
         if out is None:
             return g

@@ -21,7 +21,6 @@ reordered field-major so that ``B^T`` becomes a few large matrix products withou
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Union
 
 import torch
 import torch.nn.functional as F
@@ -31,14 +30,15 @@ from torch import nn
 
 from reproduce.errors import ReproduceError
 from reproduce.models.escnn_conv import EquivariantConv2d
-from reproduce.privacy.grad_samplers.conv_filter import chunk_size, choose_filter_method, filter_grad_sample
+from reproduce.privacy.grad_samplers.conv_filter import choose_filter_method, chunk_size, filter_grad_sample
+
 
 @dataclass(frozen=True)
 class _Block:
     """One pair of (input, output) field representations of the basis expansion."""
 
-    out_channels: Union[slice, torch.Tensor]  # channels of all output fields of this representation
-    in_channels: Union[slice, torch.Tensor]
+    out_channels: slice | torch.Tensor  # channels of all output fields of this representation
+    in_channels: slice | torch.Tensor
     out_fields: int
     out_size: int  # channels per output field
     in_fields: int
@@ -47,11 +47,11 @@ class _Block:
     coefficients: slice  # where this block's coefficients live in ``weights``
 
 
-def _channels(indices: torch.Tensor, contiguous: bool) -> Union[slice, torch.Tensor]:
+def _channels(indices: torch.Tensor, contiguous: bool) -> slice | torch.Tensor:
     return slice(int(indices.min()), int(indices.max()) + 1) if contiguous else indices
 
 
-def _blocks(layer: EquivariantConv2d) -> List[_Block]:
+def _blocks(layer: EquivariantConv2d) -> list[_Block]:
     """The block structure of ``layer``'s basis expansion, cached on the layer (it never changes)."""
     blocks = layer.__dict__.get("_coefficient_blocks")
     if blocks is not None:
@@ -64,23 +64,31 @@ def _blocks(layer: EquivariantConv2d) -> List[_Block]:
         expansion = getattr(be, f"block_expansion_{be._escape_pair((in_name, out_name))}")
         _, o, i, _ = expansion.sampled_basis.shape
         start, stop = be._weights_ranges[(in_name, out_name)]
-        blocks.append(_Block(
-            out_channels=_channels(out_indices[out_name], out_contiguous[out_name]),
-            in_channels=_channels(in_indices[in_name], in_contiguous[in_name]),
-            out_fields=out_count[out_name], out_size=o, in_fields=in_count[in_name], in_size=i,
-            expansion=expansion, coefficients=slice(start, stop)))
+        blocks.append(
+            _Block(
+                out_channels=_channels(out_indices[out_name], out_contiguous[out_name]),
+                in_channels=_channels(in_indices[in_name], in_contiguous[in_name]),
+                out_fields=out_count[out_name],
+                out_size=o,
+                in_fields=in_count[in_name],
+                in_size=i,
+                expansion=expansion,
+                coefficients=slice(start, stop),
+            )
+        )
     layer.__dict__["_coefficient_blocks"] = blocks
     return blocks
 
 
-def _select(t: torch.Tensor, dim: int, channels: Union[slice, torch.Tensor]) -> torch.Tensor:
+def _select(t: torch.Tensor, dim: int, channels: slice | torch.Tensor) -> torch.Tensor:
     if isinstance(channels, slice):
         return t.narrow(dim, channels.start, channels.stop - channels.start)
     return t.index_select(dim, channels.to(t.device))
 
 
-def basis_transpose(layer: EquivariantConv2d, filter_grads: torch.Tensor,
-                    out: torch.Tensor | None = None) -> torch.Tensor:
+def basis_transpose(
+    layer: EquivariantConv2d, filter_grads: torch.Tensor, out: torch.Tensor | None = None
+) -> torch.Tensor:
     """Apply ``B^T`` to a batch of filter gradients, block by block.
 
     Args:
@@ -125,7 +133,7 @@ def _homogeneous_block(layer: EquivariantConv2d) -> _Block | None:
     if len(blocks) != 1:
         return None
     b = blocks[0]
-    whole = (b.out_fields * b.out_size == layer.out_type.size and b.in_fields * b.in_size == layer.in_type.size)
+    whole = b.out_fields * b.out_size == layer.out_type.size and b.in_fields * b.in_size == layer.in_type.size
     return b if whole else None
 
 
@@ -156,8 +164,9 @@ def _project_homogeneous(b: _Block, filter_grads: torch.Tensor, out: torch.Tenso
             acc.baddbmm_(g[:, a], rhs)
 
 
-def basis_first_grad_sample(layer: EquivariantConv2d, x: torch.Tensor, grad_out: torch.Tensor,
-                            out: torch.Tensor | None = None) -> torch.Tensor:
+def basis_first_grad_sample(
+    layer: EquivariantConv2d, x: torch.Tensor, grad_out: torch.Tensor, out: torch.Tensor | None = None
+) -> torch.Tensor:
     """Per-sample coefficient gradients without forming the filter gradient (for small feature maps).
 
     Reassociates ``sum_p dy_p^T B_d u_p``: first convolve every input field with the block's basis
@@ -173,8 +182,13 @@ def basis_first_grad_sample(layer: EquivariantConv2d, x: torch.Tensor, grad_out:
         basis = b.expansion.sampled_basis.to(x.dtype)  # [D, o, i, S]
         D = basis.shape[0]
         fields = _select(x, 1, b.in_channels).reshape(n * b.in_fields, b.in_size, *x.shape[2:])
-        z = F.conv2d(fields, basis.reshape(D * b.out_size, b.in_size, k, k), stride=layer.stride,
-                     padding=layer.padding, dilation=layer.dilation)  # [n*Fi, D*o, H', W']
+        z = F.conv2d(
+            fields,
+            basis.reshape(D * b.out_size, b.in_size, k, k),
+            stride=layer.stride,
+            padding=layer.padding,
+            dilation=layer.dilation,
+        )  # [n*Fi, D*o, H', W']
         dy = _select(grad_out.reshape(n, -1, positions), 1, b.out_channels)
         dy = dy.reshape(n, b.out_fields, b.out_size * positions)
         z = z.reshape(n, b.in_fields * D, b.out_size * positions).transpose(1, 2)  # logical: any layout
@@ -188,7 +202,7 @@ def basis_first_grad_sample(layer: EquivariantConv2d, x: torch.Tensor, grad_out:
 
 def choose_method(layer: EquivariantConv2d, positions: int) -> str:
     """The contraction with the fewest multiply-adds (filter-gradient methods: ``conv`` for large maps)."""
-    S = layer.kernel_size ** 2
+    S = layer.kernel_size**2
     c_out, c_in = layer.out_type.size, layer.in_type.size
     via_filter = c_out * c_in * S * positions
     basis_first = 0
@@ -201,15 +215,21 @@ def choose_method(layer: EquivariantConv2d, positions: int) -> str:
 
 def _per_sample_elements(layer: EquivariantConv2d, method: str, positions: int) -> int:
     """Elements of the largest per-sample intermediate of ``method`` (to size the chunks)."""
-    S = layer.kernel_size ** 2
+    S = layer.kernel_size**2
     if method == "basis":
         return max(b.in_fields * b.expansion.sampled_basis.shape[0] * b.out_size for b in _blocks(layer)) * positions
     filt = layer.out_type.size * layer.in_type.size * S
     return filt + (layer.in_type.size * S * positions if method == "unfold" else 0)
 
 
-def coefficient_grad_sample(layer: EquivariantConv2d, x: torch.Tensor, grad_out: torch.Tensor,
-                            *, method: str | None = None, chunk: int | None = None) -> torch.Tensor:
+def coefficient_grad_sample(
+    layer: EquivariantConv2d,
+    x: torch.Tensor,
+    grad_out: torch.Tensor,
+    *,
+    method: str | None = None,
+    chunk: int | None = None,
+) -> torch.Tensor:
     """Per-sample gradients ``[n, len(layer.weights)]`` of the basis coefficients, computed in chunks.
 
     Args:
@@ -235,8 +255,7 @@ def coefficient_grad_sample(layer: EquivariantConv2d, x: torch.Tensor, grad_out:
         if method == "basis":
             basis_first_grad_sample(layer, x[s:e], grad_out[s:e], out=out[s:e])
         elif homogeneous is not None:
-            _project_homogeneous(homogeneous, filter_grad_sample(layer, x[s:e], grad_out[s:e], method=method),
-                                 out[s:e])
+            _project_homogeneous(homogeneous, filter_grad_sample(layer, x[s:e], grad_out[s:e], method=method), out[s:e])
         else:
             basis_transpose(layer, filter_grad_sample(layer, x[s:e], grad_out[s:e], method=method), out=out[s:e])
     return out
@@ -255,18 +274,21 @@ def standardisation_vjp(layer: EquivariantConv2d, grads: torch.Tensor) -> torch.
     if std == 0:
         # the standardisation is not differentiable at constant coefficients (std has no gradient
         # there); refuse rather than let a NaN into the clipped, noised update
-        raise ReproduceError(f"weight-standardised {type(layer).__name__} with {w.numel()} coefficient(s), all equal: "
-                             "its per-sample gradient is undefined; use standardise=False for this layer")
+        raise ReproduceError(
+            f"weight-standardised {type(layer).__name__} with {w.numel()} coefficient(s), all equal: "
+            "its per-sample gradient is undefined; use standardise=False for this layer"
+        )
     denom = std + layer.STANDARDISE_EPS
     centred = w - mean
     m = w.numel()
     out = (grads - grads.mean(dim=1, keepdim=True)) / denom
-    return out - (grads @ centred)[:, None] * centred[None, :] / (m * std * denom ** 2)
+    return out - (grads @ centred)[:, None] * centred[None, :] / (m * std * denom**2)
 
 
 @register_grad_sampler(EquivariantConv2d)
-def compute_equivariant_conv_grad_sample(layer: EquivariantConv2d, activations: List[torch.Tensor],
-                                         backprops: torch.Tensor) -> Dict[nn.Parameter, torch.Tensor]:
+def compute_equivariant_conv_grad_sample(
+    layer: EquivariantConv2d, activations: list[torch.Tensor], backprops: torch.Tensor
+) -> dict[nn.Parameter, torch.Tensor]:
     """opacus grad sampler: per-sample gradients of ``weights`` and ``bias`` (basis coefficients)."""
     x = activations[0].to(backprops.dtype)
     ret = {}

@@ -8,8 +8,6 @@ else holds. The conventional ResNet-9 has a GroupNorm after every convolution, a
 
 from __future__ import annotations
 
-from typing import Dict, List
-
 import torch
 import torch.nn.functional as F
 from opacus.grad_sample.utils import register_grad_sampler
@@ -17,8 +15,9 @@ from torch import nn
 
 
 @register_grad_sampler(nn.GroupNorm)
-def compute_group_norm_grad_sample(layer: nn.GroupNorm, activations: List[torch.Tensor],
-                                   backprops: torch.Tensor) -> Dict[nn.Parameter, torch.Tensor]:
+def compute_group_norm_grad_sample(
+    layer: nn.GroupNorm, activations: list[torch.Tensor], backprops: torch.Tensor
+) -> dict[nn.Parameter, torch.Tensor]:
     """opacus grad sampler for ``nn.GroupNorm``: per-sample gradients ``[n, C]`` of ``weight`` and ``bias``."""
     x = activations[0]
     ret = {}
