@@ -196,6 +196,12 @@ class EquivariantResNet9(nn.Module):
         self.global_pool = nn.AdaptiveAvgPool2d(self.head_grid)
         self.classifier = nn.Linear(len(self.conv4.out_type) * self.head_grid**2, num_classes)
 
+    @property
+    def attribution_layer(self) -> nn.Module:
+        """The last spatial map the head reads (``reproduce.attribution.layers.final_feature_layer``): the
+        group-pooled map of the last stage, one invariant scalar per field and pixel."""
+        return self.invariant
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv2(self.conv1(self.mask(x)))
         x = self.scale_norm1(self.res1(x) + x)

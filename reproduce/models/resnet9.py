@@ -45,6 +45,12 @@ class ResNet9(nn.Module):
         self.pool = nn.AdaptiveMaxPool2d((2, 2))
         self.fc = nn.Linear(4 * w3, num_classes)
 
+    @property
+    def attribution_layer(self) -> nn.Module:
+        """The last spatial map the head reads (``reproduce.attribution.layers.final_feature_layer``): the
+        normalised output of the last residual stage, the last convolution's features after the skip."""
+        return self.scale_norm2
+
     def forward(self, x):
         x = self.conv2(self.conv1(x))
         x = self.scale_norm1(x + self.res1(x))

@@ -170,7 +170,9 @@ def test_the_copy_check_tells_designed_from_other_host_device_copies():
 
 
 def test_the_docs_give_each_items_budget_as_the_script_has_it():
-    rows = re.findall(r"^\| ([a-h]) `(\w+)` \|.*\| (\d+) s \|$", (REPO / "docs" / "gpus-and-slurm.md").read_text(), re.M)
+    rows = re.findall(
+        r"^\| ([a-h]) `(\w+)` \|.*\| (\d+) s \|$", (REPO / "docs" / "gpus-and-slurm.md").read_text(), re.M
+    )
     assert {item: (title, int(s)) for item, title, s in rows} == {
         item: (GA.TITLES[item], gpu) for item, (gpu, _) in GA.BUDGET_S.items()
     }

@@ -12,6 +12,7 @@ import sys
 
 import pytest
 
+from reproduce.attribution.layers import final_feature_layer
 from reproduce.data.stand_in import stand_in
 from reproduce.errors import ReproduceError, StudyError
 from reproduce.models import build_cell_model, count_parameters, parameter_counts
@@ -25,12 +26,18 @@ from torch import nn
 from reproduce.models.registry import register_architecture
 
 
+class Toy(nn.Sequential):
+    @property
+    def attribution_layer(self):   # the last spatial map: what Grad-CAM and the response map read
+        return self[4]
+
+
 @register_architecture("{name}")
 def build(spec):
     w1, _, w3 = spec.widths
-    return nn.Sequential(nn.Conv2d(spec.in_channels, w1, 3, padding=1, bias=False), {norm}, nn.ReLU(),
-                         nn.Conv2d(w1, w3, 3, padding=1, stride=2), nn.ReLU(),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(w3, spec.num_classes))
+    return Toy(nn.Conv2d(spec.in_channels, w1, 3, padding=1, bias=False), {norm}, nn.ReLU(),
+               nn.Conv2d(w1, w3, 3, padding=1, stride=2), nn.ReLU(),
+               nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(w3, spec.num_classes))
 """
 GROUP_NORM = "nn.GroupNorm(2, w1)"
 BATCH_NORM = "nn.BatchNorm2d(w1)"
@@ -71,7 +78,8 @@ def test_a_registered_architecture_trains_a_dp_cell_end_to_end(register_toy):
     (cell,) = study.cells()
     assert cell.config()["model"]["architecture"] == "toy_gn"
     model = build_cell_model(cell, in_channels=3, num_classes=8)
-    assert type(model).__name__ == "Sequential"  # the toy's, not the ResNet-9
+    assert type(model).__name__ == "Toy"  # the toy's, not the ResNet-9
+    assert final_feature_layer(model) is model[4]  # attribution reads the layer the architecture names
     (count,) = parameter_counts(study)  # what `reproduce params` prints
     assert count.parameters == count_parameters(model)
 
