@@ -490,9 +490,11 @@ def cmd_check(args) -> int:
     outcome = check_study(
         study, results_dir=Path(args.results or f"results/{study.name}"), update=args.update, study_arg=args.study
     )
-    print(outcome.report)
-    if outcome.violation:
-        print(f"error: {outcome.violation}", file=sys.stderr)
+    if outcome.report:
+        print(outcome.report)
+    for line in (outcome.violation, outcome.error):
+        if line:
+            print(f"error: {line}", file=sys.stderr)
     return outcome.exit_code
 
 
@@ -532,9 +534,8 @@ def _quiet_known_warnings() -> None:
 
 def _os_error(e: OSError) -> str:
     """One line: the file, the system's message and what to do (``reproduce.errors.file_error``)."""
-    if not e.filename:
-        return str(e.strerror or e)
-    return str(file_error(e.filename, e, "write to", elsewhere="write elsewhere (see the command's --help)"))
+    # whether the command was reading or writing is not known here: "use", and advice for either
+    return str(file_error(e.filename, e, "use", elsewhere="write elsewhere (see the command's --help)"))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,17 +23,24 @@ _DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
 _NOT_ALLOWED = {errno.EACCES, errno.EPERM, errno.EROFS}
 
 
-def file_error(path: Path | str, error: OSError, doing: str, *, elsewhere: str) -> ReproduceError:
-    """The ReproduceError for ``error`` while ``doing`` ("read", "write", ...) ``path``: what, where, and what
-    to do (``elsewhere``: how to point the command at another place, e.g. "`reproduce fetch --root`")."""
-    path = Path(path)
+def file_error(path: Path | str | None, error: OSError, doing: str, *, elsewhere: str) -> ReproduceError:
+    """The ReproduceError for ``error`` while ``doing`` ("read", "write", "create the directory", or "use" when
+    it is not known which) ``path``: what, where, and what to do (``elsewhere``: how to point the command at
+    another place, e.g. "use another data directory (`reproduce fetch --root`)")."""
+    what = f"Could not {doing} {path}" if path else "A file operation failed"
+    return ReproduceError(f"{what}: {error.strerror or error}. {_advice(path, error, doing, elsewhere)}")
+
+
+def _advice(path: Path | str | None, error: OSError, doing: str, elsewhere: str) -> str:
+    path = Path(path) if path else None
     if error.errno in _DISK_FULL:
-        advice = f"Free space on the disk that holds {path.parent}, or {elsewhere}, and rerun."
-    elif error.errno in _NOT_ALLOWED:
+        disk = f"the disk that holds {path.parent}" if path else "the disk"
+        return f"Free space on {disk}, or {elsewhere}, and rerun."
+    if error.errno in _NOT_ALLOWED:
+        if path is None or doing == "use":
+            return f"Check the permissions{f' of {path}' if path else ''}, or {elsewhere}."
         target = path if doing == "read" else path.parent
-        advice = f"Make {target} {'readable' if doing == 'read' else 'writable'} for you, or {elsewhere}."
-    elif error.errno == errno.ENOENT:
-        advice = "Check the path."
-    else:
-        advice = "Check that path and its disk, then rerun."
-    return ReproduceError(f"Could not {doing} {path}: {error.strerror or error}. {advice}")
+        return f"Make {target} {'readable' if doing == 'read' else 'writable'} for you, or {elsewhere}."
+    if error.errno == errno.ENOENT:
+        return "Check the path."
+    return "Check that path and its disk, then rerun."

@@ -20,7 +20,7 @@ outputs recorded on a grid of inputs (tests/audit/data/reference_bounds.json, ma
 tests/audit/data/make_reference_bounds.py in a throwaway environment with jax-privacy 2.0.0).
 
 How a trainer runs an audited cell (``reproduce.training.audit`` does this for a study's ``audit``
-section, ``AuditConfig`` in reproduce/study/__init__.py; ``record.AuditRecord`` is what the cell writes):
+section, ``AuditConfig`` in reproduce/study/sections.py; ``reproduce.records.audit.AuditRecord`` is what the cell writes):
 
 1. Before training: ``included = inclusion_mask(m, seed=audit_seed)``.
 
@@ -46,7 +46,7 @@ section, ``AuditConfig`` in reproduce/study/__init__.py; ``record.AuditRecord`` 
 3. ``result = one_run_audit(scores, included, guess_counts=[(k_pos, k_neg), ...], delta=delta,
    confidence=0.95)``: guesses "in" for the k_pos highest scores and "out" for the k_neg lowest,
    the best bound over the candidates, Bonferroni-corrected over them (fix them in the study file,
-   never from the scores). ``record.AuditRecord.of(result, ...)`` is what the cell writes
+   never from the scores). ``reproduce.training.audit.audit_record(result, ...)`` is what the cell writes
    (``audit`` in result.json, ``audit_epsilon_lower`` in metrics.json); the report shows the bound
    next to the accountant's epsilon, ``reproduce.checks.audit`` flags ``AuditRecord.violates(epsilon)`` as a
    broken guarantee, and ``epsilon_lower_max`` is ``max_epsilon_lower_bound``, the most m canaries

@@ -240,6 +240,7 @@ class CheckOutcome:
     report: str
     violation: str | None
     exit_code: int
+    error: str | None = None  # why the check could not run (after the audit, which always runs)
 
 
 def check_study(study: Study, *, results_dir: Path, update: bool, study_arg: str) -> CheckOutcome:
@@ -257,12 +258,14 @@ def check_study(study: Study, *, results_dir: Path, update: bool, study_arg: str
     if update:
         missing = [c.id for c in study.cells() if c.id not in now]
         if missing:
-            raise ReproduceError(f"cannot update the baseline: no result for {', '.join(missing)}")
+            error = f"cannot update the baseline: no result for {', '.join(missing)}"
+            return CheckOutcome("\n".join(out), violation, ReproduceError.exit_code, error)
         out.append(f"updated {path}:\n{update_baseline(study, now, path)}")
         return CheckOutcome("\n".join(out), violation, int(violation is not None))
     if not path.exists():
         if study.audit is None or not audited:
-            raise ReproduceError(f"no baseline {path}; create it deliberately with {create}")
+            error = f"no baseline {path}; create it deliberately with {create}"
+            return CheckOutcome("\n".join(out), violation, ReproduceError.exit_code, error)
         out.append(f"no baseline {path}: only the privacy audit was checked (create one deliberately with {create})")
         return CheckOutcome("\n".join(out), violation, int(violation is not None))
     verdicts = compare(study, read_baseline(path), now)
