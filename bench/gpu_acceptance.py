@@ -1045,9 +1045,10 @@ def item_g(item: Item) -> str:
     if not (REPO / ".git").exists():
         # a copied tree without git: snapshot what git would list (tracked and not ignored) into a repository
         run_helpers.REPO = _git_snapshot(item, base / "snapshot")
-    text = run_helpers.tiny_study(seeds=(0,), epsilons=("non-private", 8))
-    if item.quick:
-        text = text.replace("max_train_samples: 256", "max_train_samples: 128")
+    from tests.conftest import study_text
+
+    quick = {"training": {"max_train_samples": 128}} if item.quick else {}
+    text = study_text(name="default", seed=(0,), epsilon=("non-private", 8), **quick)
     repo = run_helpers.make_repo_copy(base / "repo", text, data)
     env = {**item.env, "REPRODUCE_DEVICE": item.device}
     t0 = time.perf_counter()
