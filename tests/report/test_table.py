@@ -17,7 +17,7 @@ from reproduce.report.sections import build_tables
 from reproduce.report.stage import read_results, write_tables
 from reproduce.report.table import build_table, to_csv, to_latex, to_markdown, to_summary
 from reproduce.study import parse_study
-from tests.report.conftest import fake_result
+from tests.report.conftest import FAKE_STUDY, fake_result
 
 STD2 = 0.02 / math.sqrt(2)  # sample std of {v, v + 0.02}
 
@@ -227,17 +227,5 @@ def test_rows_of_another_layout_are_not_compared_with_the_paper(fake_study, resu
     assert papers["8-16-32"] == pytest.approx(0.9405) and papers["4-8-8"] is None
 
 
-FAKE_STUDY_WIDTHS = """\
-name: fake
-model:
-  widths: {e: [8, 16, 32], C4: [8, 16, 32]}
-privacy: {delta: 1.0e-5}
-training: {epochs: 1}
-grid:
-  dataset: [bloodmnist, embedded]
-  group: [e, C4]
-  epsilon: [non-private, 7.42]
-  multiplicity: [1, 4]
-  seed: [0, 1]
-  model.widths: [[8, 16, 32], [4, 8, 8]]
-"""
+# the report fixtures' study with a dotted model.widths axis
+FAKE_STUDY_WIDTHS = FAKE_STUDY + "  model.widths: [[8, 16, 32], [4, 8, 8]]\n"
